@@ -1,0 +1,42 @@
+# The two commands: `make run` and `make test`. Both work on a fresh Debian machine with Python 3.11.
+
+PYTHON ?= python3
+VENV ?= .venv
+LISTEN ?= 127.0.0.1:9948
+BIN := $(VENV)/bin
+# Real servers the integration tests talk to, from Debian's packages.
+TEST_PACKAGES := prometheus
+TEST_COMMANDS := prometheus promtool
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test lint docs system-deps clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@
+
+## run: start the daemon (real NVML when present, else the bundled H200 capture, labelled DEMO DATA)
+run: $(BIN)/.installed
+	$(BIN)/gpumon run --backend auto --listen $(LISTEN) --state-dir state
+
+system-deps:
+	@missing=""; for c in $(TEST_COMMANDS); do command -v $$c >/dev/null || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $(TEST_PACKAGES)"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(TEST_PACKAGES) >/dev/null; \
+	fi
+
+## test: install everything the tests need and run the whole suite (lint and types included)
+test: $(BIN)/.installed system-deps
+	$(BIN)/ruff check gpumon tests benchmarks
+	$(BIN)/mypy
+	$(BIN)/pytest -q
+
+## docs: regenerate docs/metrics.md from the catalog
+docs: $(BIN)/.installed
+	$(BIN)/python -m gpumon.docgen > docs/metrics.md
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache state

@@ -1,0 +1,3 @@
+"""gpumon: NVIDIA GPU telemetry exporter and alerting daemon."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,210 @@
+"""The metric table: every metric gpumon exports is named here once.
+
+The nvml source reads this table to decide which NVML calls each tier makes, the exporter takes
+type, help and unit from it, `docs/metrics.md` is generated from it, and the tests check all three
+against it. Adding a metric is one row (plus a reader in the source if it needs a new NVML call).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from gpumon.model import Tier
+
+GAUGE, COUNTER, INFO = "gauge", "counter", "info"
+
+PERCENT = 0.01  # NVML percent -> ratio 0..1
+MILLI = 1e-3  # mW -> W, mJ -> J
+MHZ = 1e6  # MHz -> Hz
+MIB = 1048576.0  # MiB/s -> bytes/s
+NANO = 1e-9  # ns -> s
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One exported metric family.
+
+    `source` says who produces it: `nvml` (a reader of the nvml source, named by `reading`; `key`
+    picks one value when a reader returns several), `device` (static facts), `events` (NVML event
+    thread) or `self` (the daemon's own health). `scale` converts the raw NVML unit to the base unit.
+    `labels` are the labels beyond the `gpu`/`uuid` pair every per-GPU series carries.
+    """
+
+    name: str
+    type: str
+    unit: str
+    help: str
+    source: str
+    tier: Tier = Tier.FAST
+    reading: str = ""
+    key: str = ""
+    scale: float = 1.0
+    labels: tuple[str, ...] = ()
+    per_gpu: bool = True
+    opt_in: str = ""  # config switch that enables it (off by default)
+
+    @property
+    def family(self) -> str:
+        """The name without the `_total` suffix, as prometheus-client wants counters named."""
+        return self.name.removesuffix("_total") if self.type == COUNTER else self.name
+
+
+def _m(name: str, type_: str, unit: str, help_: str, source: str = "nvml", **kw: object) -> Metric:
+    return Metric(name, type_, unit, help_, source, **kw)  # type: ignore[arg-type]
+
+
+F, S, ST = Tier.FAST, Tier.SLOW, Tier.STATIC
+
+METRICS: tuple[Metric, ...] = (
+    # --- identity and health -------------------------------------------------------------------
+    _m("gpumon_gpu_info", INFO, "", "GPU identity; join on gpu or uuid for names, bus id, driver.",
+       "device", tier=ST, labels=("name", "pci_bus_id", "architecture", "driver_version",
+                                  "cuda_driver_version", "gpm", "sm_activity_source")),
+    _m("gpumon_gpu_up", GAUGE, "", "1 when the GPU answered its last poll, 0 when it is lost.", "self"),
+    # --- utilisation: GPM (Hopper+) is real SM activity; util.gpu is only "a kernel was running" --
+    _m("gpumon_sm_active_ratio", GAUGE, "ratio",
+       "Fraction of time at least one warp was resident per SM, averaged over SMs (GPM SM_UTIL).",
+       reading="gpm", key="sm_util", scale=PERCENT),
+    _m("gpumon_sm_occupancy_ratio", GAUGE, "ratio",
+       "Resident warps as a fraction of the maximum, averaged over SMs (GPM SM_OCCUPANCY).",
+       reading="gpm", key="sm_occupancy", scale=PERCENT),
+    _m("gpumon_tensor_active_ratio", GAUGE, "ratio",
+       "Fraction of cycles any tensor pipe was active (GPM ANY_TENSOR_UTIL).",
+       reading="gpm", key="any_tensor_util", scale=PERCENT),
+    _m("gpumon_dram_active_ratio", GAUGE, "ratio",
+       "Fraction of peak DRAM bandwidth used (GPM DRAM_BW_UTIL).",
+       reading="gpm", key="dram_bw_util", scale=PERCENT),
+    _m("gpumon_graphics_engine_active_ratio", GAUGE, "ratio",
+       "Fraction of time the graphics/compute engine was active (GPM GRAPHICS_UTIL).",
+       reading="gpm", key="graphics_util", scale=PERCENT),
+    _m("gpumon_fp64_active_ratio", GAUGE, "ratio", "Fraction of cycles the FP64 pipe was active (GPM).",
+       reading="gpm", key="fp64_util", scale=PERCENT),
+    _m("gpumon_fp32_active_ratio", GAUGE, "ratio", "Fraction of cycles the FP32 pipe was active (GPM).",
+       reading="gpm", key="fp32_util", scale=PERCENT),
+    _m("gpumon_fp16_active_ratio", GAUGE, "ratio", "Fraction of cycles the FP16 pipe was active (GPM).",
+       reading="gpm", key="fp16_util", scale=PERCENT),
+    _m("gpumon_pcie_tx_bytes_per_second", GAUGE, "bytes_per_second",
+       "PCIe bytes sent by the GPU per second (GPM PCIE_TX_PER_SEC).",
+       reading="gpm", key="pcie_tx", scale=MIB),
+    _m("gpumon_pcie_rx_bytes_per_second", GAUGE, "bytes_per_second",
+       "PCIe bytes received by the GPU per second (GPM PCIE_RX_PER_SEC).",
+       reading="gpm", key="pcie_rx", scale=MIB),
+    _m("gpumon_gpu_utilization_ratio", GAUGE, "ratio",
+       "Fraction of the sample period in which any kernel ran (NVML util.gpu). Not SM activity: "
+       "it reads ~1 during pure PCIe copies with idle SMs.",
+       reading="utilization", key="gpu", scale=PERCENT),
+    _m("gpumon_memory_utilization_ratio", GAUGE, "ratio",
+       "Fraction of the sample period the memory controller was busy (NVML util.memory).",
+       reading="utilization", key="memory", scale=PERCENT),
+    # --- memory --------------------------------------------------------------------------------
+    _m("gpumon_memory_used_bytes", GAUGE, "bytes", "Device memory in use (allocated by processes).",
+       reading="memory", key="used"),
+    _m("gpumon_memory_free_bytes", GAUGE, "bytes", "Device memory free.", reading="memory", key="free"),
+    _m("gpumon_memory_total_bytes", GAUGE, "bytes", "Device memory installed.",
+       reading="memory", key="total"),
+    _m("gpumon_memory_reserved_bytes", GAUGE, "bytes", "Device memory reserved by the driver and firmware.",
+       reading="memory", key="reserved"),
+    # --- thermals, power, clocks ---------------------------------------------------------------
+    _m("gpumon_gpu_temperature_celsius", GAUGE, "celsius", "GPU die temperature.",
+       reading="temperature"),
+    _m("gpumon_memory_temperature_celsius", GAUGE, "celsius", "HBM temperature (field 82).",
+       reading="fields", key="82"),
+    _m("gpumon_temperature_threshold_celsius", GAUGE, "celsius",
+       "Temperature thresholds: slowdown, shutdown, gpu_max and mem_max.",
+       tier=ST, reading="temperature_thresholds", labels=("threshold",)),
+    _m("gpumon_power_draw_watts", GAUGE, "watts", "Power draw (averaged by the driver over ~1 s).",
+       reading="power_usage", scale=MILLI),
+    _m("gpumon_power_limit_watts", GAUGE, "watts", "Enforced power limit.",
+       tier=S, reading="power_limit", scale=MILLI),
+    _m("gpumon_power_limit_min_watts", GAUGE, "watts", "Lowest power limit that can be set.",
+       tier=ST, reading="power_constraints", key="min", scale=MILLI),
+    _m("gpumon_power_limit_max_watts", GAUGE, "watts", "Highest power limit that can be set.",
+       tier=ST, reading="power_constraints", key="max", scale=MILLI),
+    _m("gpumon_energy_joules_total", COUNTER, "joules", "Energy consumed since the driver was loaded.",
+       tier=S, reading="energy", scale=MILLI),
+    _m("gpumon_sm_clock_hertz", GAUGE, "hertz", "SM clock.", reading="clocks", key="sm", scale=MHZ),
+    _m("gpumon_memory_clock_hertz", GAUGE, "hertz", "Memory clock.", reading="clocks", key="mem", scale=MHZ),
+    _m("gpumon_sm_clock_max_hertz", GAUGE, "hertz", "Maximum SM clock.",
+       tier=ST, reading="clocks_max", key="sm", scale=MHZ),
+    _m("gpumon_memory_clock_max_hertz", GAUGE, "hertz", "Maximum memory clock.",
+       tier=ST, reading="clocks_max", key="mem", scale=MHZ),
+    _m("gpumon_clock_event_reason_active", GAUGE, "",
+       "1 while a clock event reason (idle, power cap, thermal slowdown, ...) holds clocks down.",
+       reading="clock_event_reasons", labels=("reason",)),
+    _m("gpumon_performance_state", GAUGE, "", "Performance state (0 = P0, fastest; 15 = slowest).",
+       reading="pstate"),
+    _m("gpumon_clock_throttle_seconds_total", COUNTER, "seconds",
+       "Time clocks were held below the requested value, by reason (NVML violation counters).",
+       tier=S, reading="violations", scale=NANO, labels=("reason",)),
+    # --- PCIe ----------------------------------------------------------------------------------
+    _m("gpumon_pcie_link_generation", GAUGE, "", "Current PCIe link generation.",
+       tier=S, reading="pcie_link", key="generation"),
+    _m("gpumon_pcie_link_width", GAUGE, "", "Current PCIe link width (lanes).",
+       tier=S, reading="pcie_link", key="width"),
+    _m("gpumon_pcie_link_max_generation", GAUGE, "", "Maximum PCIe link generation of GPU and slot.",
+       tier=ST, reading="pcie_link_max", key="generation"),
+    _m("gpumon_pcie_link_max_width", GAUGE, "", "Maximum PCIe link width of GPU and slot.",
+       tier=ST, reading="pcie_link_max", key="width"),
+    _m("gpumon_pcie_replays_total", COUNTER, "", "PCIe replay events (link-level retransmissions).",
+       tier=S, reading="pcie_replay"),
+    # --- memory errors -------------------------------------------------------------------------
+    _m("gpumon_ecc_volatile_errors_total", COUNTER, "",
+       "ECC errors since the driver was loaded, by severity (corrected, uncorrected).",
+       tier=S, reading="ecc_volatile", labels=("severity",)),
+    _m("gpumon_ecc_aggregate_errors_total", COUNTER, "",
+       "ECC errors over the GPU's lifetime, by severity (corrected, uncorrected).",
+       tier=S, reading="ecc_aggregate", labels=("severity",)),
+    _m("gpumon_remapped_rows_total", COUNTER, "",
+       "Memory rows remapped, by cause (correctable, uncorrectable errors).",
+       tier=S, reading="remapped_rows", labels=("cause",)),
+    _m("gpumon_row_remap_pending", GAUGE, "", "1 when a row remap waits for the next GPU reset.",
+       tier=S, reading="remapped_rows", key="pending"),
+    _m("gpumon_row_remap_failed", GAUGE, "", "1 when a row remap has failed (the GPU needs service).",
+       tier=S, reading="remapped_rows", key="failure"),
+    # --- XID events ----------------------------------------------------------------------------
+    _m("gpumon_xid_errors_total", COUNTER, "", "XID errors reported by the driver, by XID code.",
+       "events", labels=("xid",)),
+    _m("gpumon_last_xid_timestamp_seconds", GAUGE, "seconds", "Unix time of the most recent XID error.",
+       "events"),
+    # --- processes -----------------------------------------------------------------------------
+    _m("gpumon_compute_processes", GAUGE, "", "Compute processes running on the GPU.",
+       reading="processes", key="count"),
+    _m("gpumon_compute_processes_memory_bytes", GAUGE, "bytes",
+       "Device memory used by all compute processes on the GPU.", reading="processes", key="memory"),
+    _m("gpumon_process_memory_bytes", GAUGE, "bytes",
+       "Device memory used by one compute process (opt-in: metrics.process_pids).",
+       reading="processes", key="pid", labels=("pid",), opt_in="process_pids"),
+    # --- demo mode ----------------------------------------------------------------------------------
+    _m("gpumon_replay_phase", GAUGE, "",
+       "Replay only: 1 for the labelled load phase (phases.json) the replayed GPU is in now.",
+       "replay", labels=("phase",)),
+    # --- gpumon itself -------------------------------------------------------------------------
+    _m("gpumon_build_info", INFO, "", "gpumon version and backend; backend=\"replay\" means demo data.",
+       "self", per_gpu=False, labels=("version", "backend", "capture")),
+    _m("gpumon_poll_duration_seconds", GAUGE, "seconds",
+       "Wall time of the last complete poll round of a tier, all GPUs in parallel.",
+       "self", per_gpu=False, labels=("tier",)),
+    _m("gpumon_gpu_poll_duration_seconds", GAUGE, "seconds", "Wall time of the GPU's last poll of a tier.",
+       "self", labels=("tier",)),
+    _m("gpumon_last_poll_success_timestamp_seconds", GAUGE, "seconds",
+       "Unix time of the last poll round of a tier in which every GPU answered.",
+       "self", per_gpu=False, labels=("tier",)),
+    _m("gpumon_poll_deadline_exceeded_total", COUNTER, "",
+       "Polls of a GPU that missed the tier's deadline (a hung NVML call) or were skipped because the "
+       "previous one was still running.", "self", labels=("tier",)),
+    _m("gpumon_nvml_errors_total", COUNTER, "", "NVML calls that failed, by call and error.",
+       "self", per_gpu=False, labels=("call", "error")),
+    _m("gpumon_unsupported_metrics", GAUGE, "",
+       "Metrics the GPU does not support (NotSupported); they have no series.", "self"),
+    _m("gpumon_gpu_reinit_total", COUNTER, "", "Re-initialisations of a GPU after it was lost.", "self"),
+)
+
+BY_NAME: dict[str, Metric] = {m.name: m for m in METRICS}
+
+
+def nvml_metrics(tier: Tier, opt_ins: frozenset[str] = frozenset()) -> Iterator[Metric]:
+    """The nvml-source metrics read in a tier, with opt-in metrics only when switched on."""
+    for m in METRICS:
+        if m.source == "nvml" and m.tier == tier and (not m.opt_in or m.opt_in in opt_ins):
+            yield m

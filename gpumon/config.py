@@ -1,0 +1,163 @@
+"""The daemon's configuration: one YAML file, every setting also a command-line flag.
+
+Unknown keys are errors, and every error names the file, line and key (or the flag).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import pydantic
+from pydantic import BaseModel, BeforeValidator, ConfigDict
+
+from gpumon.yamlfile import ConfigError, KeyPath, load_yaml, validate
+
+DEFAULT_PORT = 9948  # clear of dcgm-exporter (9400), nvidia_gpu_exporter (9835), node_exporter (9100)
+DEFAULT_LISTEN = f":{DEFAULT_PORT}"
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: Any) -> float:
+    """Prometheus-style durations ("500ms", "30s", "1m30s") or plain seconds, as seconds (> 0)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like 1s, 500ms or 5m")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str) and value and _DURATION.sub("", value.strip()) == "":
+        seconds = sum(float(n) * _UNIT_S[u] for n, u in _DURATION.findall(value.strip()))
+    else:
+        raise ValueError(f"{value!r} is not a duration like 1s, 500ms or 5m")
+    if not 0 < seconds < float("inf"):
+        raise ValueError("must be greater than zero")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+@dataclass(frozen=True)
+class Listen:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def parse_listen(value: Any) -> Listen:
+    """HOST:PORT, :PORT (all interfaces) or [IPv6]:PORT."""
+    if isinstance(value, Listen):
+        return value
+    text = str(value)
+    m = re.fullmatch(r"(?:\[([0-9A-Fa-f:.]+)\]|([^:\[\]]*)):(\d{1,5})", text)
+    if not m or not 0 < int(m.group(3)) < 65536:
+        raise ValueError(f"{text!r} is not HOST:PORT (for example :{DEFAULT_PORT} or 127.0.0.1:{DEFAULT_PORT})")
+    host = m.group(1) if m.group(1) is not None else m.group(2)
+    return Listen(host or "0.0.0.0", int(m.group(3)))
+
+
+def _check_backend(value: Any) -> str:
+    from gpumon.sources.replay import parse_replay_spec  # local: replay imports config types
+
+    text = str(value)
+    if text in ("nvml", "auto"):
+        return text
+    if text.startswith("replay:"):
+        parse_replay_spec(text)
+        return text
+    raise ValueError(f"{text!r} is not nvml, auto or replay:PATH[,loop][,speed=X][,gpus=N]")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WebConfig(_Section):
+    listen: Annotated[Listen, BeforeValidator(parse_listen)] = parse_listen(DEFAULT_LISTEN)
+    config_file: Path | None = None  # exporter-toolkit web-config: TLS and basic auth
+
+
+class SamplerConfig(_Section):
+    fast_interval: Duration = 1.0
+    slow_interval: Duration = 30.0
+    deadline: Duration | None = None  # per poll; default 80% of the tier's interval (max 10 s)
+
+
+class MetricsConfig(_Section):
+    process_pids: bool = False  # per-process memory series with a pid label (high cardinality)
+
+
+class StoreConfig(_Section):
+    retention: Duration = 600.0
+
+
+class LogConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class Config(_Section):
+    backend: Annotated[str, BeforeValidator(_check_backend)] = "nvml"
+    state_dir: Path = Path("/var/lib/gpumon")
+    web: WebConfig = WebConfig()
+    sampler: SamplerConfig = SamplerConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    store: StoreConfig = StoreConfig()
+    log: LogConfig = LogConfig()
+
+    @pydantic.model_validator(mode="after")
+    def _slow_not_faster(self) -> Config:
+        if self.sampler.slow_interval < self.sampler.fast_interval:
+            raise ValueError("sampler.slow_interval must not be shorter than sampler.fast_interval")
+        return self
+
+    @property
+    def opt_ins(self) -> frozenset[str]:
+        return frozenset(k for k, v in self.metrics.model_dump().items() if v is True)
+
+
+# Command-line flag -> key path in the file. Flags win over the file.
+FLAGS: dict[str, KeyPath] = {
+    "backend": ("backend",),
+    "state_dir": ("state_dir",),
+    "listen": ("web", "listen"),
+    "web_config": ("web", "config_file"),
+    "fast_interval": ("sampler", "fast_interval"),
+    "slow_interval": ("sampler", "slow_interval"),
+    "poll_deadline": ("sampler", "deadline"),
+    "process_pids": ("metrics", "process_pids"),
+    "retention": ("store", "retention"),
+    "log_level": ("log", "level"),
+    "log_format": ("log", "format"),
+}
+
+
+def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read the config file (if any), apply flag overrides, validate. Raises ConfigError."""
+    data: Any = {}
+    lines: dict[KeyPath, int] = {}
+    if path is not None:
+        data, lines = load_yaml(path)
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}:1: the configuration must be a mapping of keys")
+    origins: dict[KeyPath, str] = {}
+    for flag, value in (overrides or {}).items():
+        if value is None:
+            continue
+        keys = FLAGS[flag]
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {}) if isinstance(node.get(k), dict) or k not in node else node[k]
+        if isinstance(node, dict):
+            node[keys[-1]] = value
+        origins[keys] = f"--{flag.replace('_', '-')}"
+    return validate(Config, data, path or "(command line)", lines, origins)
+
+
+__all__ = ["Config", "ConfigError", "Listen", "load_config", "parse_duration", "parse_listen"]

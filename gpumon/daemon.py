@@ -1,0 +1,168 @@
+"""`gpumon run`: wires source -> sampler -> store -> exporter -> web, and handles signals.
+
+SIGTERM/SIGINT stop cleanly; SIGHUP re-reads the configuration (and the web-config file, so
+rotated certificates are picked up) and keeps the running configuration if the new one is invalid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from gpumon import logs
+from gpumon.config import Config, load_config
+from gpumon.exporter import Exporter
+from gpumon.model import BackendUnavailable
+from gpumon.sampler import Intervals, Sampler
+from gpumon.sources.nvml import NvmlSource
+from gpumon.sources.replay import DEMO_CAPTURE, ReplaySpec, parse_replay_spec, replay_source
+from gpumon.store import Store
+from gpumon.web import ListenError, WebServer
+from gpumon.webconfig import WebSecurity, load_web_config
+from gpumon.yamlfile import ConfigError
+
+log = structlog.get_logger("gpumon")
+
+EXIT_OK, EXIT_CONFIG, EXIT_BACKEND = 0, 1, 2
+RESTART_ONLY = ("backend", "state_dir", "store")  # settings a reload cannot change in place
+
+
+@dataclass
+class Built:
+    source: NvmlSource
+    capture: str = ""  # the replayed capture's path, "" for real NVML
+
+    @property
+    def demo_note(self) -> str:
+        if not self.capture:
+            return ""
+        return (f"gpumon is replaying a recorded capture ({self.capture}), not reading real GPUs. "
+                "Every value here is from that recording.")
+
+
+def build_source(config: Config) -> Built:
+    """The source for config.backend; `auto` falls back to the bundled capture without NVML."""
+    if config.backend.startswith("replay:"):
+        spec = parse_replay_spec(config.backend)
+        return Built(replay_source(spec, config.opt_ins), _capture_name(spec))
+    import pynvml
+
+    return Built(NvmlSource(pynvml, backend="nvml", opt_ins=config.opt_ins))
+
+
+def _capture_name(spec: ReplaySpec) -> str:
+    return "bundled H200 demo capture" if spec.is_demo else str(spec.path)
+
+
+def intervals_of(config: Config) -> Intervals:
+    return Intervals(config.sampler.fast_interval, config.sampler.slow_interval, config.sampler.deadline)
+
+
+def store_capacity(config: Config) -> int:
+    return math.ceil(config.store.retention / config.sampler.fast_interval) + 1
+
+
+async def open_sampler(config: Config, exporter: Exporter) -> tuple[Sampler, Built]:
+    """Build the source and open it; `auto` retries with the bundled capture. Raises BackendUnavailable."""
+    built = build_source(config)
+    sampler = Sampler(built.source, Store(store_capacity(config)), exporter, intervals_of(config),
+                      capture=built.capture)
+    try:
+        await sampler.open()
+    except BackendUnavailable as exc:
+        if config.backend != "auto":
+            raise
+        log.warning("NVML unavailable; backend auto falls back to the bundled H200 capture (DEMO DATA)",
+                    reason=str(exc))
+        spec = ReplaySpec(DEMO_CAPTURE, loop=True)
+        built = Built(replay_source(spec, config.opt_ins), _capture_name(spec))
+        sampler = Sampler(built.source, Store(store_capacity(config)), exporter, intervals_of(config),
+                          capture=built.capture)
+        await sampler.open()
+    return sampler, built
+
+
+def load_security(config: Config) -> WebSecurity:
+    return load_web_config(config.web.config_file) if config.web.config_file else WebSecurity()
+
+
+class Daemon:
+    def __init__(self, config: Config, config_path: Path | None, overrides: dict[str, Any]) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.overrides = overrides
+        self.exporter = Exporter()
+        self.stopping = asyncio.Event()
+        self.sampler: Sampler | None = None
+        self.web: WebServer | None = None
+
+    async def run(self) -> int:
+        try:
+            security = load_security(self.config)
+        except ConfigError as exc:
+            log.error("invalid web configuration", problem=str(exc))
+            return EXIT_CONFIG
+        try:
+            self.sampler, built = await open_sampler(self.config, self.exporter)
+        except BackendUnavailable as exc:
+            log.error(str(exc), backend=self.config.backend)
+            return EXIT_BACKEND
+        if built.capture:
+            log.warning("DEMO DATA: " + built.demo_note, capture=built.capture)
+        self.web = WebServer(self.sampler, self.exporter, demo_note=built.demo_note)
+        try:
+            await self.web.start(self.config.web.listen, security)
+        except ListenError as exc:
+            log.error(str(exc))
+            await self.sampler.stop()
+            return EXIT_CONFIG
+        await self.sampler.start()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
+        loop.add_signal_handler(signal.SIGINT, self.stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        log.info("gpumon started", backend=built.source.backend, gpus=len(self.sampler.devices),
+                 listen=[f"{h}:{p}" for h, p in self.web.bound], tls=security.ssl_context is not None)
+        await self.stopping.wait()
+        log.info("gpumon stopping")
+        await self.web.stop()
+        await self.sampler.stop()
+        return EXIT_OK
+
+    async def reload(self) -> None:
+        """Apply a new configuration, or keep the running one if anything in it is invalid."""
+        assert self.sampler is not None and self.web is not None
+        try:
+            new = load_config(self.config_path, self.overrides)
+            security = load_security(new)
+        except ConfigError as exc:
+            log.error("reload failed; keeping the running configuration", problem=str(exc))
+            return
+        old = self.config
+        for key in RESTART_ONLY:
+            if getattr(new, key) != getattr(old, key):
+                log.warning("setting changed but needs a restart; keeping the running value", key=key)
+        new = new.model_copy(update={k: getattr(old, k) for k in RESTART_ONLY})
+        if new.web.listen != old.web.listen or new.web.config_file or old.web.config_file:
+            await self.web.stop()
+            try:
+                await self.web.start(new.web.listen, security)
+            except ListenError as exc:
+                log.error("reload: new listen address failed; keeping the old one", problem=str(exc))
+                await self.web.start(old.web.listen, self.web.security)
+                new = new.model_copy(update={"web": old.web})
+        self.sampler.intervals = intervals_of(new)
+        self.sampler.source.configure(new.opt_ins)
+        logs.configure(new.log.level, new.log.format)
+        self.config = new
+        log.info("configuration reloaded", config=str(self.config_path))
+
+
+async def run_daemon(config: Config, config_path: Path | None, overrides: dict[str, Any]) -> int:
+    return await Daemon(config, config_path, overrides).run()

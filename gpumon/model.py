@@ -1,0 +1,66 @@
+"""The values that flow from sources through the sampler into the store."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+# Label pairs in a fixed order; a series is identified by (metric name, labels).
+Labels = tuple[tuple[str, str], ...]
+
+
+class Tier(str, enum.Enum):
+    """How often a metric is read: every fast poll, every slow poll, or once per (re)initialisation."""
+
+    FAST = "fast"
+    SLOW = "slow"
+    STATIC = "static"
+
+
+@dataclass(frozen=True)
+class Device:
+    """Static facts about one GPU, read once when the device is opened and again after re-init."""
+
+    index: int
+    uuid: str
+    name: str
+    pci_bus_id: str
+    architecture: str
+    gpm_supported: bool
+    driver_version: str
+    cuda_driver_version: str
+
+    @property
+    def labels(self) -> Labels:
+        """The identity labels every per-GPU series carries."""
+        return (("gpu", str(self.index)), ("uuid", self.uuid))
+
+
+@dataclass(slots=True)
+class Sample:
+    """One poll's values for one source unit (a GPU, or the daemon itself) and one tier.
+
+    A new sample replaces the previous one with the same (unit, tier) as a whole, so a metric that
+    was not read this time disappears from the exposition instead of going stale.
+    """
+
+    unit: str
+    tier: str
+    timestamp: float
+    values: list[tuple[str, Labels, float]] = field(default_factory=list)
+
+    def add(self, metric: str, labels: Labels, value: float) -> None:
+        self.values.append((metric, labels, value))
+
+
+class DeviceLost(Exception):
+    """The GPU stopped answering (NVML GpuIsLost / Unknown); the sampler re-initialises it."""
+
+    def __init__(self, index: int, reason: str) -> None:
+        super().__init__(f"GPU {index} lost: {reason}")
+        self.index = index
+        self.reason = reason
+
+
+class BackendUnavailable(Exception):
+    """The chosen backend cannot start (NVML library missing, driver not loaded, bad capture)."""

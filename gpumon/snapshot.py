@@ -1,0 +1,96 @@
+"""`gpumon snapshot`: one poll of every tier, printed as a table or JSON, then exit."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from typing import Any
+
+from gpumon import catalog
+from gpumon.config import Config
+from gpumon.daemon import open_sampler
+from gpumon.exporter import Exporter
+from gpumon.model import Tier
+from gpumon.sampler import Sampler
+from gpumon.sources.nvml import GPM_MIN_INTERVAL_S
+
+
+async def take_snapshot(config: Config) -> tuple[Sampler, str]:
+    """Open the backend and poll static, slow and fast tiers once (GPM needs two samples)."""
+    sampler, built = await open_sampler(config, Exporter(process_metrics=False))
+    loop = asyncio.get_running_loop()
+    opened = loop.time()
+    await sampler.poll_round(Tier.SLOW)
+    await asyncio.sleep(max(0.0, opened + GPM_MIN_INTERVAL_S + 0.02 - loop.time()))
+    await sampler.poll_round(Tier.FAST)
+    await sampler.stop()
+    return sampler, built.demo_note
+
+
+def _series(sampler: Sampler) -> dict[str, dict[str, dict[str, float]]]:
+    """metric -> gpu -> extra-label text ("" when none) -> value, in catalog order."""
+    out: dict[str, dict[str, dict[str, float]]] = {m.name: {} for m in catalog.METRICS}
+    for sample in sampler.store.latest():
+        if not sample.unit.startswith("gpu"):
+            continue
+        for name, labels, value in sample.values:
+            extra = ",".join(f"{k}={v}" for k, v in labels if k not in ("gpu", "uuid"))
+            out[name].setdefault(sample.unit.removeprefix("gpu"), {})[extra] = value
+    return {name: gpus for name, gpus in out.items() if gpus}
+
+
+def as_json(sampler: Sampler, demo_note: str) -> str:
+    series = _series(sampler)
+    gpus: list[dict[str, Any]] = []
+    for d in sampler.devices:
+        metrics: dict[str, Any] = {}
+        for name, by_gpu in series.items():
+            values = by_gpu.get(str(d.index))
+            if values:
+                metrics[name] = values[""] if list(values) == [""] else values
+        gpus.append({"index": d.index, "uuid": d.uuid, "name": d.name, "pci_bus_id": d.pci_bus_id,
+                     "architecture": d.architecture, "gpm": d.gpm_supported, "metrics": metrics})
+    doc = {"backend": sampler.source.backend, "demo": bool(demo_note), "gpus": gpus}
+    return json.dumps(doc, indent=2, allow_nan=False, default=str)
+
+
+def _fmt(value: float, unit: str) -> str:
+    if not math.isfinite(value):
+        return str(value)
+    if unit == "bytes":
+        for div, suffix in ((2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+            if abs(value) >= div:
+                return f"{value / div:.2f} {suffix}"
+    if unit == "ratio":
+        return f"{value * 100:.1f} %"
+    if unit == "hertz":
+        return f"{value / 1e6:.0f} MHz"
+    if unit == "bytes_per_second":
+        return f"{value / 2**20:.1f} MiB/s"
+    if unit == "watts":
+        return f"{value:.1f} W"
+    if unit == "celsius":
+        return f"{value:.0f} °C"
+    return f"{value:g}"
+
+
+def as_table(sampler: Sampler, demo_note: str) -> str:
+    devices = sampler.devices
+    lines = []
+    if demo_note:
+        lines.append(f"DEMO DATA: {demo_note}")
+    header = ["metric", *(f"GPU {d.index}" for d in devices)]
+    rows = [["name", *(d.name for d in devices)], ["uuid", *(d.uuid for d in devices)]]
+    for name, by_gpu in _series(sampler).items():
+        unit = catalog.BY_NAME[name].unit
+        extras = sorted({e for values in by_gpu.values() for e in values})
+        for extra in extras:
+            label = f"{name}{{{extra}}}" if extra else name
+            cells = [_fmt(by_gpu[str(d.index)][extra], unit) if extra in by_gpu.get(str(d.index), {}) else "-"
+                     for d in devices]
+            rows.append([label, *cells])
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return "\n".join(lines)

@@ -1,0 +1,532 @@
+"""A recorded NVML capture behind the pynvml API.
+
+`CaptureNvml` answers the pynvml calls gpumon makes from a capture in the format of
+`shared/fixtures/nvml/` (`probe.json` for static answers, `trace.jsonl` for values over time), so
+the real `NvmlSource` runs unchanged on a machine without a GPU: in demo mode (`--backend replay:`)
+and in the tests. Values and errors are returned exactly as recorded; a call the capture knows
+nothing about raises `NVMLError_FunctionNotFound`, as an old driver would.
+
+Trace time is mapped to wall-clock from `nvmlInit`, optionally sped up and looped; one recorded GPU
+can be fanned out to N GPUs with distinct index, UUID and bus id and a phase offset. `Faults`
+scripts lost GPUs, failing or hanging calls and XID events for tests.
+"""
+
+from __future__ import annotations
+
+import bisect
+import ctypes
+import json
+import math
+import threading
+import time
+import types
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pynvml
+
+from gpumon.model import BackendUnavailable
+
+TRACE_PERIOD_FALLBACK_S = 0.25
+
+# Trace GPM keys by NVML_GPM_METRIC_* id; ids the trace lacks fall back to probe.json.
+TRACE_GPM_KEYS = {1: "graphics_util", 2: "sm_util", 3: "sm_occupancy", 5: "any_tensor_util",
+                  7: "hmma_tensor_util", 10: "dram_bw_util", 12: "fp32_util", 13: "fp16_util",
+                  20: "pcie_tx_mibps", 21: "pcie_rx_mibps", 60: "nvlink_rx_mibps", 61: "nvlink_tx_mibps"}
+# Trace field names by NVML field id.
+TRACE_FIELDS = {186: "power_instant_mw", 83: "energy_mj", 82: "mem_temp_c", 197: "pcie_tx_bytes",
+                198: "pcie_rx_bytes", 94: "pcie_replay", 138: "nvlink_tx_kib", 139: "nvlink_rx_kib",
+                3: "ecc_sbe_vol", 4: "ecc_dbe_vol"}
+CLOCK_NAMES = {0: "GRAPHICS", 1: "SM", 2: "MEM", 3: "VIDEO"}
+
+
+class CaptureError(BackendUnavailable):
+    """A capture that cannot be read; the message names the file and line."""
+
+
+@dataclass
+class Capture:
+    """A loaded capture: per recorded GPU, the probe answers and the time-ordered trace."""
+
+    path: Path
+    probe: dict[str, Any]
+    traces: list[list[dict[str, Any]]]
+    phases: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def devices(self) -> list[dict[str, Any]]:
+        return list(self.probe.get("devices", []))
+
+    def duration(self, gpu: int) -> float:
+        trace = self.traces[gpu]
+        if len(trace) < 2:
+            return TRACE_PERIOD_FALLBACK_S
+        span = float(trace[-1]["t"] - trace[0]["t"])
+        return span + span / (len(trace) - 1)
+
+
+def load_capture(path: str | Path) -> Capture:
+    """Read a capture directory (trace.jsonl, probe.json, phases.json) or a bare trace.jsonl."""
+    p = Path(path)
+    if p.is_dir():
+        trace_file = p / "trace.jsonl"
+        probe_file, phases_file = p / "probe.json", p / "phases.json"
+    else:
+        trace_file, probe_file, phases_file = p, p.with_name("probe.json"), p.with_name("phases.json")
+    if not trace_file.is_file():
+        raise CaptureError(f"{trace_file}: capture not found (expected a directory with trace.jsonl, "
+                           "or a trace.jsonl file)")
+    probe = _read_json(probe_file) if probe_file.is_file() else {}
+    if not isinstance(probe, dict) or not isinstance(probe.get("devices", []), list):
+        raise CaptureError(f"{probe_file}: expected an object with a 'devices' list")
+    phases = _read_json(phases_file) if phases_file.is_file() else []
+    by_gpu: dict[int, list[dict[str, Any]]] = {}
+    try:
+        with trace_file.open(encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                rec = _parse_record(trace_file, lineno, line)
+                by_gpu.setdefault(rec["gpu"], []).append(rec)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CaptureError(f"{trace_file}: cannot read: {exc}") from None
+    if not by_gpu:
+        raise CaptureError(f"{trace_file}: no samples in the trace")
+    traces = [sorted(by_gpu[g], key=lambda r: r["t"]) for g in sorted(by_gpu)]
+    return Capture(p, probe, traces, phases if isinstance(phases, list) else [])
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise CaptureError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CaptureError(f"{path}: cannot read: {exc}") from None
+
+
+def _parse_record(path: Path, lineno: int, line: str) -> dict[str, Any]:
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise CaptureError(f"{path}:{lineno}: invalid JSON: {exc.msg}") from None
+    if not isinstance(rec, dict):
+        raise CaptureError(f"{path}:{lineno}: expected a JSON object per line")
+    for key, kind in (("t", (int, float)), ("gpu", int)):
+        if not isinstance(rec.get(key), kind) or isinstance(rec.get(key), bool):
+            raise CaptureError(f"{path}:{lineno}: field '{key}' missing or not a number")
+    if not math.isfinite(rec["t"]):
+        raise CaptureError(f"{path}:{lineno}: field 't' is not finite")
+    return rec
+
+
+@dataclass
+class Faults:
+    """Scripted misbehaviour, times in seconds since nvmlInit (wall-clock, not trace time)."""
+
+    lost: list[tuple[int, float, float]] = field(default_factory=list)  # gpu, from, to
+    errors: list[tuple[str, int | None, int]] = field(default_factory=list)  # call, gpu or any, code
+    hangs: list[tuple[str, int | None, float, float]] = field(default_factory=list)  # call, gpu, at, s
+    xids: list[tuple[int, float, int]] = field(default_factory=list)  # gpu, at, xid
+    init_error: int | None = None
+
+
+class _Handle:
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+
+def _raise(code: int) -> None:
+    raise pynvml.NVMLError(code)
+
+
+def _raise_recorded(err: Any) -> None:
+    """Raise the error a capture recorded: "NVMLError_NotSupported(3)", a class name, or a code."""
+    if isinstance(err, int):
+        _raise(err)
+    name = str(err).split("(")[0]
+    cls = getattr(pynvml, name, None)
+    if isinstance(cls, type) and issubclass(cls, pynvml.NVMLError):
+        raise cls()
+    _raise(pynvml.NVML_ERROR_UNKNOWN)
+
+
+def _answer(entry: Any) -> Any:
+    """Value of a probe/trace entry, raising its recorded error."""
+    if isinstance(entry, dict) and "err" in entry and len(entry) <= 5 and "ok" not in entry:
+        _raise_recorded(entry["err"])
+    if isinstance(entry, dict) and "ok" in entry:
+        return entry["ok"]
+    return entry
+
+
+class CaptureNvml:
+    """The subset of the pynvml API gpumon uses, answered from a `Capture`.
+
+    Attribute lookups that are not NVML functions (constants, structs, exception classes) are the
+    real pynvml's, so code written against pynvml runs unchanged against this object.
+    """
+
+    def __init__(self, capture: Capture, *, gpus: int | None = None, speed: float = 1.0, loop: bool = True,
+                 faults: Faults | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.capture = capture
+        self.gpu_count = gpus or len(capture.traces)
+        self.speed = speed
+        self.loop = loop
+        self.faults = faults or Faults()
+        self._clock = clock
+        self._start: float | None = None
+        self._handles = [_Handle(i) for i in range(self.gpu_count)]
+        self._gpm_samples: dict[int, float] = {}
+        self._gpm_lock = threading.Lock()
+        self._xids_pending = sorted(self.faults.xids, key=lambda x: x[1])
+        self._xid_lock = threading.Lock()
+        self._registered: set[int] = set()
+
+    # --- plumbing ------------------------------------------------------------------------------
+
+    def __getattr__(self, name: str) -> Any:
+        real = getattr(pynvml, name)
+        if isinstance(real, types.FunctionType) and name.startswith("nvml"):
+            getter = self._probe_getter(name)
+            if getter is not None:
+                return getter
+            return lambda *a, **k: _raise(pynvml.NVML_ERROR_FUNCTION_NOT_FOUND)
+        return real
+
+    def elapsed(self) -> float:
+        if self._start is None:
+            _raise(pynvml.NVML_ERROR_UNINITIALIZED)
+        return self._clock() - self._start  # type: ignore[operator]
+
+    def _recorded(self, index: int) -> int:
+        return index % len(self.capture.traces)
+
+    def _probe_device(self, index: int) -> dict[str, Any]:
+        devices = self.capture.devices
+        return devices[self._recorded(index) % len(devices)] if devices else {}
+
+    def _record(self, index: int) -> dict[str, Any]:
+        """The trace record playing now on GPU `index`."""
+        return self._record_at(index, self._position(index))
+
+    def _position(self, index: int) -> float:
+        """Seconds into the recorded trace for GPU `index` (phase-shifted per fanned-out GPU)."""
+        rec = self._recorded(index)
+        duration = self.capture.duration(rec)
+        copies = max(1, self.gpu_count // len(self.capture.traces))
+        offset = (index // len(self.capture.traces)) * duration / copies
+        pos = self.elapsed() * self.speed + offset
+        return pos % duration if self.loop else min(pos, duration)
+
+    def _record_at(self, index: int, pos: float) -> dict[str, Any]:
+        return self.capture.traces[self._recorded(index)][self._index_at(index, pos)]
+
+    def phase(self, index: int) -> str | None:
+        """The labelled load phase (phases.json) GPU `index` is replaying now, if any."""
+        t = self._record(index)["t"]
+        return next((str(p["name"]) for p in self.capture.phases
+                     if isinstance(p, dict) and p.get("start", 0) <= t < p.get("end", 0)), None)
+
+    def _index_at(self, index: int, pos: float) -> int:
+        trace = self.capture.traces[self._recorded(index)]
+        t = trace[0]["t"] + pos
+        return max(0, bisect.bisect_right(trace, t, key=lambda r: r["t"]) - 1)
+
+    def _device(self, handle: Any, call: str) -> int:
+        """Resolve a handle and apply scripted faults for `call`."""
+        if not isinstance(handle, _Handle):
+            _raise(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        index: int = handle.index
+        now = self.elapsed()
+        for lost_gpu, start, end in self.faults.lost:
+            if lost_gpu == index and start <= now < end:
+                _raise(pynvml.NVML_ERROR_GPU_IS_LOST)
+        for name, hang_gpu, at, seconds in self.faults.hangs:
+            if name == call and hang_gpu in (None, index) and at <= now < at + seconds:
+                time.sleep(at + seconds - now)
+        for name, error_gpu, code in self.faults.errors:
+            if name == call and error_gpu in (None, index):
+                _raise(code)
+        return index
+
+    def _value(self, handle: Any, call: str, trace_key: str, probe_key: str) -> Any:
+        """A time-varying answer from the trace, else the static one from probe.json."""
+        index = self._device(handle, call)
+        rec = self._record(index)
+        if trace_key in rec:
+            return _answer(rec[trace_key])
+        return self._probe(index, probe_key)
+
+    def _probe(self, index: int, key: str) -> Any:
+        dev = self._probe_device(index)
+        entry = dev.get("getters", {}).get(key) or dev.get("parametrized", {}).get(key)
+        if entry is None:
+            _raise(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return _answer(entry)
+
+    def _probe_getter(self, name: str) -> Callable[..., Any] | None:
+        """Any single-argument getter probe.json recorded answers as recorded."""
+        if not any(name in d.get("getters", {}) for d in self.capture.devices):
+            return None
+
+        def getter(handle: Any) -> Any:
+            return _plain(self._probe(self._device(handle, name), name))
+        return getter
+
+    # --- system --------------------------------------------------------------------------------
+
+    def nvmlInit(self) -> None:
+        if self.faults.init_error is not None:
+            _raise(self.faults.init_error)
+        self._start = self._clock()
+
+    def nvmlShutdown(self) -> None:
+        self._start = None
+
+    def _system(self, key: str, default: Any) -> Any:
+        self.elapsed()
+        return _answer(self.capture.probe.get("system", {}).get(key, default))
+
+    def nvmlSystemGetDriverVersion(self) -> str:
+        return str(self._system("driver", "replay"))
+
+    def nvmlSystemGetCudaDriverVersion(self) -> int:
+        return int(self._system("cuda", 0))
+
+    def nvmlDeviceGetCount(self) -> int:
+        self.elapsed()
+        return self.gpu_count
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> _Handle:
+        self.elapsed()
+        if not 0 <= index < self.gpu_count:
+            _raise(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        return self._handles[index]
+
+    def nvmlDeviceGetHandleByUUID(self, uuid: str) -> _Handle:
+        for handle in self._handles:
+            if self.nvmlDeviceGetUUID(handle) == uuid:
+                return handle
+        _raise(pynvml.NVML_ERROR_NOT_FOUND)
+        raise AssertionError  # unreachable
+
+    # --- identity: fanned-out GPUs get distinct UUIDs and bus ids ------------------------------
+
+    def nvmlDeviceGetUUID(self, handle: Any) -> str:
+        index = self._device(handle, "nvmlDeviceGetUUID")
+        try:
+            uuid = str(self._probe(index, "nvmlDeviceGetUUID"))
+        except pynvml.NVMLError:
+            uuid = "GPU-00000000-0000-4000-8000-000000000000"
+        return uuid if index < len(self.capture.traces) else f"{uuid[:-4]}{index:04x}"
+
+    def nvmlDeviceGetPciInfo(self, handle: Any) -> Any:
+        index = self._device(handle, "nvmlDeviceGetPciInfo")
+        try:
+            info = dict(self._probe(index, "nvmlDeviceGetPciInfo"))
+        except pynvml.NVMLError:
+            info = {"busId": "00000000:00:00.0"}
+        if index >= len(self.capture.traces):
+            info["busId"] = f"{info['busId'][:-7]}{0x10 + index:02X}:00.0"
+        return types.SimpleNamespace(**info)
+
+    def nvmlDeviceGetIndex(self, handle: Any) -> int:
+        return self._device(handle, "nvmlDeviceGetIndex")
+
+    # --- time-varying values -------------------------------------------------------------------
+
+    def nvmlDeviceGetUtilizationRates(self, handle: Any) -> Any:
+        u = self._value(handle, "nvmlDeviceGetUtilizationRates", "util", "nvmlDeviceGetUtilizationRates")
+        return types.SimpleNamespace(**u)
+
+    def nvmlDeviceGetMemoryInfo(self, handle: Any, version: int | None = None) -> Any:
+        key = "nvmlDeviceGetMemoryInfo(v2)" if version else "nvmlDeviceGetMemoryInfo"
+        m = dict(self._value(handle, "nvmlDeviceGetMemoryInfo", "mem", key))
+        if not version:
+            m.pop("reserved", None)
+        return types.SimpleNamespace(**m)
+
+    def nvmlDeviceGetTemperature(self, handle: Any, sensor: int) -> int:
+        if sensor != 0:
+            _raise(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        return int(self._value(handle, "nvmlDeviceGetTemperature", "temp_c", "nvmlDeviceGetTemperature(GPU)"))
+
+    def nvmlDeviceGetPowerUsage(self, handle: Any) -> int:
+        return int(self._value(handle, "nvmlDeviceGetPowerUsage", "power_mw", "nvmlDeviceGetPowerUsage"))
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle: Any) -> int:
+        return int(self._value(handle, "nvmlDeviceGetTotalEnergyConsumption", "energy_mj_call",
+                               "nvmlDeviceGetTotalEnergyConsumption"))
+
+    def nvmlDeviceGetClockInfo(self, handle: Any, clock: int) -> int:
+        trace_key = {1: "sm_clock_mhz", 2: "mem_clock_mhz"}.get(clock, "")
+        return int(self._value(handle, "nvmlDeviceGetClockInfo", trace_key,
+                               f"nvmlDeviceGetClockInfo({CLOCK_NAMES.get(clock, clock)})"))
+
+    def nvmlDeviceGetMaxClockInfo(self, handle: Any, clock: int) -> int:
+        index = self._device(handle, "nvmlDeviceGetMaxClockInfo")
+        return int(self._probe(index, f"nvmlDeviceGetMaxClockInfo({CLOCK_NAMES.get(clock, clock)})"))
+
+    def nvmlDeviceGetCurrentClocksEventReasons(self, handle: Any) -> int:
+        return int(self._value(handle, "nvmlDeviceGetCurrentClocksEventReasons", "clocks_event_reasons",
+                               "nvmlDeviceGetCurrentClocksEventReasons"))
+
+    def nvmlDeviceGetPerformanceState(self, handle: Any) -> int:
+        return int(self._value(handle, "nvmlDeviceGetPerformanceState", "pstate",
+                               "nvmlDeviceGetPerformanceState"))
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: Any) -> list[Any]:
+        procs = self._value(handle, "nvmlDeviceGetComputeRunningProcesses", "procs",
+                            "nvmlDeviceGetComputeRunningProcesses")
+        return [types.SimpleNamespace(pid=p["pid"], usedGpuMemory=p.get("used")) for p in procs]
+
+    def nvmlDeviceGetFieldValues(self, handle: Any, field_ids: list[int]) -> Any:
+        index = self._device(handle, "nvmlDeviceGetFieldValues")
+        rec_fields = self._record(index).get("fields")
+        if isinstance(rec_fields, dict) and "err" in rec_fields and len(rec_fields) == 1:
+            _raise_recorded(rec_fields["err"])
+        by_id = self._probe_device(index).get("fields", {}).get("by_id", {})
+        values = (pynvml.c_nvmlFieldValue_t * len(field_ids))()
+        for v, fid in zip(values, field_ids, strict=True):
+            v.fieldId = fid
+            recorded = (rec_fields or {}).get(TRACE_FIELDS.get(fid, ""))
+            probe = by_id.get(str(fid), {"ret": pynvml.NVML_ERROR_NOT_SUPPORTED})
+            if recorded is None:
+                v.nvmlReturn = int(probe.get("ret", pynvml.NVML_ERROR_NOT_SUPPORTED))
+                _set_field(v, int(probe.get("type", 3)), probe.get("value"))
+            elif isinstance(recorded, dict):
+                v.nvmlReturn = int(recorded.get("err", pynvml.NVML_ERROR_UNKNOWN))
+            else:
+                v.nvmlReturn = 0
+                _set_field(v, int(probe.get("type", 0 if isinstance(recorded, float) else 3)), recorded)
+        return values
+
+    # --- parametrised static answers -----------------------------------------------------------
+
+    def nvmlDeviceGetTemperatureThreshold(self, handle: Any, threshold: int) -> int:
+        index = self._device(handle, "nvmlDeviceGetTemperatureThreshold")
+        return int(self._probe(index, f"nvmlDeviceGetTemperatureThreshold({threshold})"))
+
+    def nvmlDeviceGetTotalEccErrors(self, handle: Any, error_type: int, counter_type: int) -> int:
+        index = self._device(handle, "nvmlDeviceGetTotalEccErrors")
+        return int(self._probe(index, f"nvmlDeviceGetTotalEccErrors({error_type},{counter_type})"))
+
+    def nvmlDeviceGetViolationStatus(self, handle: Any, policy: int) -> Any:
+        index = self._device(handle, "nvmlDeviceGetViolationStatus")
+        return types.SimpleNamespace(**self._probe(index, f"nvmlDeviceGetViolationStatus({policy})"))
+
+    # --- GPM -----------------------------------------------------------------------------------
+
+    def nvmlGpmQueryDeviceSupport(self, handle: Any) -> Any:
+        index = self._device(handle, "nvmlGpmQueryDeviceSupport")
+        support = self._probe_device(index).get("gpm", {}).get("support")
+        if not support:
+            _raise(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return types.SimpleNamespace(**support)
+
+    def nvmlGpmSampleAlloc(self) -> Any:
+        # A real ctypes pointer, so it can be stored in c_nvmlGpmMetricsGet_t like NVML's own.
+        cell = ctypes.pointer(ctypes.c_uint64(0))
+        return ctypes.cast(cell, pynvml.c_nvmlGpmSample_t)
+
+    def nvmlGpmSampleFree(self, sample: Any) -> None:
+        with self._gpm_lock:
+            self._gpm_samples.pop(_sample_id(sample), None)
+
+    def nvmlGpmSampleGet(self, handle: Any, sample: Any) -> Any:
+        index = self._device(handle, "nvmlGpmSampleGet")
+        with self._gpm_lock:
+            self._gpm_samples[_sample_id(sample)] = self._position(index)
+            ctypes.cast(sample, ctypes.POINTER(ctypes.c_uint64)).contents.value = index
+        return sample
+
+    def nvmlGpmMetricsGet(self, mg: Any) -> Any:
+        index = int(ctypes.cast(mg.sample2, ctypes.POINTER(ctypes.c_uint64)).contents.value)
+        self._device(self._handles[index], "nvmlGpmMetricsGet")
+        with self._gpm_lock:
+            t1 = self._gpm_samples.get(_sample_id(mg.sample1))
+            t2 = self._gpm_samples.get(_sample_id(mg.sample2))
+        if t1 is None or t2 is None:
+            _raise(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        records = self._records_between(index, t1, t2)  # type: ignore[arg-type]
+        probe_metrics = self._probe_device(index).get("gpm", {}).get("metrics", {})
+        for j in range(mg.numMetrics):
+            metric = mg.metrics[j]
+            key = TRACE_GPM_KEYS.get(metric.metricId)
+            values = [r["gpm"].get(key) for r in records if key and isinstance(r.get("gpm"), dict)]
+            numbers = [v for v in values if isinstance(v, (int, float))]
+            errors = [v for v in values if isinstance(v, dict)]
+            if numbers:
+                metric.nvmlReturn, metric.value = 0, sum(numbers) / len(numbers)
+            elif errors:
+                metric.nvmlReturn = int(errors[-1].get("err", pynvml.NVML_ERROR_UNKNOWN))
+            else:
+                recorded = probe_metrics.get(str(metric.metricId), {"ret": pynvml.NVML_ERROR_NOT_SUPPORTED})
+                metric.nvmlReturn = int(recorded.get("ret", 0))
+                metric.value = float(recorded.get("value") or 0.0)
+        return mg
+
+    def _records_between(self, index: int, t1: float, t2: float) -> list[dict[str, Any]]:
+        """Trace records whose GPM interval falls in (t1, t2]; the latest one if none does."""
+        trace = self.capture.traces[self._recorded(index)]
+        i1, i2 = self._index_at(index, t1), self._index_at(index, t2)
+        if i2 > i1:
+            return trace[i1 + 1:i2 + 1]
+        return [trace[i2]]
+
+    # --- events --------------------------------------------------------------------------------
+
+    def nvmlEventSetCreate(self) -> Any:
+        self.elapsed()
+        return types.SimpleNamespace()
+
+    def nvmlDeviceRegisterEvents(self, handle: Any, event_types: int, event_set: Any) -> None:
+        index = self._device(handle, "nvmlDeviceRegisterEvents")
+        supported = self._probe_device(index).get("events", {}).get("supported_mask", 0)
+        if not supported & event_types:
+            _raise(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        self._registered.add(index)
+
+    def nvmlEventSetWait_v2(self, event_set: Any, timeout_ms: int) -> Any:
+        deadline = self.elapsed() + timeout_ms / 1000
+        while True:
+            with self._xid_lock:
+                due = next((x for x in self._xids_pending if x[0] in self._registered), None)
+                if due is not None and due[1] <= self.elapsed():
+                    self._xids_pending.remove(due)
+                    gpu, _, xid = due
+                    return types.SimpleNamespace(
+                        device=self._handles[gpu], eventType=pynvml.nvmlEventTypeXidCriticalError,
+                        eventData=xid, gpuInstanceId=0, computeInstanceId=0)
+            now = self.elapsed()
+            if now >= deadline:
+                _raise(pynvml.NVML_ERROR_TIMEOUT)
+            wake = min(deadline, due[1]) if due is not None else deadline
+            time.sleep(max(0.0, min(wake - now, 0.05)))
+
+    def nvmlEventSetFree(self, event_set: Any) -> None:
+        return None
+
+
+def _sample_id(sample: Any) -> int:
+    return int(ctypes.cast(sample, ctypes.c_void_p).value or 0)
+
+
+def _set_field(v: Any, kind: int, value: Any) -> None:
+    v.valueType = kind
+    if value is None:
+        return
+    attr = ("dVal", "uiVal", "ulVal", "ullVal", "sllVal", "siVal", "usVal")[kind] if kind <= 6 else "dVal"
+    setattr(v.value, attr, float(value) if attr == "dVal" else int(value))
+
+
+def _plain(value: Any) -> Any:
+    """Recorded structs come back as dicts; give them attribute access like pynvml's structs."""
+    if isinstance(value, dict):
+        return types.SimpleNamespace(**value)
+    if isinstance(value, list):
+        return tuple(value)
+    return value

@@ -1,0 +1,105 @@
+"""HTTP endpoints: /metrics (cached exposition), / (landing page), /-/healthy and /-/ready."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from gpumon import __version__
+from gpumon.config import Listen
+from gpumon.exporter import OPENMETRICS_TYPE, TEXT_TYPE, Exporter
+from gpumon.sampler import Sampler
+from gpumon.webconfig import WebSecurity
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ListenError(Exception):
+    """The listen address cannot be bound (in use, not permitted, no such address)."""
+
+
+class WebServer:
+    def __init__(self, sampler: Sampler, exporter: Exporter, *, demo_note: str = "") -> None:
+        self.sampler = sampler
+        self.exporter = exporter
+        self.demo_note = demo_note
+        self.security = WebSecurity()
+        self._runner: web.AppRunner | None = None
+        self.bound: list[tuple[str, int]] = []
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._guard])
+        app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/", self.landing)
+        app.router.add_get("/-/healthy", self.healthy)
+        app.router.add_get("/-/ready", self.ready)
+        return app
+
+    async def start(self, listen: Listen, security: WebSecurity) -> None:
+        """Bind and serve; raises ListenError with a sentence the user can act on."""
+        self.security = security
+        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, listen.host or None, listen.port, ssl_context=security.ssl_context,
+                           reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise ListenError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
+        self._runner = runner
+        self.bound = [tuple(a[:2]) for a in runner.addresses]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not self.security.check_authorization(request.headers.get("Authorization")):
+            return web.Response(status=401, text="Unauthorized\n",
+                                headers={"WWW-Authenticate": 'Basic realm="gpumon"'})
+        response = await handler(request)
+        for name, value in self.security.headers.items():
+            response.headers[name] = value
+        return response
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        openmetrics = "application/openmetrics-text" in request.headers.get("Accept", "")
+        gzipped = "gzip" in request.headers.get("Accept-Encoding", "")
+        body = self.exporter.body(openmetrics, gzipped)
+        headers = {"Content-Type": OPENMETRICS_TYPE if openmetrics else TEXT_TYPE}
+        if gzipped:
+            headers["Content-Encoding"] = "gzip"
+        return web.Response(body=body, headers=headers)
+
+    async def healthy(self, request: web.Request) -> web.Response:
+        return web.Response(text="gpumon is healthy.\n")
+
+    async def ready(self, request: web.Request) -> web.Response:
+        if self.sampler.ready.is_set():
+            return web.Response(text="gpumon is ready.\n")
+        return web.Response(status=503, text="gpumon is not ready: no complete poll yet.\n")
+
+    async def landing(self, request: web.Request) -> web.Response:
+        rows = "".join(
+            f"<tr><td>{d.index}</td><td>{html.escape(d.name)}</td><td><code>{html.escape(d.uuid)}</code></td>"
+            f"<td>{html.escape(d.pci_bus_id)}</td><td>{'GPM' if d.gpm_supported else 'util.gpu only'}</td></tr>"
+            for d in self.sampler.devices)
+        banner = (f'<p class="demo"><strong>DEMO DATA</strong>: {html.escape(self.demo_note)}</p>'
+                  if self.demo_note else "")
+        page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>gpumon</title>
+<style>body{{font-family:sans-serif;margin:2em}} td,th{{padding:.2em .8em;text-align:left}}
+.demo{{background:#fde68a;border:2px solid #b45309;padding:.6em}}</style></head>
+<body><h1>gpumon {html.escape(__version__)}</h1>
+{banner}
+<p>Backend: <strong>{html.escape(self.sampler.source.backend)}</strong>.
+<a href="/metrics">Metrics</a> · <a href="/-/healthy">Health</a> · <a href="/-/ready">Readiness</a></p>
+<table><tr><th>GPU</th><th>Name</th><th>UUID</th><th>PCI bus</th><th>SM activity</th></tr>{rows}</table>
+</body></html>
+"""
+        return web.Response(text=page, content_type="text/html")
