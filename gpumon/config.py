@@ -18,7 +18,7 @@ from gpumon.yamlfile import ConfigError, KeyPath, load_yaml, validate
 DEFAULT_PORT = 9948  # clear of dcgm-exporter (9400), nvidia_gpu_exporter (9835), node_exporter (9100)
 DEFAULT_LISTEN = f":{DEFAULT_PORT}"
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
@@ -27,13 +27,18 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a duration like 1s, 500ms or 5m")
     if isinstance(value, (int, float)):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int beyond float range
+            seconds = float("inf")
     elif isinstance(value, str) and value and _DURATION.sub("", value.strip()) == "":
         seconds = sum(float(n) * _UNIT_S[u] for n, u in _DURATION.findall(value.strip()))
     else:
         raise ValueError(f"{value!r} is not a duration like 1s, 500ms or 5m")
-    if not 0 < seconds < float("inf"):
+    if not seconds > 0:  # also NaN
         raise ValueError("must be greater than zero")
+    if seconds == float("inf"):
+        raise ValueError("is too long")
     return seconds
 
 
@@ -55,7 +60,7 @@ def parse_listen(value: Any) -> Listen:
     if isinstance(value, Listen):
         return value
     text = str(value)
-    m = re.fullmatch(r"(?:\[([0-9A-Fa-f:.]+)\]|([^:\[\]]*)):(\d{1,5})", text)
+    m = re.fullmatch(r"(?:\[([0-9A-Fa-f:.]+)\]|([^:\[\]]*)):([0-9]{1,5})", text)
     if not m or not 0 < int(m.group(3)) < 65536:
         raise ValueError(f"{text!r} is not HOST:PORT (for example :{DEFAULT_PORT} or 127.0.0.1:{DEFAULT_PORT})")
     host = m.group(1) if m.group(1) is not None else m.group(2)
@@ -85,8 +90,18 @@ class WebConfig(_Section):
 
 class SamplerConfig(_Section):
     fast_interval: Duration = 1.0
-    slow_interval: Duration = 30.0
+    slow_interval: Duration = pydantic.Field(default=30.0, validate_default=True)  # checked against fast_interval
     deadline: Duration | None = None  # per poll; default 80% of the tier's interval (max 10 s)
+
+    @pydantic.field_validator("slow_interval")
+    @classmethod
+    def _slow_not_faster(cls, slow: float, info: pydantic.ValidationInfo) -> float:
+        # A field validator (not a model one) so the error names sampler.slow_interval and its line
+        # or flag; fast_interval is validated first and is absent from info.data if it was invalid.
+        fast = info.data.get("fast_interval")
+        if fast is not None and slow < fast:
+            raise ValueError(f"must not be shorter than sampler.fast_interval ({fast:g}s)")
+        return slow
 
 
 class MetricsConfig(_Section):
@@ -111,16 +126,15 @@ class Config(_Section):
     store: StoreConfig = StoreConfig()
     log: LogConfig = LogConfig()
 
-    @pydantic.model_validator(mode="after")
-    def _slow_not_faster(self) -> Config:
-        if self.sampler.slow_interval < self.sampler.fast_interval:
-            raise ValueError("sampler.slow_interval must not be shorter than sampler.fast_interval")
-        return self
-
     @property
     def opt_ins(self) -> frozenset[str]:
         return frozenset(k for k, v in self.metrics.model_dump().items() if v is True)
 
+
+SECTIONS = frozenset(name for name, f in Config.model_fields.items()
+                     if isinstance(f.annotation, type) and issubclass(f.annotation, _Section))
+# Paths in the file that are relative to the file's directory (flags stay relative to the cwd).
+FILE_RELATIVE: tuple[KeyPath, ...] = (("state_dir",), ("web", "config_file"))
 
 # Command-line flag -> key path in the file. Flags win over the file.
 FLAGS: dict[str, KeyPath] = {
@@ -144,20 +158,41 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> C
     lines: dict[KeyPath, int] = {}
     if path is not None:
         data, lines = load_yaml(path)
+        if data is None:  # a document with nothing in it ("---")
+            data = {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}:1: the configuration must be a mapping of keys")
+        for key in SECTIONS:
+            if key in data and data[key] is None:  # `sampler:` with every setting commented out
+                data[key] = {}
+        for keys in FILE_RELATIVE:
+            _relative_to(data, keys, path.parent)
     origins: dict[KeyPath, str] = {}
     for flag, value in (overrides or {}).items():
         if value is None:
             continue
-        keys = FLAGS[flag]
+        *parents, leaf = keys = FLAGS[flag]
         node = data
-        for k in keys[:-1]:
-            node = node.setdefault(k, {}) if isinstance(node.get(k), dict) or k not in node else node[k]
-        if isinstance(node, dict):
-            node[keys[-1]] = value
-        origins[keys] = f"--{flag.replace('_', '-')}"
+        for k in parents:
+            if node.get(k) is None:
+                node[k] = {}
+            node = node[k]
+            if not isinstance(node, dict):  # `web: 5` in the file: reported by validation
+                break
+        else:
+            node[leaf] = value
+            origins[keys] = f"--{flag.replace('_', '-')}"
     return validate(Config, data, path or "(command line)", lines, origins)
+
+
+def _relative_to(data: dict[str, Any], keys: KeyPath, base: Path) -> None:
+    *parents, leaf = keys
+    node: Any = data
+    for k in parents:
+        node = node.get(k) if isinstance(node, dict) else None
+    if isinstance(node, dict) and isinstance(node.get(leaf), str) and node[leaf]:
+        value = Path(node[leaf]).expanduser()
+        node[leaf] = str(value if value.is_absolute() else base / value)
 
 
 __all__ = ["Config", "ConfigError", "Listen", "load_config", "parse_duration", "parse_listen"]

@@ -155,8 +155,12 @@ class Daemon:
                 await self.web.start(new.web.listen, security)
             except ListenError as exc:
                 log.error("reload: new listen address failed; keeping the old one", problem=str(exc))
-                await self.web.start(old.web.listen, self.web.security)
                 new = new.model_copy(update={"web": old.web})
+                try:
+                    await self.web.start(old.web.listen, self.web.security)
+                except ListenError as again:  # the old address was taken meanwhile: a fault, not a crash
+                    log.error("reload: the old listen address cannot be bound either; /metrics is down "
+                              "until the next successful reload", problem=str(again))
         self.sampler.intervals = intervals_of(new)
         self.sampler.source.configure(new.opt_ins)
         logs.configure(new.log.level, new.log.format)

@@ -31,10 +31,12 @@ class _SnapshotCollector:
         self.samples: list[Sample] = []
 
     def collect(self) -> Iterator[Family]:
-        by_metric: dict[str, list[tuple[dict[str, str], float]]] = {}
+        # name -> series (labels in a canonical order) -> value. A series that two samples both
+        # carry is exposed once, with the later value: an exposition must not repeat a series.
+        by_metric: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
         for sample in self.samples:
             for name, label_pairs, value in sample.values:
-                by_metric.setdefault(name, []).append((dict(label_pairs), value))
+                by_metric.setdefault(name, {})[tuple(sorted(label_pairs))] = value
         for metric in catalog.METRICS:
             points = by_metric.get(metric.name)
             if not points:
@@ -42,8 +44,8 @@ class _SnapshotCollector:
             family_name = metric.family.removesuffix("_info") if metric.type == catalog.INFO else metric.family
             family = Family(family_name, metric.help, metric.type, metric.unit)
             sample_name = metric.name
-            for labels, value in points:
-                family.add_sample(sample_name, labels, value)
+            for labels, value in points.items():
+                family.add_sample(sample_name, dict(labels), value)
             yield family
 
     def describe(self) -> Iterable[Family]:

@@ -22,6 +22,8 @@ class Ring:
     __slots__ = ("_head", "_size", "capacity", "times", "values")
 
     def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError(f"a ring holds at least one point, not {capacity}")
         self.capacity = capacity
         self.times = array("d")
         self.values = array("d")

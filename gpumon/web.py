@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import html
 from collections.abc import Awaitable, Callable
 
@@ -38,8 +39,11 @@ class WebServer:
         return app
 
     async def start(self, listen: Listen, security: WebSecurity) -> None:
-        """Bind and serve; raises ListenError with a sentence the user can act on."""
-        self.security = security
+        """Bind and serve; raises ListenError with a sentence the user can act on.
+
+        The security settings take effect only once bound: after a ListenError, `self.security` is
+        still the previous one, for a caller that falls back to the previous address.
+        """
         runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, listen.host or None, listen.port, ssl_context=security.ssl_context,
@@ -49,6 +53,7 @@ class WebServer:
         except OSError as exc:
             await runner.cleanup()
             raise ListenError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
+        self.security = security
         self._runner = runner
         self.bound = [tuple(a[:2]) for a in runner.addresses]
 
@@ -59,11 +64,15 @@ class WebServer:
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not self.security.check_authorization(request.headers.get("Authorization")):
-            return web.Response(status=401, text="Unauthorized\n",
-                                headers={"WWW-Authenticate": 'Basic realm="gpumon"'})
-        response = await handler(request)
-        for name, value in self.security.headers.items():
+        security, header = self.security, request.headers.get("Authorization")
+        # bcrypt takes tens of milliseconds: off the event loop, which also runs the poll loops.
+        if not (security.is_cached(header)
+                or await asyncio.get_running_loop().run_in_executor(None, security.check_authorization, header)):
+            response: web.StreamResponse = web.Response(
+                status=401, text="Unauthorized\n", headers={"WWW-Authenticate": 'Basic realm="gpumon"'})
+        else:
+            response = await handler(request)
+        for name, value in security.headers.items():
             response.headers[name] = value
         return response
 
@@ -71,8 +80,9 @@ class WebServer:
         openmetrics = "application/openmetrics-text" in request.headers.get("Accept", "")
         gzipped = "gzip" in request.headers.get("Accept-Encoding", "")
         body = self.exporter.body(openmetrics, gzipped)
-        headers = {"Content-Type": OPENMETRICS_TYPE if openmetrics else TEXT_TYPE}
-        if gzipped:
+        headers = {"Content-Type": OPENMETRICS_TYPE if openmetrics else TEXT_TYPE,
+                   "Vary": "Accept, Accept-Encoding"}
+        if gzipped and body:  # before the first render there is nothing, not even a gzip header
             headers["Content-Encoding"] = "gzip"
         return web.Response(body=body, headers=headers)
 

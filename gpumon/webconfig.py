@@ -20,28 +20,43 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import re
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import bcrypt
-import pydantic
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict
 
 from gpumon.yamlfile import ConfigError, load_yaml, validate
 
+# Python's ssl verifies every client certificate it receives against client_ca_file; it cannot accept
+# one unverified as Go can. So RequestClientCert (Go: ask, accept anything) does not ask at all, which
+# admits the same clients, and RequireAnyClientCert (Go: any certificate) needs client_ca_file and
+# verifies against it.
 CLIENT_AUTH = {
     "NoClientCert": ssl.CERT_NONE,
-    "RequestClientCert": ssl.CERT_OPTIONAL,
+    "RequestClientCert": ssl.CERT_NONE,
     "RequireAnyClientCert": ssl.CERT_REQUIRED,
     "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
     "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
 }
+_NEEDS_CA = ("RequireAnyClientCert", "VerifyClientCertIfGiven", "RequireAndVerifyClientCert")
 TLS_VERSIONS = {"TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
 # Checked against unknown users so a wrong user name costs as long as a wrong password.
 _DUMMY_HASH = bcrypt.hashpw(b"gpumon-dummy", bcrypt.gensalt(rounds=10))
 _AUTH_CACHE_SIZE = 64
+# $2a$, $2b$ or $2y$, a cost of 04-31, then 22 characters of salt and 31 of hash in bcrypt's base64.
+_BCRYPT_HASH = re.compile(r"\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}")
+
+
+def _bcrypt_only(hashed: str) -> str:
+    if not hashed.startswith(("$2a$", "$2b$", "$2y$")):
+        raise ValueError("password must be a bcrypt hash ($2b$...), not plain text")
+    if not _BCRYPT_HASH.fullmatch(hashed):
+        raise ValueError("not a valid bcrypt hash: expected $2b$CC$ and 53 characters (htpasswd -nBC 12)")
+    return hashed
 
 
 class _Strict(BaseModel):
@@ -63,16 +78,8 @@ class HttpServerConfig(_Strict):
 
 class WebConfigFile(_Strict):
     tls_server_config: TlsServerConfig | None = None
-    basic_auth_users: dict[str, str] = {}
+    basic_auth_users: dict[str, Annotated[str, AfterValidator(_bcrypt_only)]] = {}
     http_server_config: HttpServerConfig = HttpServerConfig()
-
-    @pydantic.field_validator("basic_auth_users")
-    @classmethod
-    def _bcrypt_only(cls, users: dict[str, str]) -> dict[str, str]:
-        for user, hashed in users.items():
-            if not hashed.startswith(("$2a$", "$2b$", "$2y$")):
-                raise ValueError(f"user {user!r}: password must be a bcrypt hash ($2b$...), not plain text")
-        return users
 
 
 @dataclass
@@ -88,21 +95,26 @@ class WebSecurity:
         """True when no users are configured, or the Basic credentials match a bcrypt hash.
 
         bcrypt is slow by design (tens of ms); successful checks are cached by a digest of the
-        credentials so a scrape every second does not pay it each time.
+        credentials so a scrape every second does not pay it each time. Callers on an event loop
+        should try `is_cached()` first and run this in a thread otherwise.
         """
         if not self.users:
             return True
-        if not header or not header.startswith("Basic "):
+        credentials = _credentials(header)
+        if credentials is None:
             return False
-        try:
-            user, _, password = base64.b64decode(header[6:], validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
-            return False
-        digest = hashlib.sha256(f"{user}\0{password}".encode()).digest()
+        digest = hashlib.sha256(credentials).digest()
         if self._verified.get(digest):
             return True
+        try:
+            user, _, password = credentials.decode().partition(":")
+        except UnicodeDecodeError:
+            return False
         hashed = self.users.get(user)
-        ok = bcrypt.checkpw(password.encode(), hashed if hashed is not None else _DUMMY_HASH)
+        try:
+            ok = bcrypt.checkpw(password.encode(), hashed if hashed is not None else _DUMMY_HASH)
+        except ValueError:  # bcrypt 5 refuses passwords over 72 bytes; such a password is wrong
+            ok = False
         ok = ok and hashed is not None
         if ok:
             if len(self._verified) >= _AUTH_CACHE_SIZE:
@@ -110,10 +122,31 @@ class WebSecurity:
             self._verified[digest] = True
         return ok
 
+    def is_cached(self, header: str | None) -> bool:
+        """True when no users are configured or these credentials were verified before (no bcrypt)."""
+        if not self.users:
+            return True
+        credentials = _credentials(header)
+        return credentials is not None and self._verified.get(hashlib.sha256(credentials).digest(), False)
+
+
+def _credentials(header: str | None) -> bytes | None:
+    """The decoded `user:password` of a Basic Authorization header (the scheme is case-insensitive)."""
+    scheme, _, encoded = (header or "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        credentials = base64.b64decode(encoded.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return credentials if b":" in credentials else None
+
 
 def load_web_config(path: Path) -> WebSecurity:
     """Read and validate a web-config file, build the SSL context. Raises ConfigError."""
     data, lines = load_yaml(path)
+    if isinstance(data, dict):  # `basic_auth_users:` with every user commented out means none
+        data = {k: v for k, v in data.items() if v is not None}
     cfg = validate(WebConfigFile, data or {}, path, lines)
     security = WebSecurity(users={u: h.encode() for u, h in cfg.basic_auth_users.items()},
                            headers=dict(cfg.http_server_config.headers))
@@ -132,8 +165,14 @@ def _ssl_context(tls: TlsServerConfig, path: Path, lines: dict[tuple[str | int, 
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = TLS_VERSIONS[tls.min_version]
     if tls.max_version:
+        if TLS_VERSIONS[tls.max_version] < TLS_VERSIONS[tls.min_version]:
+            raise ConfigError(f"{where('max_version')}: tls_server_config.max_version: {tls.max_version} is "
+                              f"below min_version {tls.min_version}")
         ctx.maximum_version = TLS_VERSIONS[tls.max_version]
     cert, key = base / tls.cert_file, base / tls.key_file
+    for name, file in (("cert_file", cert), ("key_file", key)):
+        if not file.is_file():
+            raise ConfigError(f"{where(name)}: tls_server_config.{name}: {file}: file not found")
     try:
         ctx.load_cert_chain(cert, key)
     except (OSError, ssl.SSLError) as exc:
@@ -148,7 +187,7 @@ def _ssl_context(tls: TlsServerConfig, path: Path, lines: dict[tuple[str | int, 
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(f"{where('client_ca_file')}: tls_server_config.client_ca_file: cannot load "
                               f"{ca}: {exc.strerror or exc}") from None
-    elif auth in ("VerifyClientCertIfGiven", "RequireAndVerifyClientCert"):
+    elif auth in _NEEDS_CA:
         raise ConfigError(f"{where('client_auth_type')}: tls_server_config.client_auth_type: "
                           f"{auth} needs client_ca_file")
     return ctx

@@ -64,6 +64,8 @@ class Capture:
         if len(trace) < 2:
             return TRACE_PERIOD_FALLBACK_S
         span = float(trace[-1]["t"] - trace[0]["t"])
+        if span <= 0:  # every record at the same instant: play them as one
+            return TRACE_PERIOD_FALLBACK_S
         return span + span / (len(trace) - 1)
 
 
@@ -79,9 +81,13 @@ def load_capture(path: str | Path) -> Capture:
         raise CaptureError(f"{trace_file}: capture not found (expected a directory with trace.jsonl, "
                            "or a trace.jsonl file)")
     probe = _read_json(probe_file) if probe_file.is_file() else {}
-    if not isinstance(probe, dict) or not isinstance(probe.get("devices", []), list):
-        raise CaptureError(f"{probe_file}: expected an object with a 'devices' list")
+    if (not isinstance(probe, dict) or not isinstance(probe.get("devices", []), list)
+            or not all(isinstance(d, dict) for d in probe.get("devices", []))):
+        raise CaptureError(f"{probe_file}: expected an object with a 'devices' list of objects")
     phases = _read_json(phases_file) if phases_file.is_file() else []
+    if not isinstance(phases, list) or not all(_is_phase(ph) for ph in phases):
+        raise CaptureError(f"{phases_file}: expected a list of {{\"name\", \"start\", \"end\"}} objects "
+                           "with numeric start and end")
     by_gpu: dict[int, list[dict[str, Any]]] = {}
     try:
         with trace_file.open(encoding="utf-8") as f:
@@ -95,7 +101,16 @@ def load_capture(path: str | Path) -> Capture:
     if not by_gpu:
         raise CaptureError(f"{trace_file}: no samples in the trace")
     traces = [sorted(by_gpu[g], key=lambda r: r["t"]) for g in sorted(by_gpu)]
-    return Capture(p, probe, traces, phases if isinstance(phases, list) else [])
+    return Capture(p, probe, traces, phases)
+
+
+def _is_phase(phase: Any) -> bool:
+    return (isinstance(phase, dict) and isinstance(phase.get("name"), str)
+            and all(_is_number(phase.get(k)) for k in ("start", "end")))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _read_json(path: Path) -> Any:
@@ -117,7 +132,11 @@ def _parse_record(path: Path, lineno: int, line: str) -> dict[str, Any]:
     for key, kind in (("t", (int, float)), ("gpu", int)):
         if not isinstance(rec.get(key), kind) or isinstance(rec.get(key), bool):
             raise CaptureError(f"{path}:{lineno}: field '{key}' missing or not a number")
-    if not math.isfinite(rec["t"]):
+    try:
+        finite = math.isfinite(rec["t"])
+    except OverflowError:  # an integer too large for a float
+        finite = False
+    if not finite:
         raise CaptureError(f"{path}:{lineno}: field 't' is not finite")
     return rec
 
@@ -144,18 +163,29 @@ def _raise(code: int) -> None:
 
 def _raise_recorded(err: Any) -> None:
     """Raise the error a capture recorded: "NVMLError_NotSupported(3)", a class name, or a code."""
-    if isinstance(err, int):
-        _raise(err)
-    name = str(err).split("(")[0]
-    cls = getattr(pynvml, name, None)
-    if isinstance(cls, type) and issubclass(cls, pynvml.NVMLError):
-        raise cls()
-    _raise(pynvml.NVML_ERROR_UNKNOWN)
+    _raise(_error_code(err))
+
+
+def _error_code(err: Any) -> int:
+    """The NVML return code of a recorded error: a code, "NVMLError_NotSupported(3)" or a class name."""
+    if isinstance(err, int) and not isinstance(err, bool):
+        return err
+    name, _, rest = str(err).partition("(")
+    cls = getattr(pynvml, name.strip(), None)
+    if isinstance(cls, type) and issubclass(cls, pynvml.NVMLError) and cls is not pynvml.NVMLError:
+        return int(cls().value)
+    code = rest.rstrip(")").strip()
+    return int(code) if code.isdigit() else pynvml.NVML_ERROR_UNKNOWN
+
+
+def _is_error(entry: Any) -> bool:
+    """A recorded whole-call error: {"err": ...} with nothing but latency beside it."""
+    return isinstance(entry, dict) and "err" in entry and "ok" not in entry and len(entry) <= 5
 
 
 def _answer(entry: Any) -> Any:
     """Value of a probe/trace entry, raising its recorded error."""
-    if isinstance(entry, dict) and "err" in entry and len(entry) <= 5 and "ok" not in entry:
+    if _is_error(entry):
         _raise_recorded(entry["err"])
     if isinstance(entry, dict) and "ok" in entry:
         return entry["ok"]
@@ -171,6 +201,10 @@ class CaptureNvml:
 
     def __init__(self, capture: Capture, *, gpus: int | None = None, speed: float = 1.0, loop: bool = True,
                  faults: Faults | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        if gpus is not None and gpus < 1:
+            raise ValueError(f"gpus must be at least 1, not {gpus}")
+        if not (math.isfinite(speed) and speed > 0):
+            raise ValueError(f"speed must be a positive number, not {speed}")
         self.capture = capture
         self.gpu_count = gpus or len(capture.traces)
         self.speed = speed
@@ -184,6 +218,7 @@ class CaptureNvml:
         self._xids_pending = sorted(self.faults.xids, key=lambda x: x[1])
         self._xid_lock = threading.Lock()
         self._registered: set[int] = set()
+        self._uuids, self._bus_ids = self._identities()
 
     # --- plumbing ------------------------------------------------------------------------------
 
@@ -214,12 +249,18 @@ class CaptureNvml:
 
     def _position(self, index: int) -> float:
         """Seconds into the recorded trace for GPU `index` (phase-shifted per fanned-out GPU)."""
-        rec = self._recorded(index)
-        duration = self.capture.duration(rec)
-        copies = max(1, self.gpu_count // len(self.capture.traces))
-        offset = (index // len(self.capture.traces)) * duration / copies
-        pos = self.elapsed() * self.speed + offset
-        return pos % duration if self.loop else min(pos, duration)
+        return self._wrap(index, self._play_time(index))
+
+    def _play_time(self, index: int) -> float:
+        """Trace seconds GPU `index` has played since nvmlInit, phase offset included, not wrapped."""
+        n = len(self.capture.traces)
+        copies = -(-self.gpu_count // n)  # ceil: every copy of a recorded GPU gets its own offset
+        offset = (index // n) * self.capture.duration(self._recorded(index)) / copies
+        return self.elapsed() * self.speed + offset
+
+    def _wrap(self, index: int, play: float) -> float:
+        duration = self.capture.duration(self._recorded(index))
+        return play % duration if self.loop else min(play, duration)
 
     def _record_at(self, index: int, pos: float) -> dict[str, Any]:
         return self.capture.traces[self._recorded(index)][self._index_at(index, pos)]
@@ -246,7 +287,9 @@ class CaptureNvml:
                 _raise(pynvml.NVML_ERROR_GPU_IS_LOST)
         for name, hang_gpu, at, seconds in self.faults.hangs:
             if name == call and hang_gpu in (None, index) and at <= now < at + seconds:
-                time.sleep(at + seconds - now)
+                # Hang in short naps so nvmlShutdown releases the call (as tests end).
+                while self._start is not None and self.elapsed() < at + seconds:
+                    time.sleep(0.02)
         for name, error_gpu, code in self.faults.errors:
             if name == call and error_gpu in (None, index):
                 _raise(code)
@@ -306,31 +349,67 @@ class CaptureNvml:
             _raise(pynvml.NVML_ERROR_INVALID_ARGUMENT)
         return self._handles[index]
 
-    def nvmlDeviceGetHandleByUUID(self, uuid: str) -> _Handle:
+    def nvmlDeviceGetHandleByUUID(self, uuid: str | bytes) -> _Handle:
+        self.elapsed()
+        wanted = uuid.decode() if isinstance(uuid, bytes) else str(uuid)
         for handle in self._handles:
-            if self.nvmlDeviceGetUUID(handle) == uuid:
+            if self._uuids[handle.index] == wanted:
+                # Only the GPU asked for answers (or is lost): another lost GPU does not matter.
+                self._device(handle, "nvmlDeviceGetHandleByUUID")
                 return handle
         _raise(pynvml.NVML_ERROR_NOT_FOUND)
         raise AssertionError  # unreachable
 
     # --- identity: fanned-out GPUs get distinct UUIDs and bus ids ------------------------------
 
-    def nvmlDeviceGetUUID(self, handle: Any) -> str:
-        index = self._device(handle, "nvmlDeviceGetUUID")
+    def _identities(self) -> tuple[list[str], list[str]]:
+        """UUID and PCI bus id of every GPU. Recorded GPUs keep theirs; a fanned-out copy gets the
+        recorded UUID with its index as the last digits and a bus of its own, never one in use."""
+        n = len(self.capture.traces)
+        uuids, bus_ids = [], []
+        for index in range(min(n, self.gpu_count)):
+            uuids.append(self._recorded_uuid(index))
+            bus_ids.append(str(self._recorded_pci(index).get("busId", f"00000000:{index:02X}:00.0")))
+        used_uuids, used_buses = set(uuids), set(bus_ids)
+        for index in range(n, self.gpu_count):
+            base = self._recorded_uuid(index)
+            serial = index
+            while (uuid := f"{base[:-4]}{serial:04x}") in used_uuids:
+                serial += self.gpu_count
+            domain = _pci_domain(str(self._recorded_pci(index).get("busId", "")))
+            bus = 0x10 + index
+            while (bus_id := f"{domain + (bus >> 8):08X}:{bus & 0xFF:02X}:00.0") in used_buses:
+                bus += 1
+            uuids.append(uuid)
+            bus_ids.append(bus_id)
+            used_uuids.add(uuid)
+            used_buses.add(bus_id)
+        return uuids, bus_ids
+
+    def _recorded_uuid(self, index: int) -> str:
         try:
-            uuid = str(self._probe(index, "nvmlDeviceGetUUID"))
+            return str(self._probe(index, "nvmlDeviceGetUUID"))
         except pynvml.NVMLError:
-            uuid = "GPU-00000000-0000-4000-8000-000000000000"
-        return uuid if index < len(self.capture.traces) else f"{uuid[:-4]}{index:04x}"
+            return f"GPU-00000000-0000-4000-8000-00000000{self._recorded(index):04x}"
+
+    def _recorded_pci(self, index: int) -> dict[str, Any]:
+        try:
+            info = self._probe(index, "nvmlDeviceGetPciInfo")
+        except pynvml.NVMLError:
+            return {}
+        return dict(info) if isinstance(info, dict) else {}
+
+    def nvmlDeviceGetUUID(self, handle: Any) -> str:
+        return self._uuids[self._device(handle, "nvmlDeviceGetUUID")]
 
     def nvmlDeviceGetPciInfo(self, handle: Any) -> Any:
         index = self._device(handle, "nvmlDeviceGetPciInfo")
-        try:
-            info = dict(self._probe(index, "nvmlDeviceGetPciInfo"))
-        except pynvml.NVMLError:
-            info = {"busId": "00000000:00:00.0"}
-        if index >= len(self.capture.traces):
-            info["busId"] = f"{info['busId'][:-7]}{0x10 + index:02X}:00.0"
+        info = self._recorded_pci(index)
+        bus_id = self._bus_ids[index]
+        if info.get("busId") != bus_id:  # a fanned-out copy: its own domain and bus, device 0
+            domain, bus, device = _parse_bus_id(bus_id)
+            legacy = f"{domain:04X}:{bus:02X}:{device:02X}.0"
+            info.update(busId=bus_id, busIdLegacy=legacy, domain=domain, bus=bus, device=device)
         return types.SimpleNamespace(**info)
 
     def nvmlDeviceGetIndex(self, handle: Any) -> int:
@@ -398,7 +477,7 @@ class CaptureNvml:
                 v.nvmlReturn = int(probe.get("ret", pynvml.NVML_ERROR_NOT_SUPPORTED))
                 _set_field(v, int(probe.get("type", 3)), probe.get("value"))
             elif isinstance(recorded, dict):
-                v.nvmlReturn = int(recorded.get("err", pynvml.NVML_ERROR_UNKNOWN))
+                v.nvmlReturn = _error_code(recorded.get("err", pynvml.NVML_ERROR_UNKNOWN))
             else:
                 v.nvmlReturn = 0
                 _set_field(v, int(probe.get("type", 0 if isinstance(recorded, float) else 3)), recorded)
@@ -428,6 +507,7 @@ class CaptureNvml:
         return types.SimpleNamespace(**support)
 
     def nvmlGpmSampleAlloc(self) -> Any:
+        self.elapsed()
         # A real ctypes pointer, so it can be stored in c_nvmlGpmMetricsGet_t like NVML's own.
         cell = ctypes.pointer(ctypes.c_uint64(0))
         return ctypes.cast(cell, pynvml.c_nvmlGpmSample_t)
@@ -438,20 +518,29 @@ class CaptureNvml:
 
     def nvmlGpmSampleGet(self, handle: Any, sample: Any) -> Any:
         index = self._device(handle, "nvmlGpmSampleGet")
+        if not _sample_id(sample):
+            _raise(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        recorded: Any = self._record(index).get("gpm_sample")
+        if _is_error(recorded):
+            _raise_recorded(recorded["err"])
         with self._gpm_lock:
-            self._gpm_samples[_sample_id(sample)] = self._position(index)
+            self._gpm_samples[_sample_id(sample)] = self._play_time(index)
             ctypes.cast(sample, ctypes.POINTER(ctypes.c_uint64)).contents.value = index
         return sample
 
     def nvmlGpmMetricsGet(self, mg: Any) -> Any:
-        index = int(ctypes.cast(mg.sample2, ctypes.POINTER(ctypes.c_uint64)).contents.value)
-        self._device(self._handles[index], "nvmlGpmMetricsGet")
+        self.elapsed()
         with self._gpm_lock:
             t1 = self._gpm_samples.get(_sample_id(mg.sample1))
             t2 = self._gpm_samples.get(_sample_id(mg.sample2))
-        if t1 is None or t2 is None:
+        if t1 is None or t2 is None or not 0 <= mg.numMetrics <= len(mg.metrics):
             _raise(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        index = int(ctypes.cast(mg.sample2, ctypes.POINTER(ctypes.c_uint64)).contents.value)
+        self._device(self._handles[index], "nvmlGpmMetricsGet")
         records = self._records_between(index, t1, t2)  # type: ignore[arg-type]
+        whole: Any = records[-1].get("gpm")
+        if _is_error(whole):  # the recorded nvmlGpmMetricsGet itself failed
+            _raise_recorded(whole["err"])
         probe_metrics = self._probe_device(index).get("gpm", {}).get("metrics", {})
         for j in range(mg.numMetrics):
             metric = mg.metrics[j]
@@ -462,19 +551,25 @@ class CaptureNvml:
             if numbers:
                 metric.nvmlReturn, metric.value = 0, sum(numbers) / len(numbers)
             elif errors:
-                metric.nvmlReturn = int(errors[-1].get("err", pynvml.NVML_ERROR_UNKNOWN))
+                metric.nvmlReturn = _error_code(errors[-1].get("err", pynvml.NVML_ERROR_UNKNOWN))
             else:
                 recorded = probe_metrics.get(str(metric.metricId), {"ret": pynvml.NVML_ERROR_NOT_SUPPORTED})
                 metric.nvmlReturn = int(recorded.get("ret", 0))
                 metric.value = float(recorded.get("value") or 0.0)
         return mg
 
-    def _records_between(self, index: int, t1: float, t2: float) -> list[dict[str, Any]]:
-        """Trace records whose GPM interval falls in (t1, t2]; the latest one if none does."""
+    def _records_between(self, index: int, play1: float, play2: float) -> list[dict[str, Any]]:
+        """Trace records whose GPM interval falls in (play1, play2] of play time (a looped trace
+        may wrap in between); the latest one if none does."""
         trace = self.capture.traces[self._recorded(index)]
-        i1, i2 = self._index_at(index, t1), self._index_at(index, t2)
+        duration = self.capture.duration(self._recorded(index))
+        i1, i2 = self._index_at(index, self._wrap(index, play1)), self._index_at(index, self._wrap(index, play2))
+        if self.loop and play2 - play1 >= duration:
+            return trace[i2 + 1:] + trace[:i2 + 1]  # a whole cycle or more: every record once
         if i2 > i1:
             return trace[i1 + 1:i2 + 1]
+        if self.loop and play2 > play1 and i2 < i1:  # wrapped around the end of the trace
+            return trace[i1 + 1:] + trace[:i2 + 1]
         return [trace[i2]]
 
     # --- events --------------------------------------------------------------------------------
@@ -485,30 +580,48 @@ class CaptureNvml:
 
     def nvmlDeviceRegisterEvents(self, handle: Any, event_types: int, event_set: Any) -> None:
         index = self._device(handle, "nvmlDeviceRegisterEvents")
-        supported = self._probe_device(index).get("events", {}).get("supported_mask", 0)
-        if not supported & event_types:
+        supported = int(self._probe_device(index).get("events", {}).get("supported_mask", 0))
+        if not event_types or event_types & ~supported:  # NVML refuses any type it cannot deliver
             _raise(pynvml.NVML_ERROR_NOT_SUPPORTED)
         self._registered.add(index)
 
     def nvmlEventSetWait_v2(self, event_set: Any, timeout_ms: int) -> Any:
-        deadline = self.elapsed() + timeout_ms / 1000
+        """The next scripted XID that is due. Times out when the injected clock passes the deadline
+        or, so that a clock a test holds still cannot hang the caller, after timeout_ms of real time."""
+        timeout = max(0, timeout_ms) / 1000
+        deadline = self.elapsed() + timeout
+        real_deadline = time.monotonic() + timeout
         while True:
             with self._xid_lock:
+                now = self.elapsed()
                 due = next((x for x in self._xids_pending if x[0] in self._registered), None)
-                if due is not None and due[1] <= self.elapsed():
+                if due is not None and due[1] <= now:
                     self._xids_pending.remove(due)
                     gpu, _, xid = due
                     return types.SimpleNamespace(
                         device=self._handles[gpu], eventType=pynvml.nvmlEventTypeXidCriticalError,
                         eventData=xid, gpuInstanceId=0, computeInstanceId=0)
-            now = self.elapsed()
-            if now >= deadline:
+            real_left = real_deadline - time.monotonic()
+            if now >= deadline or real_left <= 0:
                 _raise(pynvml.NVML_ERROR_TIMEOUT)
             wake = min(deadline, due[1]) if due is not None else deadline
-            time.sleep(max(0.0, min(wake - now, 0.05)))
+            time.sleep(min(max(wake - now, 0.001), real_left, 0.05))
 
     def nvmlEventSetFree(self, event_set: Any) -> None:
         return None
+
+
+def _pci_domain(bus_id: str) -> int:
+    try:
+        return _parse_bus_id(bus_id)[0]
+    except ValueError:
+        return 0
+
+
+def _parse_bus_id(bus_id: str) -> tuple[int, int, int]:
+    """Domain, bus and device of "DDDDDDDD:BB:DD.F"; ValueError if it is not one."""
+    domain, bus, rest = bus_id.split(":")
+    return int(domain, 16), int(bus, 16), int(rest.split(".")[0], 16)
 
 
 def _sample_id(sample: Any) -> int:

@@ -96,6 +96,7 @@ class _Gpu:
     labels: Labels
     absent: set[str] = field(default_factory=set)  # "reading" or "reading:key" found unsupported
     reasons_supported: int = 0
+    reasons_legacy: bool = False  # driver older than 535: only the "ThrottleReasons" names exist
     gpm_prev: Any = None
     gpm_next: Any = None
     gpm_prev_t: float | None = None
@@ -106,8 +107,10 @@ class _Gpu:
 class NvmlSource:
     """Reads GPUs through an NVML API object (real `pynvml` or a capture-backed fake)."""
 
-    def __init__(self, nvml: Any, *, backend: str = "nvml", opt_ins: frozenset[str] = frozenset()) -> None:
+    def __init__(self, nvml: Any, *, backend: str = "nvml", opt_ins: frozenset[str] = frozenset(),
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.nvml = nvml
+        self._clock = clock  # for the GPM sample spacing; injectable for tests
         self.backend = backend
         self._plans = {tier: self._plan(tier, opt_ins) for tier in Tier}
         self._gpus: list[_Gpu] = []
@@ -234,13 +237,19 @@ class NvmlSource:
             cuda_driver_version=self._cuda_version,
         )
         gpu = _Gpu(index, handle, device, device.labels)
-        gpu.reasons_supported = self._static(lambda: int(n.nvmlDeviceGetSupportedClocksEventReasons(handle)), 0)
+        try:
+            gpu.reasons_supported = int(n.nvmlDeviceGetSupportedClocksEventReasons(handle))
+        except Exception as exc:
+            if _code(exc) in LOST_CODES:
+                raise
+            gpu.reasons_legacy = _code(exc) == FUNCTION_NOT_FOUND
+            gpu.reasons_supported = self._static(lambda: int(n.nvmlDeviceGetSupportedClocksThrottleReasons(handle)), 0)
         if device.gpm_supported:
             try:
                 gpu.gpm_prev, gpu.gpm_next = n.nvmlGpmSampleAlloc(), n.nvmlGpmSampleAlloc()
                 gpu.gpm_get = n.c_nvmlGpmMetricsGet_t()
                 n.nvmlGpmSampleGet(handle, gpu.gpm_prev)
-                gpu.gpm_prev_t = time.monotonic()
+                gpu.gpm_prev_t = self._clock()
             except Exception as exc:
                 self._failed(gpu, "gpm", "nvmlGpmSampleGet", exc)
         else:
@@ -333,7 +342,11 @@ class NvmlSource:
         return (("", (), self.nvml.nvmlDeviceGetPerformanceState(gpu.handle)),)
 
     def _read_clock_event_reasons(self, gpu: _Gpu, plan: _Plan) -> Reading:
-        active = int(self.nvml.nvmlDeviceGetCurrentClocksEventReasons(gpu.handle))
+        n = self.nvml
+        if gpu.reasons_legacy:
+            active = int(n.nvmlDeviceGetCurrentClocksThrottleReasons(gpu.handle))
+        else:
+            active = int(n.nvmlDeviceGetCurrentClocksEventReasons(gpu.handle))
         supported = gpu.reasons_supported or active
         return [("", (name,), 1.0 if active & bit else 0.0)
                 for bit, name in CLOCK_EVENT_REASONS.items() if supported & bit]
@@ -410,7 +423,7 @@ class NvmlSource:
 
     def _read_gpm(self, gpu: _Gpu, plan: _Plan) -> Reading:
         n = self.nvml
-        now = time.monotonic()
+        now = self._clock()
         n.nvmlGpmSampleGet(gpu.handle, gpu.gpm_next)
         if gpu.gpm_prev_t is None:
             gpu.gpm_prev, gpu.gpm_next, gpu.gpm_prev_t = gpu.gpm_next, gpu.gpm_prev, now

@@ -38,7 +38,7 @@ def parse_replay_spec(spec: str) -> ReplaySpec:
         raise ValueError("replay needs a capture path: replay:PATH (or replay:demo)")
     loop, speed, gpus = False, 1.0, None
     for option in options:
-        name, _, value = option.partition("=")
+        name, _, value = (part.strip() for part in option.partition("="))
         try:
             if name == "loop" and not value:
                 loop = True

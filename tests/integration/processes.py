@@ -1,0 +1,126 @@
+"""Start gpumon and real servers (Prometheus) as subprocesses on loopback ports, and stop them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+
+import pytest
+
+from tests.conftest import free_port
+
+
+def need(command: str) -> str:
+    """The path of a server binary `make test` installs; a clear failure if it is missing."""
+    path = shutil.which(command)
+    if path is None:
+        pytest.fail(f"{command} not found: run the tests with `make test`, which installs it")
+    return path
+
+
+def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def wait_for(url: str, timeout: float = 15.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"process exited with {proc.returncode} before {url} answered")
+        try:
+            if http_get(url, timeout=1.0)[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{url} did not answer 200 within {timeout} s")
+
+
+def run_gpumon(*args: str, timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
+    """Run a gpumon command to completion (for commands that are expected to exit)."""
+    return subprocess.run([sys.executable, "-m", "gpumon", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "GPUMON_DEBUG": ""})
+
+
+class Gpumon:
+    """`gpumon run` in the background; stderr (the log) is kept in a file for assertions."""
+
+    def __init__(self, tmp: Path, *args: str, backend: str = "replay:demo,loop") -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = tmp / f"gpumon-{self.port}.log"
+        self.args = ["run", "--backend", backend, "--listen", f"127.0.0.1:{self.port}",
+                     "--state-dir", str(tmp / "state"), "--log-format", "json", *args]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Gpumon:
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "gpumon", *self.args], stdout=self._log,
+                                     stderr=subprocess.STDOUT)
+        wait_for(f"{self.url}/-/ready", proc=self.proc)
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        return http_get(self.url + path)
+
+
+class Prometheus:
+    """A real Prometheus server on a loopback port, with its own data directory."""
+
+    def __init__(self, tmp: Path, config: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.dir = tmp / f"prometheus-{self.port}"
+        self.dir.mkdir()
+        (self.dir / "prometheus.yml").write_text(config)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Prometheus:
+        self._log = (self.dir / "prometheus.log").open("wb")
+        self.proc = subprocess.Popen(
+            [need("prometheus"), f"--config.file={self.dir / 'prometheus.yml'}",
+             f"--storage.tsdb.path={self.dir / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}"],
+            stdout=self._log, stderr=subprocess.STDOUT)
+        wait_for(f"{self.url}/-/ready", timeout=30, proc=self.proc)
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        assert self.proc is not None
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()

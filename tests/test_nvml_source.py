@@ -1,0 +1,270 @@
+"""The nvml source against the pynvml API answered from the H200 capture (real pynvml exceptions)."""
+
+from __future__ import annotations
+
+import math
+import threading
+from typing import Any
+
+import pynvml
+import pytest
+
+from gpumon import catalog
+from gpumon.model import BackendUnavailable, DeviceLost, Sample, Tier
+from gpumon.sources.capture import Capture, CaptureNvml, Faults
+from gpumon.sources.nvml import NvmlSource
+from tests.conftest import FakeClock
+
+NOT_SUPPORTED = {"err": "NVMLError_NotSupported(3)", "us_first": 1.0, "us_med": 1.0, "us_p90": 1.0}
+
+
+def values(sample: Sample) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {(name, tuple(p for p in labels if p[0] not in ("gpu", "uuid"))): v for name, labels, v in sample.values}
+
+
+def names(sample: Sample) -> set[str]:
+    return {name for name, _, _ in sample.values}
+
+
+def opened(capture: Capture, clock: FakeClock, **kw: Any) -> tuple[NvmlSource, CaptureNvml]:
+    fake = CaptureNvml(capture, clock=clock, **{k: v for k, v in kw.items() if k != "opt_ins"})
+    source = NvmlSource(fake, clock=clock, **{k: v for k, v in kw.items() if k == "opt_ins"})
+    source.open()
+    return source, fake
+
+
+def probe(capture: Capture, getter: str) -> Any:
+    return capture.probe["devices"][0]["getters"][getter]["ok"]
+
+
+def test_static_facts_match_probe(capture: Capture, clock: FakeClock) -> None:
+    source, _ = opened(capture, clock)
+    (device,) = source.devices
+    assert device.uuid == probe(capture, "nvmlDeviceGetUUID")
+    assert device.name == "NVIDIA H200"
+    assert device.pci_bus_id == "00000000:00:06.0"
+    assert device.architecture == "hopper"
+    assert device.gpm_supported
+    assert device.driver_version == "580.159.04"
+    assert device.cuda_driver_version == "13.0"
+    static = values(source.poll(0, Tier.STATIC))
+    assert static[("gpumon_power_limit_max_watts", ())] == 700.0
+    assert static[("gpumon_pcie_link_max_generation", ())] == 5
+    assert static[("gpumon_temperature_threshold_celsius", (("threshold", "slowdown"),))] == 89
+    assert static[("gpumon_sm_clock_max_hertz", ())] == 1980e6
+
+
+def test_fast_tier_follows_the_trace_in_base_units(capture: Capture, clock: FakeClock) -> None:
+    source, fake = opened(capture, clock)
+    clock.advance(1.0)  # GPM needs two samples >= 100 ms apart
+    sample = source.poll(0, Tier.FAST)
+    rec = fake._record(0)
+    got = values(sample)
+    assert got[("gpumon_power_draw_watts", ())] == pytest.approx(rec["power_mw"] / 1000)
+    assert got[("gpumon_memory_used_bytes", ())] == rec["mem"]["used"]
+    assert got[("gpumon_memory_reserved_bytes", ())] == rec["mem"]["reserved"]
+    assert got[("gpumon_gpu_utilization_ratio", ())] == pytest.approx(rec["util"]["gpu"] / 100)
+    assert got[("gpumon_sm_clock_hertz", ())] == rec["sm_clock_mhz"] * 1e6
+    assert got[("gpumon_memory_temperature_celsius", ())] == rec["fields"]["mem_temp_c"]
+    assert got[("gpumon_clock_event_reason_active", (("reason", "gpu_idle"),))] == 1.0
+    assert ("gpumon_sm_active_ratio", ()) in got
+    assert "gpumon_energy_joules_total" not in names(sample)  # slow tier
+    # Every value is finite and every name is in the catalog.
+    assert all(math.isfinite(v) for v in got.values())
+    assert names(sample) <= set(catalog.BY_NAME)
+
+
+def test_gpm_distinguishes_pcie_copies_from_sm_activity(capture: Capture, clock: FakeClock) -> None:
+    source, _ = opened(capture, clock)
+    phases = {p["name"]: p for p in capture.phases}
+    t0 = capture.traces[0][0]["t"]
+    clock.advance(phases["pcie"]["start"] - t0 + 1.0)
+    source.poll(0, Tier.FAST)
+    clock.advance(2.0)
+    got = values(source.poll(0, Tier.FAST))
+    assert got[("gpumon_gpu_utilization_ratio", ())] > 0.9
+    assert got[("gpumon_sm_active_ratio", ())] < 0.05
+    assert got[("gpumon_pcie_tx_bytes_per_second", ())] + got[("gpumon_pcie_rx_bytes_per_second", ())] > 1e9
+
+
+def test_first_gpm_poll_too_soon_yields_nothing(capture: Capture, clock: FakeClock) -> None:
+    source, _ = opened(capture, clock)
+    clock.advance(0.05)
+    assert "gpumon_sm_active_ratio" not in names(source.poll(0, Tier.FAST))
+    clock.advance(0.1)
+    assert "gpumon_sm_active_ratio" in names(source.poll(0, Tier.FAST))
+
+
+def test_non_finite_gpm_values_are_dropped(capture: Capture, clock: FakeClock) -> None:
+    for rec in capture.traces[0]:
+        rec["gpm"]["sm_util"] = float("nan")
+    source, _ = opened(capture, clock)
+    clock.advance(1.0)
+    sample = source.poll(0, Tier.FAST)
+    assert "gpumon_sm_active_ratio" not in names(sample)
+    assert "gpumon_tensor_active_ratio" in names(sample)
+
+
+def test_slow_tier(capture: Capture, clock: FakeClock) -> None:
+    source, _ = opened(capture, clock)
+    got = values(source.poll(0, Tier.SLOW))
+    assert got[("gpumon_energy_joules_total", ())] == pytest.approx(capture.traces[0][0]["energy_mj_call"] / 1000)
+    assert got[("gpumon_ecc_aggregate_errors_total", (("severity", "corrected"),))] == 31
+    assert got[("gpumon_remapped_rows_total", (("cause", "uncorrectable"),))] == 0
+    assert got[("gpumon_pcie_replays_total", ())] == 1
+    assert got[("gpumon_pcie_link_width", ())] == 16
+    assert got[("gpumon_clock_throttle_seconds_total", (("reason", "low_utilization"),))] == pytest.approx(44.296647136)
+    # Violation policies the driver rejects are simply absent.
+    assert all(k[1] != (("reason", "sync_boost_x"),) for k in got)
+
+
+def test_not_supported_means_no_series_counted_and_logged_once(
+        capture: Capture, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    capture.probe["devices"][0]["getters"]["nvmlDeviceGetPcieReplayCounter"] = NOT_SUPPORTED
+    for rec in capture.traces[0]:
+        rec["power_mw"] = {"err": "NVMLError_NotSupported"}
+    logged: list[dict[str, Any]] = []
+    from gpumon.sources import nvml as nvml_module
+    monkeypatch.setattr(nvml_module.log, "info", lambda event, **kw: logged.append({"event": event, **kw}))
+    source, fake = opened(capture, clock)
+    calls = {"n": 0}
+    real = fake.nvmlDeviceGetPowerUsage
+
+    def counting(handle: Any) -> int:
+        calls["n"] += 1
+        return real(handle)
+    fake.nvmlDeviceGetPowerUsage = counting  # type: ignore[method-assign]
+    for _ in range(3):
+        clock.advance(1.0)
+        fast = source.poll(0, Tier.FAST)
+        slow = source.poll(0, Tier.SLOW)
+    assert "gpumon_power_draw_watts" not in names(fast)
+    assert "gpumon_pcie_replays_total" not in names(slow)
+    assert calls["n"] == 1  # not asked again once NVML said NotSupported
+    assert source.unsupported_count(0) == 2
+    assert [e["reading"] for e in logged if e["event"].startswith("metric not available")] == [
+        "power_usage", "pcie_replay"]
+    assert source.error_counts() == {}
+
+
+def test_per_field_not_supported(capture: Capture, clock: FakeClock) -> None:
+    for rec in capture.traces[0]:
+        rec["fields"]["mem_temp_c"] = {"err": 3}
+    source, _ = opened(capture, clock)
+    assert "gpumon_memory_temperature_celsius" not in names(source.poll(0, Tier.FAST))
+    assert source.unsupported_count(0) == 1
+
+
+def test_without_gpm_sm_activity_is_absent_not_faked(capture: Capture, clock: FakeClock) -> None:
+    capture.probe["devices"][0]["gpm"]["support"] = {"version": 1, "isSupportedDevice": 0}
+    source, _ = opened(capture, clock)
+    assert not source.devices[0].gpm_supported
+    clock.advance(1.0)
+    got = names(source.poll(0, Tier.FAST))
+    assert "gpumon_sm_active_ratio" not in got
+    assert "gpumon_gpu_utilization_ratio" in got
+    assert source.unsupported_count(0) == sum(1 for m in catalog.METRICS if m.reading == "gpm")
+
+
+def test_memory_info_v1_fallback_on_old_driver(capture: Capture, clock: FakeClock) -> None:
+    source, fake = opened(capture, clock)
+    real = fake.nvmlDeviceGetMemoryInfo
+
+    def v1_only(handle: Any, version: int | None = None) -> Any:
+        if version:
+            raise pynvml.NVMLError_FunctionNotFound()
+        return real(handle)
+    fake.nvmlDeviceGetMemoryInfo = v1_only  # type: ignore[method-assign]
+    got = names(source.poll(0, Tier.FAST))
+    assert "gpumon_memory_used_bytes" in got
+    assert "gpumon_memory_reserved_bytes" not in got
+
+
+def test_other_errors_are_counted_and_skipped(capture: Capture, clock: FakeClock) -> None:
+    faults = Faults(errors=[("nvmlDeviceGetUtilizationRates", None, pynvml.NVML_ERROR_TIMEOUT)])
+    source, _ = opened(capture, clock, faults=faults)
+    for _ in range(2):
+        sample = source.poll(0, Tier.FAST)
+    assert "gpumon_gpu_utilization_ratio" not in names(sample)
+    assert "gpumon_memory_used_bytes" in names(sample)
+    assert source.error_counts() == {("nvmlDeviceGetUtilizationRates", "NVMLError_Timeout"): 2}
+    assert source.unsupported_count(0) == 0  # a transient error is not "unsupported"
+
+
+@pytest.mark.parametrize("code", [pynvml.NVML_ERROR_GPU_IS_LOST, pynvml.NVML_ERROR_UNKNOWN])
+def test_lost_gpu_raises_device_lost_and_reopens(capture: Capture, clock: FakeClock, code: int) -> None:
+    faults = Faults(errors=[("nvmlDeviceGetPowerUsage", 1, code)], lost=[(1, 10.0, 20.0)])
+    source, fake = opened(capture, clock, faults=faults, gpus=2)
+    source.poll(0, Tier.FAST)
+    with pytest.raises(DeviceLost) as info:
+        source.poll(1, Tier.FAST)
+    assert info.value.index == 1
+    fake.faults.errors.clear()
+    clock.advance(10.0)
+    with pytest.raises(DeviceLost):
+        source.reopen(1)
+    clock.advance(10.0)
+    assert source.reopen(1).uuid == source.devices[1].uuid
+    source.poll(1, Tier.FAST)
+
+
+def test_opt_in_process_pids(capture: Capture, clock: FakeClock) -> None:
+    t0 = capture.traces[0][0]["t"]
+    with_procs = next(r for r in capture.traces[0] if r["procs"])
+    source, _ = opened(capture, clock, opt_ins=frozenset({"process_pids"}))
+    clock.advance(with_procs["t"] - t0)
+    got = values(source.poll(0, Tier.FAST))
+    pid = str(with_procs["procs"][0]["pid"])
+    assert got[("gpumon_process_memory_bytes", (("pid", pid),))] == with_procs["procs"][0]["used"]
+    assert got[("gpumon_compute_processes", ())] == 1
+    source.configure(frozenset())
+    assert "gpumon_process_memory_bytes" not in names(source.poll(0, Tier.FAST))
+
+
+def test_init_failure_is_one_sentence(capture: Capture, clock: FakeClock) -> None:
+    fake = CaptureNvml(capture, clock=clock, faults=Faults(init_error=pynvml.NVML_ERROR_LIBRARY_NOT_FOUND))
+    with pytest.raises(BackendUnavailable, match=r"libnvidia-ml.so.1\) could not be loaded"):
+        NvmlSource(fake).open()
+    fake = CaptureNvml(capture, clock=clock, faults=Faults(init_error=pynvml.NVML_ERROR_DRIVER_NOT_LOADED))
+    with pytest.raises(BackendUnavailable, match="driver is not loaded"):
+        NvmlSource(fake).open()
+
+
+def test_xid_events_reach_the_callback(capture: Capture) -> None:
+    import time
+    fake = CaptureNvml(capture, gpus=2, faults=Faults(xids=[(1, 0.05, 79)]))
+    source = NvmlSource(fake)
+    source.open()
+    got: list[tuple[int, int]] = []
+    done = threading.Event()
+
+    def on_xid(gpu: int, xid: int, at: float) -> None:
+        got.append((gpu, xid))
+        done.set()
+    source.start_events(on_xid)
+    try:
+        assert done.wait(5.0)
+    finally:
+        t = time.monotonic()
+        source.stop_events()
+        assert time.monotonic() - t < 2.0
+    assert got == [(1, 79)]
+
+
+def test_every_nvml_catalog_reading_has_a_reader() -> None:
+    from gpumon.sources.nvml import READING_CALLS
+    for m in catalog.METRICS:
+        if m.source == "nvml":
+            assert hasattr(NvmlSource, f"_read_{m.reading}"), m.name
+            assert m.reading in READING_CALLS, m.name
+
+
+def test_clock_reasons_on_a_driver_without_the_event_reason_calls(capture: Capture, clock: FakeClock) -> None:
+    getters = capture.probe["devices"][0]["getters"]
+    del getters["nvmlDeviceGetSupportedClocksEventReasons"]
+    for rec in capture.traces[0]:
+        del rec["clocks_event_reasons"]
+    del getters["nvmlDeviceGetCurrentClocksEventReasons"]
+    source, _ = opened(capture, clock)
+    got = values(source.poll(0, Tier.FAST))
+    assert got[("gpumon_clock_event_reason_active", (("reason", "gpu_idle"),))] == 1.0  # from ThrottleReasons
