@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import enum
+import struct
 from dataclasses import dataclass, field
+
+# Prometheus's staleness marker: a NaN with this exact bit pattern ends a series at that instant.
+STALE_NAN: float = struct.unpack("<d", struct.pack("<Q", 0x7FF0000000000002))[0]
 
 # Label pairs in a fixed order; a series is identified by (metric name, labels).
 Labels = tuple[tuple[str, str], ...]

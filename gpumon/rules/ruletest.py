@@ -1,0 +1,211 @@
+"""Rule unit tests in promtool's format (`promtool test rules`), run by gpumon's own evaluator.
+
+The file format is promtool's, unchanged: `rule_files`, `evaluation_interval`, and `tests[]` with
+`interval`, `input_series` (expanding notation `a+bxn`, `_`, `stale`) and `promql_expr_test`.
+Failures are reported the way promtool reports them.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import promql_parser as pp
+
+from gpumon.model import STALE_NAN
+from gpumon.rules.promql import (
+    NAME,
+    EvalError,
+    Evaluator,
+    Labels,
+    Matcher,
+    PromQLError,
+    Sample,
+    Series,
+    compile_expr,
+)
+from gpumon.yamlfile import ConfigError, load_yaml
+
+_DURATION = re.compile(r"(\d+)(ms|s|m|h|d|w|y)")
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000,
+            "y": 31_536_000_000}
+_NUMBER = r"[-+]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|Inf|inf|NaN|nan)"
+_EXPANDING = re.compile(rf"(?P<a>{_NUMBER})(?:(?P<op>[-+])(?P<b>{_NUMBER}))?x(?P<n>\d+)")
+_BLANKS = re.compile(r"_x(?P<n>\d+)")
+
+
+def parse_prom_duration(text: str) -> int:
+    """Prometheus duration (`1h30m`, `0s`, `5m`) in milliseconds; ValueError when malformed."""
+    text = str(text).strip()
+    if text == "0":
+        return 0
+    if not text or _DURATION.sub("", text) != "":
+        raise ValueError(f"not a valid duration string: {text!r}")
+    return sum(int(n) * _UNIT_MS[u] for n, u in _DURATION.findall(text))
+
+
+def parse_series(text: str) -> Labels:
+    """A series description such as `metric{a="1"}` as sorted labels including __name__."""
+    if text.strip() in ("{}", ""):
+        return ()
+    try:
+        e = pp.parse(text)
+    except (ValueError, RuntimeError) as exc:
+        raise ValueError(f"invalid series {text!r}: {exc}") from None
+    if not isinstance(e, pp.VectorSelector) or e.offset is not None or e.at is not None:
+        raise ValueError(f"invalid series {text!r}: expected metric{{label=\"value\", ...}}")
+    labels = {NAME: e.name} if e.name else {}
+    for m in e.matchers.matchers:
+        if str(m.op) != "MatchOp.Equal":
+            raise ValueError(f"invalid series {text!r}: only = is allowed in a series description")
+        labels[m.name] = m.value
+    return tuple(sorted((k, v) for k, v in labels.items() if v != ""))
+
+
+def expand_values(text: str) -> list[float | None]:
+    """promtool's expanding notation: `1+2x3` -> 1 3 5 7, `_` a missing sample, `stale` a marker."""
+    out: list[float | None] = []
+    for token in str(text).split():
+        if token == "_":
+            out.append(None)
+        elif token == "stale":
+            out.append(STALE_NAN)
+        elif m := _BLANKS.fullmatch(token):
+            out.extend([None] * int(m.group("n")))
+        elif m := _EXPANDING.fullmatch(token):
+            a = float(m.group("a"))
+            b = float(m.group("b") or 0) * (-1 if m.group("op") == "-" else 1)
+            out.extend(a + i * b for i in range(int(m.group("n")) + 1))
+        elif re.fullmatch(_NUMBER, token):
+            out.append(float(token))
+        else:
+            raise ValueError(f"invalid value {token!r} in series values {text!r}")
+    return out
+
+
+class MemoryStorage:
+    """Series held in lists: the storage of a rule unit test."""
+
+    def __init__(self) -> None:
+        self._series: dict[Labels, list[tuple[int, float]]] = {}
+
+    def add(self, labels: Labels, t: int, v: float) -> None:
+        points = self._series.setdefault(labels, [])
+        points.append((t, v))
+
+    def select(self, matchers: Sequence[Matcher], start: int, end: int) -> Iterable[Series]:
+        for labels, points in self._series.items():
+            as_dict = dict(labels)
+            if all(m.matches(as_dict) for m in matchers):
+                lo = bisect.bisect_left(points, start, key=lambda p: p[0])
+                hi = bisect.bisect_right(points, end, key=lambda p: p[0])
+                yield Series(labels, points[lo:hi])
+
+
+@dataclass
+class TestResult:
+    file: Path
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+def run_test_file(path: Path) -> TestResult:
+    """Run one promtool-format test file; problems in the file itself are failures too."""
+    result = TestResult(path)
+    try:
+        doc, _ = load_yaml(path)
+    except ConfigError as exc:
+        result.failures.append(str(exc))
+        return result
+    if not isinstance(doc, dict):
+        result.failures.append(f"{path}: expected a mapping with rule_files and tests")
+        return result
+    for i, test in enumerate(doc.get("tests") or []):
+        try:
+            result.failures.extend(_run_test(test, doc))
+        except (ValueError, PromQLError, TypeError, KeyError) as exc:
+            result.failures.append(f"tests[{i}]: {exc}")
+    return result
+
+
+def _run_test(test: dict[str, Any], doc: dict[str, Any]) -> list[str]:
+    interval = parse_prom_duration(test.get("interval") or doc.get("evaluation_interval") or "1m")
+    storage = MemoryStorage()
+    for item in test.get("input_series") or []:
+        labels = parse_series(item["series"])
+        for i, v in enumerate(expand_values(item.get("values", ""))):
+            if v is not None:
+                storage.add(labels, i * interval, v)
+    failures = []
+    evaluator = Evaluator(storage)
+    for case in test.get("promql_expr_test") or []:
+        failures.extend(_expr_case(case, evaluator))
+    return failures
+
+
+def _expr_case(case: dict[str, Any], evaluator: Evaluator) -> list[str]:
+    expr_text = str(case["expr"])
+    t = parse_prom_duration(case.get("eval_time") or "0s")
+    expr = compile_expr(expr_text)
+    try:
+        value = evaluator.instant(expr, t)
+    except EvalError as exc:
+        return [f"    expr: {expr_text!r}, time: {_show_duration(t)}, err: {exc}"]
+    if isinstance(value, float):
+        got = [Sample((), value)]
+    elif isinstance(value, str):
+        return [f"    expr: {expr_text!r}, time: {_show_duration(t)}, err: string result not allowed"]
+    else:
+        got = [s for s in value if isinstance(s, Sample)]
+        if len(got) != len(value):
+            return [f"    expr: {expr_text!r}, time: {_show_duration(t)}, err: range vector result"]
+    expected = [(parse_series(str(s.get("labels", "{}"))), float(s["value"]))
+                for s in case.get("exp_samples") or []]
+    got_pairs = sorted(((s.labels, s.value) for s in got), key=lambda p: p[0])
+    expected.sort(key=lambda p: p[0])
+    if _same(expected, got_pairs):
+        return []
+    return [f"    expr: {expr_text!r}, time: {_show_duration(t)},\n"
+            f"        exp: {_show(expected)}\n        got: {_show(got_pairs)}"]
+
+
+def _same(a: list[tuple[Labels, float]], b: list[tuple[Labels, float]]) -> bool:
+    # Exact comparison, as promtool's reflect.DeepEqual (so NaN never equals NaN).
+    return len(a) == len(b) and all(la == lb and va == vb for (la, va), (lb, vb) in zip(a, b, strict=True))
+
+
+def _show(samples: list[tuple[Labels, float]]) -> str:
+    return "[" + ", ".join(_metric(labels) + f" {_num(v)}" for labels, v in samples) + "]"
+
+
+def _metric(labels: Labels) -> str:
+    name = dict(labels).get(NAME, "")
+    rest = ", ".join(f'{k}="{v}"' for k, v in labels if k != NAME)
+    return f"{name}{{{rest}}}"
+
+
+def _num(v: float) -> str:
+    if math.isnan(v):
+        return "NaN"
+    if math.isinf(v):
+        return "+Inf" if v > 0 else "-Inf"
+    return repr(v)
+
+
+def _show_duration(ms: int) -> str:
+    if ms == 0:
+        return "0s"
+    parts = []
+    for unit in ("y", "w", "d", "h", "m", "s", "ms"):
+        n, ms = divmod(ms, _UNIT_MS[unit])
+        if n:
+            parts.append(f"{n}{unit}")
+    return "".join(parts)

@@ -1,0 +1,142 @@
+"""The PromQL evaluator against promtool: a corpus whose expected samples were recorded from
+promtool 2.42, run by gpumon's rule-test runner, and (when promtool is installed, as `make test`
+ensures) the same files run by promtool itself with deliberately broken variants."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gpumon.rules.promql import EvalError, PromQLError, compile_expr
+from gpumon.rules.ruletest import expand_values, parse_prom_duration, run_test_file
+
+CORPUS = yaml.safe_load((Path(__file__).parent / "rules" / "promql_cases.yaml").read_text())
+CASES = {c["name"]: c for c in CORPUS["cases"]}
+
+
+def _value(v: Any) -> float:
+    return {"NaN": math.nan, "+Inf": math.inf, "-Inf": -math.inf}.get(v, v) if isinstance(v, str) else float(v)
+
+
+def _expects_nan(case: dict[str, Any]) -> bool:
+    # promtool compares with reflect.DeepEqual, so an expected NaN never matches: such cases fail in both.
+    return any(math.isnan(_value(s["value"])) for s in case["exp_samples"])
+
+
+def write_test(tmp: Path, case: dict[str, Any], name: str = "case") -> Path:
+    data = CORPUS["datasets"][case["data"]]
+    (tmp / "empty.yml").write_text("groups: []\n")
+    doc = {"rule_files": ["empty.yml"], "evaluation_interval": "1m", "tests": [{
+        "interval": data["interval"],
+        "input_series": [{"series": k, "values": v} for k, v in data["series"].items()],
+        "promql_expr_test": [{"expr": case["expr"], "eval_time": case["eval_time"],
+                              "exp_samples": [{"labels": s["labels"], "value": _value(s["value"])}
+                                              for s in case["exp_samples"]]}]}]}
+    path = tmp / f"{name}.yml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def broken(case: dict[str, Any]) -> dict[str, Any]:
+    """The same case with a wrong expectation: one value off, or a sample too many."""
+    wrong = copy.deepcopy(case)
+    samples = wrong["exp_samples"]
+    if samples and math.isfinite(_value(samples[0]["value"])):
+        samples[0]["value"] = _value(samples[0]["value"]) + 1
+    else:
+        samples.append({"labels": '{gpu="9"}', "value": 1.0})
+    return wrong
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_corpus_case_gives_promtools_samples(name: str, tmp_path: Path) -> None:
+    case = CASES[name]
+    result = run_test_file(write_test(tmp_path, case))
+    assert result.ok != _expects_nan(case), result.failures
+    assert not run_test_file(write_test(tmp_path, broken(case), "broken")).ok
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_same_verdict_as_promtool(name: str, tmp_path: Path) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool not found: run the tests with `make test`, which installs it")
+    for variant, case in (("good", CASES[name]), ("broken", broken(CASES[name]))):
+        path = write_test(tmp_path, case, variant)
+        theirs = subprocess.run([promtool, "test", "rules", str(path)], capture_output=True, text=True)
+        ours = run_test_file(path)
+        assert ours.ok == (theirs.returncode == 0), (variant, ours.failures, theirs.stdout)
+
+
+def test_corpus_covers_the_subset() -> None:
+    from gpumon.rules import promql
+    text = " ".join(c["expr"] for c in CASES.values())
+    for fn in promql.FUNCTIONS:
+        assert f"{fn}(" in text, fn
+    for agg in promql.AGGREGATIONS:
+        assert agg in text, agg
+    for op in ["+", "-", "*", "/", "%", "^", "==", "<", ">", " and ", " or ", " unless ", "bool",
+               "on(", "ignoring(", "group_left", "group_right", "=~", "!~", "!=", "offset"]:
+        assert op in text, op
+    assert len(CASES) >= 40
+
+
+@pytest.mark.parametrize("expr, construct", [
+    ("histogram_quantile(0.9, rate(x[5m]))", "function histogram_quantile() is not supported at column 1"),
+    ("rate(x[5m:1m])", "subqueries are not supported"),
+    ("x @ 100", "the @ modifier is not supported"),
+    ("stddev(x)", "aggregation stddev is not supported"),
+    ("quantile(0.5, x)", "aggregation quantile is not supported"),
+    ("label_replace(x, \"a\", \"$1\", \"b\", \"(\")", "invalid regular expression"),
+    ("sum(", "cannot parse expression"),
+    ("x{a=~\"[\"}", "cannot parse expression"),
+])
+def test_outside_the_subset_is_rejected_at_load(expr: str, construct: str) -> None:
+    with pytest.raises(PromQLError, match=construct.replace("(", r"\(").replace(")", r"\)")):
+        compile_expr(expr)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=60))
+def test_fuzzed_expressions_are_accepted_or_rejected_cleanly(text: str) -> None:
+    with contextlib.suppress(PromQLError):
+        compile_expr(text)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(sorted(CASES)), st.integers(min_value=0, max_value=30))
+def test_any_corpus_expression_evaluates_at_any_time_without_crashing(name: str, minute: int) -> None:
+    from gpumon.rules.promql import Evaluator
+    from gpumon.rules.ruletest import MemoryStorage, parse_series
+    case = CASES[name]
+    data = CORPUS["datasets"][case["data"]]
+    storage = MemoryStorage()
+    for series, values in data["series"].items():
+        for i, v in enumerate(expand_values(values)):
+            if v is not None:
+                storage.add(parse_series(series), i * 60_000, v)
+    with contextlib.suppress(EvalError):
+        Evaluator(storage).instant(compile_expr(case["expr"]), minute * 60_000)
+
+
+def test_expanding_notation() -> None:
+    assert expand_values("1+2x3") == [1, 3, 5, 7]
+    assert expand_values("5-1x2 _ _x2 7x1") == [5, 4, 3, None, None, None, 7, 7]
+    stale = expand_values("stale")[0]
+    assert stale is not None and math.isnan(stale)
+    assert expand_values("1e3 -Inf NaN")[0:2] == [1000.0, -math.inf]
+    with pytest.raises(ValueError):
+        expand_values("1+x3")
+    assert parse_prom_duration("1h30m") == 5_400_000
+    assert parse_prom_duration("0s") == 0
