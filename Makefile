@@ -4,9 +4,11 @@ PYTHON ?= python3
 VENV ?= .venv
 LISTEN ?= 127.0.0.1:9948
 BIN := $(VENV)/bin
-# Real servers the integration tests talk to, from Debian's packages.
-TEST_PACKAGES := prometheus
-TEST_COMMANDS := prometheus promtool
+# Real servers the integration tests talk to, and what the fake libnvidia-ml.so.1 (tests/fakenvml)
+# is compiled with: a C compiler and cJSON. From Debian's packages.
+TEST_PACKAGES := prometheus gcc libc6-dev libcjson-dev
+TEST_COMMANDS := prometheus promtool cc nm
+TEST_FILES := /usr/include/cjson/cJSON.h
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test lint docs system-deps clean
@@ -22,6 +24,7 @@ run: $(BIN)/.installed
 
 system-deps:
 	@missing=""; for c in $(TEST_COMMANDS); do command -v $$c >/dev/null || missing=1; done; \
+	for f in $(TEST_FILES); do [ -f $$f ] || missing=1; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages: $(TEST_PACKAGES)"; \
 	  $(SUDO) apt-get update -qq && \

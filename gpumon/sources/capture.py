@@ -424,8 +424,9 @@ class CaptureNvml:
     def nvmlDeviceGetMemoryInfo(self, handle: Any, version: int | None = None) -> Any:
         key = "nvmlDeviceGetMemoryInfo(v2)" if version else "nvmlDeviceGetMemoryInfo"
         m = dict(self._value(handle, "nvmlDeviceGetMemoryInfo", "mem", key))
-        if not version:
+        if not version:  # v1 counts reserved memory as used, as the driver does (see probe.json)
             m.pop("reserved", None)
+            m["used"] = m["total"] - m["free"]
         return types.SimpleNamespace(**m)
 
     def nvmlDeviceGetTemperature(self, handle: Any, sensor: int) -> int:

@@ -152,6 +152,7 @@ class NvmlSource:
             gpu = self._open_gpu(index, handle)
         except Exception as exc:
             raise DeviceLost(index, str(exc)) from None
+        self._free_gpm(old)  # GPM samples are the caller's to free; each re-initialisation allocates two
         self._gpus[index] = gpu
         if self._event_set is not None:
             self._register_events(gpu)
@@ -258,6 +259,16 @@ class NvmlSource:
                         "gpumon_gpu_utilization_ratio (util.gpu) is, and is not SM activity",
                         gpu=index, name=device.name, architecture=device.architecture)
         return gpu
+
+    def _free_gpm(self, gpu: _Gpu) -> None:
+        """Free a GPU's GPM samples. Runs in its worker thread, so no poll is using them."""
+        for sample in (gpu.gpm_prev, gpu.gpm_next):
+            if sample is not None:
+                try:
+                    self.nvml.nvmlGpmSampleFree(sample)
+                except Exception as exc:
+                    log.debug("GPM sample free failed", gpu=gpu.index, error=str(exc))
+        gpu.gpm_prev = gpu.gpm_next = gpu.gpm_prev_t = None
 
     def _static(self, read: Callable[[], Any], default: Any) -> Any:
         try:

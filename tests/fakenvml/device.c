@@ -1,0 +1,812 @@
+/*
+ * System and device queries. Each answers what the capture recorded: the trace record playing
+ * now for values that change (the trace's keys, see shared/fixtures/nvml/README.md), probe.json
+ * for the rest, recorded NVML errors included. Keys are the pynvml function names probe.json uses.
+ */
+#include "fakenvml.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+/* --- helpers -------------------------------------------------------------------------------- */
+
+/* One number from the trace (`trace_key`, may be NULL) or probe.json (`probe_key`). `out_ok` is
+ * false when the caller passed a NULL output pointer. */
+static nvmlReturn_t get_number(const char *name, nvmlDevice_t device, const char *trace_key, const char *probe_key,
+                               bool out_ok, double *v)
+{
+    struct call c;
+    nvmlReturn_t ret = call_begin(&c, name, device);
+    if (ret == NVML_SUCCESS && !out_ok)
+        ret = NVML_ERROR_INVALID_ARGUMENT;
+    if (ret == NVML_SUCCESS)
+        ret = answer_number(&c, trace_key, probe_key, v);
+    return call_end(&c, ret);
+}
+
+/* Getters of one unsigned value: `type` is unsigned int or an NVML enum. */
+#define UINT_GETTER(fn, type, trace_key)                                                   \
+    nvmlReturn_t DECLDIR fn(nvmlDevice_t device, type *out)                                \
+    {                                                                                      \
+        double v = 0;                                                                      \
+        nvmlReturn_t ret = get_number(#fn, device, trace_key, #fn, out != NULL, &v);       \
+        if (ret == NVML_SUCCESS)                                                           \
+            *out = (type)to_uint(v);                                                       \
+        return ret;                                                                        \
+    }
+
+#define ULL_GETTER(fn, trace_key)                                                          \
+    nvmlReturn_t DECLDIR fn(nvmlDevice_t device, unsigned long long *out)                  \
+    {                                                                                      \
+        double v = 0;                                                                      \
+        nvmlReturn_t ret = get_number(#fn, device, trace_key, #fn, out != NULL, &v);       \
+        if (ret == NVML_SUCCESS)                                                           \
+            *out = to_ull(v);                                                              \
+        return ret;                                                                        \
+    }
+
+/* A recorded list of numbers, e.g. [min, max]: element i of a probe answer. */
+static nvmlReturn_t list_numbers(const cJSON *list, double *out, int n)
+{
+    if (!cJSON_IsArray(list) || cJSON_GetArraySize(list) < n)
+        return NVML_ERROR_UNKNOWN;
+    for (int i = 0; i < n; i++)
+        if (!json_number(cJSON_GetArrayItem(list, i), &out[i]))
+            return NVML_ERROR_UNKNOWN;
+    return NVML_SUCCESS;
+}
+
+static nvmlReturn_t get_numbers(const char *name, nvmlDevice_t device, const char *probe_key, bool out_ok,
+                                double *out, int n)
+{
+    struct call c;
+    const cJSON *item;
+    nvmlReturn_t ret = call_begin(&c, name, device);
+    if (ret == NVML_SUCCESS && !out_ok)
+        ret = NVML_ERROR_INVALID_ARGUMENT;
+    if (ret == NVML_SUCCESS)
+        ret = answer(&c, NULL, probe_key, &item, NULL);
+    if (ret == NVML_SUCCESS)
+        ret = list_numbers(item, out, n);
+    return call_end(&c, ret);
+}
+
+static nvmlReturn_t get_string(const char *name, nvmlDevice_t device, const char *probe_key, char *buf,
+                               unsigned int length)
+{
+    struct call c;
+    const cJSON *item;
+    nvmlReturn_t ret = call_begin(&c, name, device);
+    if (ret == NVML_SUCCESS)
+        ret = answer(&c, NULL, probe_key, &item, NULL);
+    if (ret == NVML_SUCCESS)
+        ret = cJSON_IsString(item) ? copy_string(item->valuestring, buf, length) : NVML_ERROR_UNKNOWN;
+    return call_end(&c, ret);
+}
+
+/* --- system --------------------------------------------------------------------------------- */
+
+static nvmlReturn_t system_answer(struct call *c, const char *key, const cJSON **out)
+{
+    const cJSON *entry = probe_system(key);
+    if (entry == NULL)
+        return NVML_ERROR_NOT_SUPPORTED;
+    c->latency_us = latency_of(entry);
+    if (is_recorded_error(entry))
+        return (nvmlReturn_t)error_code_of(cJSON_GetObjectItemCaseSensitive(entry, "err"));
+    *out = cJSON_HasObjectItem(entry, "ok") ? cJSON_GetObjectItemCaseSensitive(entry, "ok") : entry;
+    return NVML_SUCCESS;
+}
+
+static nvmlReturn_t system_string(const char *name, const char *key, const char *fallback, char *buf,
+                                  unsigned int length)
+{
+    struct call c;
+    const cJSON *item = NULL;
+    nvmlReturn_t ret = call_begin_system(&c, name);
+    if (ret == NVML_SUCCESS)
+        ret = system_answer(&c, key, &item);
+    if (ret == NVML_ERROR_NOT_SUPPORTED && fallback != NULL)
+        ret = copy_string(fallback, buf, length);
+    else if (ret == NVML_SUCCESS)
+        ret = cJSON_IsString(item) ? copy_string(item->valuestring, buf, length) : NVML_ERROR_UNKNOWN;
+    return call_end(&c, ret);
+}
+
+nvmlReturn_t DECLDIR nvmlSystemGetDriverVersion(char *version, unsigned int length)
+{
+    return system_string(__func__, "driver", "replay", version, length); /* capture.py's default */
+}
+
+nvmlReturn_t DECLDIR nvmlSystemGetNVMLVersion(char *version, unsigned int length)
+{
+    return system_string(__func__, "nvml", NULL, version, length);
+}
+
+nvmlReturn_t DECLDIR nvmlSystemGetCudaDriverVersion(int *cudaDriverVersion)
+{
+    struct call c;
+    const cJSON *item = NULL;
+    double v = 0;
+    nvmlReturn_t ret = call_begin_system(&c, __func__);
+    if (ret == NVML_SUCCESS && cudaDriverVersion == NULL)
+        ret = NVML_ERROR_INVALID_ARGUMENT;
+    if (ret == NVML_SUCCESS)
+        ret = system_answer(&c, "cuda", &item);
+    if (ret == NVML_ERROR_NOT_SUPPORTED)
+        ret = NVML_SUCCESS; /* capture.py answers 0 when the probe did not record it */
+    else if (ret == NVML_SUCCESS && !json_number(item, &v))
+        ret = NVML_ERROR_UNKNOWN;
+    if (ret == NVML_SUCCESS)
+        *cudaDriverVersion = (int)v;
+    return call_end(&c, ret);
+}
+
+nvmlReturn_t DECLDIR nvmlSystemGetCudaDriverVersion_v2(int *cudaDriverVersion)
+{
+    return nvmlSystemGetCudaDriverVersion(cudaDriverVersion);
+}
+
+nvmlReturn_t DECLDIR nvmlDeviceGetCount_v2(unsigned int *deviceCount)
+{
+    struct call c;
+    nvmlReturn_t ret = call_begin_system(&c, __func__);
+    if (ret == NVML_SUCCESS && deviceCount == NULL)
+        ret = NVML_ERROR_INVALID_ARGUMENT;
+    if (ret == NVML_SUCCESS) {
+        c.latency_us = latency_of(probe_system("count"));
+        *deviceCount = g.device_count;
+    }
+    return call_end(&c, ret);
+}
+
+nvmlReturn_t DECLDIR nvmlDeviceGetCount(unsigned int *deviceCount)
+{
+    return nvmlDeviceGetCount_v2(deviceCount);
+}
+
+nvmlReturn_t DECLDIR nvmlDeviceGetHandleByIndex_v2(unsigned int index, nvmlDevice_t *device)
+{
+    struct call c;
+    nvmlReturn_t ret = call_begin_system(&c, __func__);
+    if (ret == NVML_SUCCESS && (device == NULL || index >= g.device_count))
+        ret = NVML_ERROR_INVALID_ARGUMENT;
+    if (ret == NVML_SUCCESS) {
+        c.latency_us = latency_of(probe_system("handle0"));
+        *device = &g.devices[index];
+    }
+    return call_end(&c, ret);
+}
+
+nvmlReturn_t DECLDIR nvmlDeviceGetHandleByIndex(unsigned int index, nvmlDevice_t *device)
+{
+    return nvmlDeviceGetHandleByIndex_v2(index, device);
+}
+
+/* Only the GPU asked for answers, so a lost GPU fails its own lookup, not another's. */
+static nvmlReturn_t handle_found(struct call *c, struct nvmlDevice_st *found, nvmlDevice_t *device)
+{
+    if (found == NULL)
+        return NVML_ERROR_NOT_FOUND;
+    nvmlReturn_t ret = call_device(c, found);
+    if (ret == NVML_SUCCESS)
+        *device = found;
+    return ret;
+}
+
+nvmlReturn_t DECLDIR nvmlDeviceGetHandleByUUID(const char *uuid, nvmlDevice_t *device)
+{
+    struct call c;
+    struct nvmlDevice_st *found = NULL;
+    nvmlReturn_t ret = call_enter(&c, __func__);
+    if (ret == NVML_SUCCESS && (uuid == NULL || device == NULL))
+        ret = NVML_ERROR_INVALID_ARGUMENT;
+    if (ret == NVML_SUCCESS) {
+        for (unsigned i = 0; i < g.device_count && found == NULL; i++)
+            if (strcmp(g.devices[i].uuid, uuid) == 0)
+                found = &g.devices[i];
+        ret = handle_found(&c, found, device);
+    }
+    return call_end(&c, ret);
+}
+
+nvmlReturn_t DECLDIR nvmlDeviceGetHandleByPciBusId_v2(const char *pciBusId, nvmlDevice_t *device)
+{
+    struct call c;
+    struct nvmlDevice_st *found = NULL;
+    unsigned domain, bus, dev;
+    nvmlReturn_t ret = call_enter(&c, __func__);
+    if (ret == NVML_SUCCESS && (pciBusId == NULL || device == NULL || !parse_bus_id(pciBusId, &domain, &bus, &dev)))
+        ret = NVML_ERROR_INVALID_ARGUMENT;
+    if (ret == NVML_SUCCESS) {
+        /* Either spelling (8- or 4-digit domain, any case) names the same device. */
+        for (unsigned i = 0; i < g.device_count && found == NULL; i++) {
+            const struct nvmlDevice_st *d = &g.devices[i];
+            if (d->domain == domain && d->bus == bus && d->device == dev)
+                found = &g.devices[i];
+        }
+        ret = handle_found(&c, found, device);
+    }
+    return call_end(&c, ret);
+}
+
+nvmlReturn_t DECLDIR nvmlDeviceGetHandleByPciBusId(const char *pciBusId, nvmlDevice_t *device)
+{
+    return nvmlDeviceGetHandleByPciBusId_v2(pciBusId, device);
+}
+
+/* --- identity ------------------------------------------------------------------------------- */
+
+nvmlReturn_t DECLDIR nvmlDeviceGetIndex(nvmlDevice_t device, unsigned int *index)
+{
+    struct call c;
+    nvmlReturn_t ret = call_begin(&c, __func__, device);
+    if (ret == NVML_SUCCESS && index == NULL)
+        ret = NVML_ERROR_INVALID_ARGUMENT;
+    if (ret == NVML_SUCCESS) {
+        note_latency(&c, "nvmlDeviceGetIndex");
+        *index = c.dev->index;
+    }
+    return call_end(&c, ret);
+}
+
+nvmlReturn_t DECLDIR nvmlDeviceGetMinorNumber(nvmlDevice_t device, unsigned int *minorNumber)
+{
+    struct call c;
+    nvmlReturn_t ret = call_begin(&c, __func__, device);
+    if (ret == NVML_SUCCESS && minorNumber == NULL)
+        ret = NVML_ERROR_INVALID_ARGUMENT;
+    if (ret == NVML_SUCCESS) {
+        note_latency(&c, "nvmlDeviceGetMinorNumber");
+        *minorNumber = c.dev->index; /* /dev/nvidiaN: one per GPU, like the index on most hosts */
+    }
+    return call_end(&c, ret);
+}
+
+nvmlReturn_t DECLDIR nvmlDeviceGetUUID(nvmlDevice_t device, char *uuid, unsigned int length)
+{
+    struct call c;
+    nvmlReturn_t ret = call_begin(&c, __func__, device);
+    if (ret == NVML_SUCCESS) {
+        note_latency(&c, "nvmlDeviceGetUUID");
+        ret = copy_string(c.dev->uuid, uuid, length);
+    }
+    return call_end(&c, ret);
+}
+
+nvmlReturn_t DECLDIR nvmlDeviceGetPciInfo_v3(nvmlDevice_t device, nvmlPciInfo_t *pci)
+{
+    struct call c;
+    const cJSON *item = NULL;
+    nvmlReturn_t ret = call_begin(&c, __func__, device);
+    if (ret == NVML_SUCCESS && pci == NULL)
+        ret = NVML_ERROR_INVALID_ARGUMENT;
+    if (ret == NVML_SUCCESS)
+        ret = answer(&c, NULL, "nvmlDeviceGetPciInfo", &item, NULL);
+    if (ret == NVML_SUCCESS) {
+        double device_id = 0, subsystem_id = 0;
+        member_number(item, "pciDeviceId", &device_id);
+        member_number(item, "pciSubSystemId", &subsystem_id);
+        memset(pci, 0, sizeof *pci);
+        snprintf(pci->busIdLegacy, sizeof pci->busIdLegacy, "%s", c.dev->bus_id_legacy);
+        snprintf(pci->busId, sizeof pci->busId, "%s", c.dev->bus_id);
+        pci->domain = c.dev->domain;
+        pci->bus = c.dev->bus;
+        pci->device = c.dev->device;
+        pci->pciDeviceId = to_uint(device_id);
+        pci->pciSubSystemId = to_uint(subsystem_id);
+    }
+    return call_end(&c, ret);
+}
+
+nvmlReturn_t DECLDIR nvmlDeviceGetPciInfo_v2(nvmlDevice_t device, nvmlPciInfo_t *pci)
+{
+    return nvmlDeviceGetPciInfo_v3(device, pci);
+}
+
+nvmlReturn_t DECLDIR nvmlDeviceGetPciInfo(nvmlDevice_t device, nvmlPciInfo_t *pci)
+{
+    return nvmlDeviceGetPciInfo_v3(device, pci);
+}
+
+nvmlReturn_t DECLDIR nvmlDeviceGetName(nvmlDevice_t device, char *name, unsigned int length)
+{
+    return get_string(__func__, device, "nvmlDeviceGetName", name, length);
+}
+
+nvmlReturn_t DECLDIR nvmlDeviceGetSerial(nvmlDevice_t device, char *serial, unsigned int length)
+{
+    return get_string(__func__, device, "nvmlDeviceGetSerial", serial, length);
+}
+
+nvmlReturn_t DECLDIR nvmlDeviceGetVbiosVersion(nvmlDevice_t device, char *version, unsigned int length)
+{
+    return get_string(__func__, device, "nvmlDeviceGetVbiosVersion", version, length);
+}
+
+nvmlReturn_t DECLDIR nvmlDeviceGetBoardPartNumber(nvmlDevice_t device, char *partNumber, unsigned int length)
+{
+    return get_string(__func__, device, "nvmlDeviceGetBoardPartNumber", partNumber, length);
+}
+
+nvmlReturn_t DECLDIR nvmlDeviceGetInforomImageVersion(nvmlDevice_t device, char *version, unsigned int length)
+{
+    return get_string(__func__, device, "nvmlDeviceGetInforomImageVersion", version, length);
+}
+
+nvmlReturn_t DECLDIR nvmlDeviceGetCudaComputeCapability(nvmlDevice_t device, int *major, int *minor)
+{
+    double v[2];
+    nvmlReturn_t ret = get_numbers(__func__, device, __func__, major != NULL && minor != NULL, v, 2);
+    if (ret == NVML_SUCCESS) {
+        *major = (int)v[0];
+        *minor = (int)v[1];
+    }
+    return ret;
+}
+
+/* --- single values -------------------------------------------------------------------------- */
+
+UINT_GETTER(nvmlDeviceGetArchitecture, nvmlDeviceArchitecture_t, NULL)
+UINT_GETTER(nvmlDeviceGetBrand, nvmlBrandType_t, NULL)
+UINT_GETTER(nvmlDeviceGetPersistenceMode, nvmlEnableState_t, NULL)
+UINT_GETTER(nvmlDeviceGetComputeMode, nvmlComputeMode_t, NULL)
+UINT_GETTER(nvmlDeviceGetDisplayMode, nvmlEnableState_t, NULL)
+UINT_GETTER(nvmlDeviceGetDisplayActive, nvmlEnableState_t, NULL)
+UINT_GETTER(nvmlDeviceGetPerformanceState, nvmlPstates_t, "pstate")
+UINT_GETTER(nvmlDeviceGetPowerState, nvmlPstates_t, "pstate")
+UINT_GETTER(nvmlDeviceGetFanSpeed, unsigned int, NULL)
+UINT_GETTER(nvmlDeviceGetNumFans, unsigned int, NULL)
+UINT_GETTER(nvmlDeviceGetCurrPcieLinkGeneration, unsigned int, NULL)
+UINT_GETTER(nvmlDeviceGetCurrPcieLinkWidth, unsigned int, NULL)
+UINT_GETTER(nvmlDeviceGetMaxPcieLinkGeneration, unsigned int, NULL)
+UINT_GETTER(nvmlDeviceGetMaxPcieLinkWidth, unsigned int, NULL)
+UINT_GETTER(nvmlDeviceGetGpuMaxPcieLinkGeneration, unsigned int, NULL)
+UINT_GETTER(nvmlDeviceGetPcieReplayCounter, unsigned int, NULL)
+UINT_GETTER(nvmlDeviceGetPowerUsage, unsigned int, "power_mw")
+UINT_GETTER(nvmlDeviceGetEnforcedPowerLimit, unsigned int, NULL)
+UINT_GETTER(nvmlDeviceGetPowerManagementLimit, unsigned int, NULL)
+UINT_GETTER(nvmlDeviceGetPowerManagementDefaultLimit, unsigned int, NULL)
+
+ULL_GETTER(nvmlDeviceGetCurrentClocksEventReasons, "clocks_event_reasons")
+ULL_GETTER(nvmlDeviceGetCurrentClocksThrottleReasons, "clocks_event_reasons")
+ULL_GETTER(nvmlDeviceGetSupportedClocksEventReasons, NULL)
+ULL_GETTER(nvmlDeviceGetSupportedClocksThrottleReasons, NULL)
+ULL_GETTER(nvmlDeviceGetSupportedEventTypes, NULL)
+
+/* A counter that must keep counting when the trace loops: add what each pass gained. */
+nvmlReturn_t DECLDIR nvmlDeviceGetTotalEnergyConsumption(nvmlDevice_t device, unsigned long long *energy)
+{
+    struct call c;
+    const cJSON *item;
+    bool from_trace = false;
+    double v = 0;
+    nvmlReturn_t ret = call_begin(&c, __func__, device);
+    if (ret == NVML_SUCCESS && energy == NULL)
+        ret = NVML_ERROR_INVALID_ARGUMENT;
+    if (ret == NVML_SUCCESS)
+        ret = answer(&c, "energy_mj_call", __func__, &item, &from_trace);
+    if (ret == NVML_SUCCESS && !json_number(item, &v))
+        ret = NVML_ERROR_UNKNOWN;
+    if (ret == NVML_SUCCESS) {
+        const struct recorded *r = &g.recorded[c.dev->recorded];
+        if (from_trace)
+            v += laps(r, c.play) * r->energy_lap;
+        *energy = to_ull(v);
+    }
+    return call_end(&c, ret);
+}
+
+nvmlReturn_t DECLDIR nvmlDeviceGetTemperature(nvmlDevice_t device, nvmlTemperatureSensors_t sensorType,
+                                              unsigned int *temp)
+{
+    struct call c;
+    double v = 0;
+    nvmlReturn_t ret = call_begin(&c, __func__, device);
+    if (ret == NVML_SUCCESS && (temp == NULL || sensorType != NVML_TEMPERATURE_GPU))
+        ret = NVML_ERROR_INVALID_ARGUMENT;
+    if (ret == NVML_SUCCESS)
+        ret = answer_number(&c, "temp_c", "nvmlDeviceGetTemperature(GPU)", &v);
+    if (ret == NVML_SUCCESS)
+        *temp = to_uint(v);
+    return call_end(&c, ret);
+}
+
+/* Getters with an argument: probe.json keys them as "name(argument)". */
+
+nvmlReturn_t DECLDIR nvmlDeviceGetTemperatureThreshold(nvmlDevice_t device, nvmlTemperatureThresholds_t thresholdType,
+                                                       unsigned int *temp)
+{
+    char key[96];
+    double v = 0;
+    snprintf(key, sizeof key, "nvmlDeviceGetTemperatureThreshold(%d)", (int)thresholdType);
+    nvmlReturn_t ret = get_number(__func__, device, NULL, key, temp != NULL, &v);
+    if (ret == NVML_SUCCESS)
+        *temp = to_uint(v);
+    return ret;
+}
+
+static const char *const CLOCK_NAMES[] = {"GRAPHICS", "SM", "MEM", "VIDEO"};
+
+static nvmlReturn_t clock_info(const char *name, const char *probe_name, nvmlDevice_t device, nvmlClockType_t type,
+                               bool current, unsigned int *clock)
+{
+    char key[96];
+    double v = 0;
+    if ((unsigned)type >= sizeof CLOCK_NAMES / sizeof *CLOCK_NAMES) {
+        struct call c;
+        nvmlReturn_t ret = call_begin(&c, name, device);
+        return call_end(&c, ret == NVML_SUCCESS ? NVML_ERROR_INVALID_ARGUMENT : ret);
+    }
+    /* The trace recorded the SM and memory clocks; graphics and video clocks stay as probed. */
+    const char *trace_key = !current ? NULL : type == NVML_CLOCK_SM ? "sm_clock_mhz"
+                                          : type == NVML_CLOCK_MEM ? "mem_clock_mhz" : NULL;
+    snprintf(key, sizeof key, "%s(%s)", probe_name, CLOCK_NAMES[type]);
+    nvmlReturn_t ret = get_number(name, device, trace_key, key, clock != NULL, &v);
+    if (ret == NVML_SUCCESS)
+        *clock = to_uint(v);
+    return ret;
+}
+
+nvmlReturn_t DECLDIR nvmlDeviceGetClockInfo(nvmlDevice_t device, nvmlClockType_t type, unsigned int *clock)
+{
+    return clock_info(__func__, "nvmlDeviceGetClockInfo", device, type, true, clock);
+}
+
+nvmlReturn_t DECLDIR nvmlDeviceGetMaxClockInfo(nvmlDevice_t device, nvmlClockType_t type, unsigned int *clock)
+{
+    return clock_info(__func__, "nvmlDeviceGetMaxClockInfo", device, type, false, clock);
+}
+
+nvmlReturn_t DECLDIR nvmlDeviceGetApplicationsClock(nvmlDevice_t device, nvmlClockType_t clockType,
+                                                    unsigned int *clockMHz)
+{
+    return clock_info(__func__, "nvmlDeviceGetApplicationsClock", device, clockType, false, clockMHz);
+}
+
+/* Blocks ~20 ms per call on real hardware: with FAKENVML_LATENCY it does here too. */
+nvmlReturn_t DECLDIR nvmlDeviceGetPcieThroughput(nvmlDevice_t device, nvmlPcieUtilCounter_t counter,
+                                                 unsigned int *value)
+{
+    double v = 0;
+    bool tx = counter == NVML_PCIE_UTIL_TX_BYTES;
+    if (!tx && counter != NVML_PCIE_UTIL_RX_BYTES) {
+        struct call c;
+        nvmlReturn_t ret = call_begin(&c, __func__, device);
+        return call_end(&c, ret == NVML_SUCCESS ? NVML_ERROR_INVALID_ARGUMENT : ret);
+    }
+    nvmlReturn_t ret = get_number(__func__, device, tx ? "pcie_tx_kbps" : "pcie_rx_kbps",
+                                    tx ? "nvmlDeviceGetPcieThroughput(TX)" : "nvmlDeviceGetPcieThroughput(RX)",
+                                    value != NULL, &v);
+    if (ret == NVML_SUCCESS)
+        *value = to_uint(v);
+    return ret;
+}
+
+nvmlReturn_t DECLDIR nvmlDeviceGetTotalEccErrors(nvmlDevice_t device, nvmlMemoryErrorType_t errorType,
+                                                 nvmlEccCounterType_t counterType, unsigned long long *eccCounts)
+{
+    char key[96];
+    double v = 0;
+    snprintf(key, sizeof key, "nvmlDeviceGetTotalEccErrors(%d,%d)", (int)errorType, (int)counterType);
+    nvmlReturn_t ret = get_number(__func__, device, NULL, key, eccCounts != NULL, &v);
+    if (ret == NVML_SUCCESS)
+        *eccCounts = to_ull(v);
+    return ret;
+}
+
+/* --- structs -------------------------------------------------------------------------------- */
+
+/* One recorded object (trace or probe), with `n` numeric members read into `out`. */
+static nvmlReturn_t get_object(struct call *c, const char *trace_key, const char *probe_key, bool out_ok,
+                               const char *const *members, double *out, int n, const cJSON **object,
+                               bool *from_trace)
+{
+    const cJSON *item = NULL;
+    nvmlReturn_t ret = out_ok ? answer(c, trace_key, probe_key, &item, from_trace) : NVML_ERROR_INVALID_ARGUMENT;
+    for (int i = 0; ret == NVML_SUCCESS && i < n; i++)
+        ret = member_number(item, members[i], &out[i]);
+    if (object != NULL)
+        *object = item;
+    return ret;
+}
+
+nvmlReturn_t DECLDIR nvmlDeviceGetUtilizationRates(nvmlDevice_t device, nvmlUtilization_t *utilization)
+{
+    static const char *const MEMBERS[] = {"gpu", "memory"};
+    double v[2];
+    struct call c;
+    nvmlReturn_t ret = call_begin(&c, __func__, device);
+    if (ret == NVML_SUCCESS)
+        ret = get_object(&c, "util", __func__, utilization != NULL, MEMBERS, v, 2, NULL, NULL);
+    if (ret == NVML_SUCCESS) {
+        utilization->gpu = to_uint(v[0]);
+        utilization->memory = to_uint(v[1]);
+    }
+    return call_end(&c, ret);
+}
+
+/* The trace records memory the v2 way (reserved apart from used); v1 counts reserved memory as
+ * used, as the real driver does (probe.json: v1 used == v2 used + reserved == total - free). */
+nvmlReturn_t DECLDIR nvmlDeviceGetMemoryInfo(nvmlDevice_t device, nvmlMemory_t *memory)
+{
+    static const char *const MEMBERS[] = {"total", "free", "used"};
+    double v[3];
+    bool from_trace = false;
+    struct call c;
+    nvmlReturn_t ret = call_begin(&c, __func__, device);
+    if (ret == NVML_SUCCESS)
+        ret = get_object(&c, "mem", __func__, memory != NULL, MEMBERS, v, 3, NULL, &from_trace);
+    if (ret == NVML_SUCCESS) {
+        memory->total = to_ull(v[0]);
+        memory->free = to_ull(v[1]);
+        if (from_trace)
+            memory->used = memory->free <= memory->total ? memory->total - memory->free : 0;
+        else
+            memory->used = to_ull(v[2]);
+    }
+    return call_end(&c, ret);
+}
+
+nvmlReturn_t DECLDIR nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t device, nvmlMemory_v2_t *memory)
+{
+    static const char *const MEMBERS[] = {"total", "free", "used"};
+    double v[3], reserved = 0;
+    struct call c;
+    const cJSON *item;
+    nvmlReturn_t ret = call_begin(&c, __func__, device);
+    if (ret == NVML_SUCCESS && memory != NULL && memory->version != nvmlMemory_v2)
+        ret = NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
+    if (ret == NVML_SUCCESS)
+        ret = get_object(&c, "mem", "nvmlDeviceGetMemoryInfo(v2)", memory != NULL, MEMBERS, v, 3, &item, NULL);
+    if (ret == NVML_SUCCESS)
+        member_number(item, "reserved", &reserved); /* absent from captures of old drivers: 0 */
+    if (ret == NVML_SUCCESS) {
+        memory->total = to_ull(v[0]);
+        memory->free = to_ull(v[1]);
+        memory->used = to_ull(v[2]);
+        memory->reserved = to_ull(reserved);
+    }
+    return call_end(&c, ret);
+}
+
+nvmlReturn_t DECLDIR nvmlDeviceGetBAR1MemoryInfo(nvmlDevice_t device, nvmlBAR1Memory_t *bar1Memory)
+{
+    static const char *const MEMBERS[] = {"bar1Total", "bar1Free", "bar1Used"};
+    double v[3];
+    struct call c;
+    nvmlReturn_t ret = call_begin(&c, __func__, device);
+    if (ret == NVML_SUCCESS)
+        ret = get_object(&c, NULL, __func__, bar1Memory != NULL, MEMBERS, v, 3, NULL, NULL);
+    if (ret == NVML_SUCCESS) {
+        bar1Memory->bar1Total = to_ull(v[0]);
+        bar1Memory->bar1Free = to_ull(v[1]);
+        bar1Memory->bar1Used = to_ull(v[2]);
+    }
+    return call_end(&c, ret);
+}
+
+nvmlReturn_t DECLDIR nvmlDeviceGetViolationStatus(nvmlDevice_t device, nvmlPerfPolicyType_t perfPolicyType,
+                                                  nvmlViolationTime_t *violTime)
+{
+    static const char *const MEMBERS[] = {"referenceTime", "violationTime"};
+    char key[96];
+    double v[2];
+    struct call c;
+    snprintf(key, sizeof key, "nvmlDeviceGetViolationStatus(%d)", (int)perfPolicyType);
+    nvmlReturn_t ret = call_begin(&c, __func__, device);
+    if (ret == NVML_SUCCESS)
+        ret = get_object(&c, NULL, key, violTime != NULL, MEMBERS, v, 2, NULL, NULL);
+    if (ret == NVML_SUCCESS) {
+        violTime->referenceTime = to_ull(v[0]);
+        violTime->violationTime = to_ull(v[1]);
+    }
+    return call_end(&c, ret);
+}
+
+nvmlReturn_t DECLDIR nvmlDeviceGetPowerManagementLimitConstraints(nvmlDevice_t device, unsigned int *minLimit,
+                                                                  unsigned int *maxLimit)
+{
+    double v[2];
+    nvmlReturn_t ret = get_numbers(__func__, device, __func__, minLimit != NULL && maxLimit != NULL, v, 2);
+    if (ret == NVML_SUCCESS) {
+        *minLimit = to_uint(v[0]);
+        *maxLimit = to_uint(v[1]);
+    }
+    return ret;
+}
+
+nvmlReturn_t DECLDIR nvmlDeviceGetRemappedRows(nvmlDevice_t device, unsigned int *corrRows, unsigned int *uncRows,
+                                               unsigned int *isPending, unsigned int *failureOccurred)
+{
+    double v[4];
+    bool out_ok = corrRows != NULL && uncRows != NULL && isPending != NULL && failureOccurred != NULL;
+    nvmlReturn_t ret = get_numbers(__func__, device, __func__, out_ok, v, 4);
+    if (ret == NVML_SUCCESS) {
+        *corrRows = to_uint(v[0]);
+        *uncRows = to_uint(v[1]);
+        *isPending = to_uint(v[2]);
+        *failureOccurred = to_uint(v[3]);
+    }
+    return ret;
+}
+
+nvmlReturn_t DECLDIR nvmlDeviceGetEccMode(nvmlDevice_t device, nvmlEnableState_t *current, nvmlEnableState_t *pending)
+{
+    double v[2];
+    nvmlReturn_t ret = get_numbers(__func__, device, __func__, current != NULL && pending != NULL, v, 2);
+    if (ret == NVML_SUCCESS) {
+        *current = (nvmlEnableState_t)to_uint(v[0]);
+        *pending = (nvmlEnableState_t)to_uint(v[1]);
+    }
+    return ret;
+}
+
+/* --- running processes ---------------------------------------------------------------------- */
+
+/* NVML's two-call protocol: with too small a buffer, say how many there are and return
+ * INSUFFICIENT_SIZE; with none running, SUCCESS and a count of 0. */
+static nvmlReturn_t processes(const char *name, nvmlDevice_t device, const char *trace_key, const char *probe_key,
+                              unsigned int *infoCount, nvmlProcessInfo_t *infos)
+{
+    struct call c;
+    const cJSON *list = NULL;
+    nvmlReturn_t ret = call_begin(&c, name, device);
+    if (ret == NVML_SUCCESS && infoCount == NULL)
+        ret = NVML_ERROR_INVALID_ARGUMENT;
+    if (ret == NVML_SUCCESS)
+        ret = answer(&c, trace_key, probe_key, &list, NULL);
+    if (ret == NVML_SUCCESS && !cJSON_IsArray(list))
+        ret = NVML_ERROR_UNKNOWN;
+    if (ret == NVML_SUCCESS) {
+        unsigned n = (unsigned)cJSON_GetArraySize(list);
+        if (*infoCount < n) {
+            ret = NVML_ERROR_INSUFFICIENT_SIZE;
+        } else if (n > 0 && infos == NULL) {
+            ret = NVML_ERROR_INVALID_ARGUMENT;
+        } else {
+            unsigned i = 0;
+            const cJSON *p;
+            cJSON_ArrayForEach(p, list) {
+                double pid = 0, used = NAN;
+                member_number(p, "pid", &pid);
+                member_number(p, "used", &used); /* null: not available, as under WDDM */
+                infos[i].pid = to_uint(pid);
+                infos[i].usedGpuMemory = isnan(used) ? (unsigned long long)NVML_VALUE_NOT_AVAILABLE : to_ull(used);
+                infos[i].gpuInstanceId = 0xFFFFFFFFu; /* no MIG */
+                infos[i].computeInstanceId = 0xFFFFFFFFu;
+                i++;
+            }
+        }
+        *infoCount = n;
+    }
+    return call_end(&c, ret);
+}
+
+nvmlReturn_t DECLDIR nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t device, unsigned int *infoCount,
+                                                             nvmlProcessInfo_t *infos)
+{
+    return processes(__func__, device, "procs", "nvmlDeviceGetComputeRunningProcesses", infoCount, infos);
+}
+
+/* v2 has the same layout as v3 (nvml.h: nvmlProcessInfo_v2_t is nvmlProcessInfo_t). */
+nvmlReturn_t DECLDIR nvmlDeviceGetComputeRunningProcesses_v2(nvmlDevice_t device, unsigned int *infoCount,
+                                                             nvmlProcessInfo_v2_t *infos)
+{
+    return processes(__func__, device, "procs", "nvmlDeviceGetComputeRunningProcesses", infoCount, infos);
+}
+
+nvmlReturn_t DECLDIR nvmlDeviceGetGraphicsRunningProcesses_v3(nvmlDevice_t device, unsigned int *infoCount,
+                                                              nvmlProcessInfo_t *infos)
+{
+    return processes(__func__, device, NULL, "nvmlDeviceGetGraphicsRunningProcesses", infoCount, infos);
+}
+
+nvmlReturn_t DECLDIR nvmlDeviceGetGraphicsRunningProcesses_v2(nvmlDevice_t device, unsigned int *infoCount,
+                                                              nvmlProcessInfo_v2_t *infos)
+{
+    return processes(__func__, device, NULL, "nvmlDeviceGetGraphicsRunningProcesses", infoCount, infos);
+}
+
+nvmlReturn_t DECLDIR nvmlDeviceGetMPSComputeRunningProcesses_v3(nvmlDevice_t device, unsigned int *infoCount,
+                                                                nvmlProcessInfo_t *infos)
+{
+    return processes(__func__, device, NULL, "nvmlDeviceGetMPSComputeRunningProcesses", infoCount, infos);
+}
+
+/* --- field values --------------------------------------------------------------------------- */
+
+/* The trace's name for the fields it recorded (see capture.py TRACE_FIELDS). */
+static const char *trace_field(unsigned int id)
+{
+    switch (id) {
+    case 3: return "ecc_sbe_vol";
+    case 4: return "ecc_dbe_vol";
+    case 82: return "mem_temp_c";
+    case 83: return "energy_mj";
+    case 94: return "pcie_replay";
+    case 138: return "nvlink_tx_kib";
+    case 139: return "nvlink_rx_kib";
+    case 186: return "power_instant_mw";
+    case 197: return "pcie_tx_bytes";
+    case 198: return "pcie_rx_bytes";
+    default: return NULL;
+    }
+}
+
+/* Store `x` as the field's `type`; with has_value false, only the type (NVML leaves it zero). */
+static void set_field(nvmlFieldValue_t *v, int type, bool has_value, double x)
+{
+    v->valueType = (nvmlValueType_t)type;
+    memset(&v->value, 0, sizeof v->value);
+    if (!has_value)
+        return;
+    switch (type) {
+    case NVML_VALUE_TYPE_UNSIGNED_INT: v->value.uiVal = to_uint(x); break;
+    case NVML_VALUE_TYPE_UNSIGNED_LONG: v->value.ulVal = (unsigned long)to_ull(x); break;
+    case NVML_VALUE_TYPE_UNSIGNED_LONG_LONG: v->value.ullVal = to_ull(x); break;
+    case NVML_VALUE_TYPE_SIGNED_LONG_LONG: v->value.sllVal = isfinite(x) ? (long long)x : 0; break;
+    case NVML_VALUE_TYPE_SIGNED_INT: v->value.siVal = isfinite(x) ? (int)x : 0; break;
+    case NVML_VALUE_TYPE_UNSIGNED_SHORT: v->value.usVal = (unsigned short)to_uint(x); break;
+    default: v->value.dVal = x; break;
+    }
+}
+
+/* Per-field return codes inside a successful call, as the driver does: a field the GPU lacks
+ * is NotSupported in its own slot, and the call still succeeds. */
+nvmlReturn_t DECLDIR nvmlDeviceGetFieldValues(nvmlDevice_t device, int valuesCount, nvmlFieldValue_t *values)
+{
+    struct call c;
+    nvmlReturn_t ret = call_begin(&c, __func__, device);
+    if (ret == NVML_SUCCESS && (valuesCount < 0 || (valuesCount > 0 && values == NULL)))
+        ret = NVML_ERROR_INVALID_ARGUMENT;
+    const cJSON *fields = cJSON_GetObjectItemCaseSensitive(c.rec, "fields");
+    if (ret == NVML_SUCCESS && cJSON_IsObject(fields) && cJSON_GetArraySize(fields) == 1
+        && cJSON_HasObjectItem(fields, "err"))
+        ret = (nvmlReturn_t)error_code_of(cJSON_GetObjectItemCaseSensitive(fields, "err"));
+    if (ret != NVML_SUCCESS)
+        return call_end(&c, ret);
+
+    const cJSON *by_id = cJSON_GetObjectItemCaseSensitive(
+        cJSON_GetObjectItemCaseSensitive(g.recorded[c.dev->recorded].probe, "fields"), "by_id");
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    long long stamp = (long long)now.tv_sec * 1000000LL + now.tv_nsec / 1000;
+    for (int i = 0; i < valuesCount; i++) {
+        nvmlFieldValue_t *v = &values[i];
+        char id[16];
+        snprintf(id, sizeof id, "%u", v->fieldId);
+        const cJSON *probe = cJSON_GetObjectItemCaseSensitive(by_id, id);
+        const char *key = trace_field(v->fieldId);
+        const cJSON *recorded = key ? cJSON_GetObjectItemCaseSensitive(fields, key) : NULL;
+        double probe_ret = NVML_ERROR_NOT_SUPPORTED, type = -1, lat = 0, x;
+        member_number(probe, "ret", &probe_ret);
+        member_number(probe, "type", &type);
+        member_number(probe, "lat_us", &lat);
+        c.latency_us += isfinite(lat) && lat > 0 ? lat : 0; /* the slow fields are what cost */
+        v->timestamp = stamp;
+        v->latencyUsec = (long long)lat;
+        if (recorded == NULL || cJSON_IsNull(recorded)) { /* not in the trace: as probed */
+            bool has = json_number(cJSON_GetObjectItemCaseSensitive(probe, "value"), &x);
+            v->nvmlReturn = (nvmlReturn_t)probe_ret;
+            set_field(v, type >= 0 ? (int)type : NVML_VALUE_TYPE_UNSIGNED_LONG_LONG, has, x);
+        } else if (cJSON_IsObject(recorded)) { /* {"err": N}: this field failed at that moment */
+            const cJSON *err = cJSON_GetObjectItemCaseSensitive(recorded, "err");
+            v->nvmlReturn = err ? (nvmlReturn_t)error_code_of(err) : NVML_ERROR_UNKNOWN;
+            set_field(v, type >= 0 ? (int)type : NVML_VALUE_TYPE_UNSIGNED_LONG_LONG, false, 0);
+        } else {
+            bool has = json_number(recorded, &x);
+            if (has && v->fieldId == 83) { /* the energy counter keeps counting when the trace loops */
+                const struct recorded *r = &g.recorded[c.dev->recorded];
+                x += laps(r, c.play) * r->energy_field_lap;
+            }
+            v->nvmlReturn = has ? NVML_SUCCESS : NVML_ERROR_UNKNOWN;
+            int guessed = has && x == floor(x) ? NVML_VALUE_TYPE_UNSIGNED_LONG_LONG : NVML_VALUE_TYPE_DOUBLE;
+            set_field(v, type >= 0 ? (int)type : guessed, has, x);
+        }
+    }
+    return call_end(&c, NVML_SUCCESS);
+}
