@@ -179,6 +179,19 @@ METRICS: tuple[Metric, ...] = (
     _m("gpumon_replay_phase", GAUGE, "",
        "Replay only: 1 for the labelled load phase (phases.json) the replayed GPU is in now.",
        "replay", labels=("phase",)),
+    # --- alert rules --------------------------------------------------------------------------------
+    _m("gpumon_alerts", GAUGE, "",
+       "1 for each pending or firing alert of gpumon's local rules (Prometheus's ALERTS, renamed so a "
+       "Prometheus evaluating the same rules does not collide); labels are the alert's own.",
+       "rules", per_gpu=False, labels=("alertname", "alertstate")),
+    _m("gpumon_alerts_active_since_timestamp_seconds", GAUGE, "seconds",
+       "Unix time at which a pending or firing alert became active (Prometheus's ALERTS_FOR_STATE).",
+       "rules", per_gpu=False, labels=("alertname",)),
+    _m("gpumon_rule_group_last_duration_seconds", GAUGE, "seconds",
+       "Wall time of the last evaluation of a rule group.", "rules", per_gpu=False, labels=("rule_group",)),
+    _m("gpumon_rule_evaluation_failures", GAUGE, "",
+       "Rules of a group whose last evaluation failed (see /api/v1/rules for the error).",
+       "rules", per_gpu=False, labels=("rule_group",)),
     # --- gpumon itself -------------------------------------------------------------------------
     _m("gpumon_build_info", INFO, "", "gpumon version and backend; backend=\"replay\" means demo data.",
        "self", per_gpu=False, labels=("version", "backend", "capture")),

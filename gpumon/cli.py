@@ -38,10 +38,25 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--slow-interval", help="slow tier interval (default 30s)")
     run.add_argument("--poll-deadline", help="deadline of one GPU poll (default 80%% of the interval)")
     run.add_argument("--retention", help="how much history the store keeps (default 10m)")
+    run.add_argument("--rules", nargs="+", metavar="GLOB", help="alert rule files (default: the bundled rules)")
+    run.add_argument("--rule-evaluation-interval", help="interval of rule groups without their own (default 10s)")
     run.add_argument("--process-pids", action="store_const", const=True,
                      help="export per-process memory with a pid label")
     run.add_argument("--log-level", help="debug, info, warning or error")
     run.add_argument("--log-format", help="auto, json or console")
+
+    rules = sub.add_parser("rules", help="check and test alert rule files")
+    rules_sub = rules.add_subparsers(dest="rules_command", required=True, metavar="RULES_COMMAND")
+    check = rules_sub.add_parser("check", help="load rule files and report every problem (exit 0/1)")
+    check.add_argument("files", nargs="+", type=Path)
+    test = rules_sub.add_parser("test", help="run rule unit tests in promtool's format (exit 0/1)")
+    test.add_argument("files", nargs="+", type=Path)
+    export = rules_sub.add_parser("export", help="print rules for Prometheus, without gpumon's extensions")
+    export.add_argument("files", nargs="*", type=Path, help="rule files (default: the bundled rules)")
+    export.add_argument("--format", choices=["prometheus", "prometheusrule"], default="prometheus",
+                        help="a plain rule file, or a Prometheus Operator PrometheusRule resource")
+    export.add_argument("--name", default="gpumon", help="PrometheusRule metadata.name")
+    export.add_argument("--namespace", default="monitoring", help="PrometheusRule metadata.namespace")
 
     snap = sub.add_parser("snapshot", help="poll once, print what gpumon sees, exit")
     snap.add_argument("--config", type=Path, help="YAML configuration file")
@@ -62,6 +77,14 @@ def _fail(message: str, code: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "rules":
+        from gpumon.rules import cli as rules_cli
+
+        if args.rules_command == "export":
+            return rules_cli.export(args.files, args.format, args.name, args.namespace)
+        if args.rules_command == "check":
+            return rules_cli.check_files(args.files)
+        return rules_cli.test_files(args.files)
     overrides = _overrides(args)
     try:
         config = load_config(args.config, overrides)

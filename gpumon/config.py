@@ -112,6 +112,12 @@ class StoreConfig(_Section):
     retention: Duration = 600.0
 
 
+class RulesConfig(_Section):
+    files: list[str] = []  # globs; empty: the bundled rules
+    evaluation_interval: Duration = 10.0  # for groups without their own `interval`
+    external_labels: dict[str, str] = {}  # $externalLabels in templates
+
+
 class LogConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -124,6 +130,7 @@ class Config(_Section):
     sampler: SamplerConfig = SamplerConfig()
     metrics: MetricsConfig = MetricsConfig()
     store: StoreConfig = StoreConfig()
+    rules: RulesConfig = RulesConfig()
     log: LogConfig = LogConfig()
 
     @property
@@ -134,7 +141,7 @@ class Config(_Section):
 SECTIONS = frozenset(name for name, f in Config.model_fields.items()
                      if isinstance(f.annotation, type) and issubclass(f.annotation, _Section))
 # Paths in the file that are relative to the file's directory (flags stay relative to the cwd).
-FILE_RELATIVE: tuple[KeyPath, ...] = (("state_dir",), ("web", "config_file"))
+FILE_RELATIVE: tuple[KeyPath, ...] = (("state_dir",), ("web", "config_file"), ("rules", "files"))
 
 # Command-line flag -> key path in the file. Flags win over the file.
 FLAGS: dict[str, KeyPath] = {
@@ -147,6 +154,8 @@ FLAGS: dict[str, KeyPath] = {
     "poll_deadline": ("sampler", "deadline"),
     "process_pids": ("metrics", "process_pids"),
     "retention": ("store", "retention"),
+    "rules": ("rules", "files"),
+    "rule_evaluation_interval": ("rules", "evaluation_interval"),
     "log_level": ("log", "level"),
     "log_format": ("log", "format"),
 }
@@ -190,9 +199,16 @@ def _relative_to(data: dict[str, Any], keys: KeyPath, base: Path) -> None:
     node: Any = data
     for k in parents:
         node = node.get(k) if isinstance(node, dict) else None
-    if isinstance(node, dict) and isinstance(node.get(leaf), str) and node[leaf]:
-        value = Path(node[leaf]).expanduser()
-        node[leaf] = str(value if value.is_absolute() else base / value)
+    if not isinstance(node, dict):
+        return
+
+    def resolve(text: str) -> str:
+        value = Path(text).expanduser()
+        return str(value if value.is_absolute() else base / value)
+    if isinstance(node.get(leaf), str) and node[leaf]:
+        node[leaf] = resolve(node[leaf])
+    elif isinstance(node.get(leaf), list):  # rule file globs
+        node[leaf] = [resolve(v) if isinstance(v, str) and v else v for v in node[leaf]]
 
 
 __all__ = ["Config", "ConfigError", "Listen", "load_config", "parse_duration", "parse_listen"]

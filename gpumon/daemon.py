@@ -19,6 +19,8 @@ from gpumon import logs
 from gpumon.config import Config, load_config
 from gpumon.exporter import Exporter
 from gpumon.model import BackendUnavailable
+from gpumon.rules.rulefile import RuleGroup, longest_ranges
+from gpumon.rules.service import RuleService, load_groups
 from gpumon.sampler import Intervals, Sampler
 from gpumon.sources.nvml import NvmlSource
 from gpumon.sources.replay import DEMO_CAPTURE, ReplaySpec, parse_replay_spec, replay_source
@@ -68,10 +70,17 @@ def store_capacity(config: Config) -> int:
     return math.ceil(config.store.retention / config.sampler.fast_interval) + 1
 
 
-async def open_sampler(config: Config, exporter: Exporter) -> tuple[Sampler, Built]:
+def rule_history(config: Config, groups: list[RuleGroup]) -> dict[str, int]:
+    """Ring capacity per metric name, so every range a rule reads (plus the 5 m lookback) is kept."""
+    return {name: math.ceil((ms / 1000 + 300) / config.sampler.fast_interval) + 2
+            for name, ms in longest_ranges(groups).items()}
+
+
+async def open_sampler(config: Config, exporter: Exporter,
+                       history: dict[str, int] | None = None) -> tuple[Sampler, Built]:
     """Build the source and open it; `auto` retries with the bundled capture. Raises BackendUnavailable."""
     built = build_source(config)
-    sampler = Sampler(built.source, Store(store_capacity(config)), exporter, intervals_of(config),
+    sampler = Sampler(built.source, Store(store_capacity(config), history), exporter, intervals_of(config),
                       capture=built.capture)
     try:
         await sampler.open()
@@ -82,7 +91,7 @@ async def open_sampler(config: Config, exporter: Exporter) -> tuple[Sampler, Bui
                     reason=str(exc))
         spec = ReplaySpec(DEMO_CAPTURE, loop=True)
         built = Built(replay_source(spec, config.opt_ins), _capture_name(spec))
-        sampler = Sampler(built.source, Store(store_capacity(config)), exporter, intervals_of(config),
+        sampler = Sampler(built.source, Store(store_capacity(config), history), exporter, intervals_of(config),
                           capture=built.capture)
         await sampler.open()
     return sampler, built
@@ -101,21 +110,32 @@ class Daemon:
         self.stopping = asyncio.Event()
         self.sampler: Sampler | None = None
         self.web: WebServer | None = None
+        self.rules: RuleService | None = None
 
     async def run(self) -> int:
         try:
             security = load_security(self.config)
+            groups = load_groups(self.config.rules.files)
         except ConfigError as exc:
-            log.error("invalid web configuration", problem=str(exc))
+            log.error("invalid configuration", problem=str(exc))
             return EXIT_CONFIG
         try:
-            self.sampler, built = await open_sampler(self.config, self.exporter)
+            self.sampler, built = await open_sampler(self.config, self.exporter, rule_history(self.config, groups))
         except BackendUnavailable as exc:
             log.error(str(exc), backend=self.config.backend)
             return EXIT_BACKEND
+        try:
+            self.rules = RuleService(groups, self.sampler.store,
+                                     default_interval_s=self.config.rules.evaluation_interval,
+                                     state_dir=self.config.state_dir,
+                                     external_labels=self.config.rules.external_labels)
+        except OSError as exc:  # the state directory cannot be created or written
+            log.error(f"cannot keep alert state in {self.config.state_dir}: {exc.strerror or exc}")
+            await self.sampler.stop()
+            return EXIT_CONFIG
         if built.capture:
             log.warning("DEMO DATA: " + built.demo_note, capture=built.capture)
-        self.web = WebServer(self.sampler, self.exporter, demo_note=built.demo_note)
+        self.web = WebServer(self.sampler, self.exporter, demo_note=built.demo_note, rules=self.rules)
         try:
             await self.web.start(self.config.web.listen, security)
         except ListenError as exc:
@@ -123,26 +143,31 @@ class Daemon:
             await self.sampler.stop()
             return EXIT_CONFIG
         await self.sampler.start()
+        self.rules.start()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
         loop.add_signal_handler(signal.SIGINT, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
         log.info("gpumon started", backend=built.source.backend, gpus=len(self.sampler.devices),
+                 rule_groups=len(groups), rules=sum(len(g.rules) for g in groups),
                  listen=[f"{h}:{p}" for h, p in self.web.bound], tls=security.ssl_context is not None)
         await self.stopping.wait()
         log.info("gpumon stopping")
         await self.web.stop()
+        await self.rules.stop()
+        self.rules.save()
         await self.sampler.stop()
         return EXIT_OK
 
     async def reload(self) -> None:
         """Apply a new configuration, or keep the running one if anything in it is invalid."""
-        assert self.sampler is not None and self.web is not None
+        assert self.sampler is not None and self.web is not None and self.rules is not None
         try:
             new = load_config(self.config_path, self.overrides)
             security = load_security(new)
+            groups = load_groups(new.rules.files)
         except ConfigError as exc:
-            log.error("reload failed; keeping the running configuration", problem=str(exc))
+            log.error("reload failed; keeping the running configuration and rules", problem=str(exc))
             return
         old = self.config
         for key in RESTART_ONLY:
@@ -162,6 +187,10 @@ class Daemon:
                     log.error("reload: the old listen address cannot be bound either; /metrics is down "
                               "until the next successful reload", problem=str(again))
         self.sampler.intervals = intervals_of(new)
+        self.sampler.store.capacity_by_name.update(rule_history(new, groups))  # for series created from now
+        self.rules.default_interval_s = new.rules.evaluation_interval
+        self.rules.external_labels = new.rules.external_labels
+        await self.rules.reload(groups)
         self.sampler.source.configure(new.opt_ins)
         logs.configure(new.log.level, new.log.format)
         self.config = new

@@ -2,16 +2,20 @@
 for range queries (the rules engine).
 
 Ring buffers hold doubles in `array('d')`, two per point, so ten minutes of one-second samples for
-eight GPUs stays in single-digit megabytes.
+eight GPUs stays in single-digit megabytes. When a series stops being reported (a metric became
+unsupported, a GPU was lost) the store appends Prometheus's staleness marker, so rules evaluated here
+see the series end exactly when a Prometheus scraping gpumon would.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from array import array
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Protocol
 
-from gpumon.model import Labels, Sample
+from gpumon.model import STALE_NAN, Labels, Sample
 
 SeriesKey = tuple[str, Labels]
 
@@ -31,6 +35,11 @@ class Ring:
         self._size = 0
 
     def append(self, t: float, v: float) -> None:
+        """Add a point; a time earlier than the newest point (the wall clock stepped back) drops the
+        history, since every reader relies on times only growing."""
+        if self._size and t < self.times[(self._head + self._size - 1) % self.capacity]:
+            self.times, self.values = array("d"), array("d")
+            self._head = self._size = 0
         if self._size < self.capacity:
             self.times.append(t)
             self.values.append(v)
@@ -44,11 +53,33 @@ class Ring:
         return self._size
 
     def points(self, start: float = -math.inf, end: float = math.inf) -> list[tuple[float, float]]:
-        """Points with start <= t <= end, oldest first."""
-        order = range(self._head, self._head + self._size)
-        n = self.capacity
-        return [(self.times[i % n], self.values[i % n]) for i in order
-                if start <= self.times[i % n] <= end]
+        """Points with start <= t <= end, oldest first (binary search: times only grow)."""
+        lo, hi = self._first_at_or_after(start), self._first_after(end)
+        n, head, times, values = self.capacity, self._head, self.times, self.values
+        return [(times[(head + i) % n], values[(head + i) % n]) for i in range(lo, hi)]
+
+    def _time(self, i: int) -> float:
+        return self.times[(self._head + i) % self.capacity]
+
+    def _first_at_or_after(self, t: float) -> int:
+        lo, hi = 0, self._size
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self._time(mid) < t:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
+    def _first_after(self, t: float) -> int:
+        lo, hi = 0, self._size
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self._time(mid) <= t:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
 
     def last(self) -> tuple[float, float] | None:
         if not self._size:
@@ -57,28 +88,78 @@ class Ring:
         return self.times[i], self.values[i]
 
 
+class Matcher(Protocol):
+    """A label matcher (gpumon.rules.promql.Matcher); the store needs only this much of it."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def op(self) -> str: ...
+    @property
+    def value(self) -> str: ...
+
+    def matches(self, labels: dict[str, str]) -> bool: ...
+
+
 class Store:
     """Latest samples by (unit, tier) and recent history by series."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, capacity_by_name: dict[str, int] | None = None) -> None:
         self.capacity = max(2, capacity)
+        # Metrics that rules read over long ranges get longer rings than `capacity`.
+        self.capacity_by_name = capacity_by_name or {}
         self._latest: dict[tuple[str, str], Sample] = {}
         self._series: dict[SeriesKey, Ring] = {}
+        self._by_name: dict[str, list[SeriesKey]] = {}
+        self._full_labels: dict[SeriesKey, Labels] = {}  # sorted, with __name__: what PromQL sees
 
     def put(self, sample: Sample) -> None:
+        previous = self._latest.get((sample.unit, sample.tier))
         self._latest[(sample.unit, sample.tier)] = sample
         t = sample.timestamp
         series = self._series
         for name, labels, value in sample.values:
             ring = series.get((name, labels))
             if ring is None:
-                ring = series[(name, labels)] = Ring(self.capacity)
+                ring = self._new_series((name, labels))
             ring.append(t, value)
+        if previous is not None and len(previous.values) != 0:
+            now = {(name, labels) for name, labels, _ in sample.values}
+            self._mark_stale((k for k in ((n, lb) for n, lb, _ in previous.values) if k not in now), t)
+
+    def _new_series(self, key: SeriesKey) -> Ring:
+        ring = self._series[key] = Ring(max(self.capacity, self.capacity_by_name.get(key[0], 0)))
+        self._by_name.setdefault(key[0], []).append(key)
+        self._full_labels[key] = tuple(sorted((("__name__", key[0]), *key[1])))
+        return ring
+
+    def _mark_stale(self, keys: Iterable[SeriesKey], t: float) -> None:
+        for key in keys:
+            ring = self._series.get(key)
+            if ring is not None and (last := ring.last()) is not None and last[0] < t:
+                ring.append(t, STALE_NAN)
 
     def discard(self, unit: str) -> None:
-        """Forget the latest samples of a unit (a lost GPU): its series leave the exposition."""
+        """Forget the latest samples of a unit (a lost GPU): its series leave the exposition and
+        end, for range queries, with a staleness marker."""
+        now = time.time()
         for key in [k for k in self._latest if k[0] == unit]:
-            del self._latest[key]
+            gone = self._latest.pop(key)
+            self._mark_stale(((n, lb) for n, lb, _ in gone.values), now)
+
+    def select(self, matchers: Sequence[Matcher], start_ms: int,
+               end_ms: int) -> Iterator[tuple[Labels, list[tuple[int, float]]]]:
+        """Series matching every matcher, with their points in [start, end] (ms): the rules' view."""
+        name = next((m for m in matchers if m.name == "__name__" and m.op == "="), None)
+        keys: Iterable[SeriesKey] = self._by_name.get(name.value, ()) if name is not None else list(self._series)
+        start, end = start_ms / 1000, end_ms / 1000
+        for key in keys:
+            labels = self._full_labels[key]
+            as_dict = dict(labels)
+            if all(m.matches(as_dict) for m in matchers):
+                points = self._series[key].points(start, end)
+                if points:
+                    yield labels, [(round(t * 1000), v) for t, v in points]
 
     def latest(self) -> list[Sample]:
         return list(self._latest.values())
@@ -94,4 +175,6 @@ class Store:
         dead = [k for k, r in self._series.items() if (last := r.last()) is None or last[0] < older_than]
         for k in dead:
             del self._series[k]
+            del self._full_labels[k]
+            self._by_name[k[0]].remove(k)
         return len(dead)

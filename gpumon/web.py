@@ -1,4 +1,5 @@
-"""HTTP endpoints: /metrics (cached exposition), / (landing page), /-/healthy and /-/ready."""
+"""HTTP endpoints: /metrics (cached exposition), / (landing page), /-/healthy, /-/ready and the
+Prometheus-shaped /api/v1/alerts and /api/v1/rules."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from aiohttp import web
 from gpumon import __version__
 from gpumon.config import Listen
 from gpumon.exporter import OPENMETRICS_TYPE, TEXT_TYPE, Exporter
+from gpumon.rules.service import RuleService
 from gpumon.sampler import Sampler
 from gpumon.webconfig import WebSecurity
 
@@ -22,8 +24,10 @@ class ListenError(Exception):
 
 
 class WebServer:
-    def __init__(self, sampler: Sampler, exporter: Exporter, *, demo_note: str = "") -> None:
+    def __init__(self, sampler: Sampler, exporter: Exporter, *, demo_note: str = "",
+                 rules: RuleService | None = None) -> None:
         self.sampler = sampler
+        self.rules = rules
         self.exporter = exporter
         self.demo_note = demo_note
         self.security = WebSecurity()
@@ -36,6 +40,8 @@ class WebServer:
         app.router.add_get("/", self.landing)
         app.router.add_get("/-/healthy", self.healthy)
         app.router.add_get("/-/ready", self.ready)
+        app.router.add_get("/api/v1/alerts", self.api_alerts)
+        app.router.add_get("/api/v1/rules", self.api_rules)
         return app
 
     async def start(self, listen: Listen, security: WebSecurity) -> None:
@@ -86,6 +92,18 @@ class WebServer:
             headers["Content-Encoding"] = "gzip"
         return web.Response(body=body, headers=headers)
 
+    async def api_alerts(self, request: web.Request) -> web.Response:
+        """Pending and firing alerts in the shape of Prometheus's /api/v1/alerts."""
+        if self.rules is None:
+            return web.json_response({"status": "success", "data": {"alerts": []}})
+        return web.json_response(self.rules.api_alerts())
+
+    async def api_rules(self, request: web.Request) -> web.Response:
+        """Rule groups, health and alerts in the shape of Prometheus's /api/v1/rules."""
+        if self.rules is None:
+            return web.json_response({"status": "success", "data": {"groups": []}})
+        return web.json_response(self.rules.api_rules())
+
     async def healthy(self, request: web.Request) -> web.Response:
         return web.Response(text="gpumon is healthy.\n")
 
@@ -108,7 +126,8 @@ class WebServer:
 <body><h1>gpumon {html.escape(__version__)}</h1>
 {banner}
 <p>Backend: <strong>{html.escape(self.sampler.source.backend)}</strong>.
-<a href="/metrics">Metrics</a> · <a href="/-/healthy">Health</a> · <a href="/-/ready">Readiness</a></p>
+<a href="/metrics">Metrics</a> · <a href="/api/v1/alerts">Alerts</a> · <a href="/api/v1/rules">Rules</a> ·
+<a href="/-/healthy">Health</a> · <a href="/-/ready">Readiness</a></p>
 <table><tr><th>GPU</th><th>Name</th><th>UUID</th><th>PCI bus</th><th>SM activity</th></tr>{rows}</table>
 </body></html>
 """

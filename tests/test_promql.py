@@ -17,8 +17,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpumon.rules.promql import EvalError, PromQLError, compile_expr
-from gpumon.rules.ruletest import expand_values, parse_prom_duration, run_test_file
+from gpumon.rules.promql import EvalError, PromQLError, compile_expr, parse_prom_duration
+from gpumon.rules.ruletest import expand_values, run_test_file
 
 CORPUS = yaml.safe_load((Path(__file__).parent / "rules" / "promql_cases.yaml").read_text())
 CASES = {c["name"]: c for c in CORPUS["cases"]}

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from gpumon.model import Labels, Sample
+from gpumon.rules.promql import is_stale
 from gpumon.store import Ring, Store
 
 GPU0: Labels = (("gpu", "0"), ("uuid", "GPU-a"))
@@ -96,17 +97,27 @@ finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
        start=finite, end=finite)
 def test_ring_matches_a_list(capacity: int, points: list[tuple[float, float]], start: float, end: float) -> None:
     ring = Ring(capacity)
+    model: list[tuple[float, float]] = []
     for t, v in points:
         ring.append(t, v)
-    kept = points[-capacity:] if points else []
+        model = _model_append(model, (t, v), capacity)
+    kept = model
     assert len(ring) == len(kept)
     assert ring.points() == kept
     assert ring.points(start, end) == [(t, v) for t, v in kept if start <= t <= end]
     assert ring.last() == (kept[-1] if kept else None)
 
 
+def _model_append(model: list[tuple[float, float]], point: tuple[float, float],
+                  capacity: int) -> list[tuple[float, float]]:
+    """The list model of a ring: the last `capacity` points; a step back in time drops the history."""
+    if model and point[0] < model[-1][0]:
+        model = []
+    return [*model, point][-capacity:]
+
+
 class RingMachine(RuleBasedStateMachine):
-    """Appends and reads in any order; the ring always equals the last `capacity` points of a list."""
+    """Appends and reads in any order; the ring always equals its list model."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -122,7 +133,7 @@ class RingMachine(RuleBasedStateMachine):
     @rule(t=finite, v=finite)
     def append(self, t: float, v: float) -> None:
         self.ring.append(t, v)
-        self.model = [*self.model, (t, v)][-self.capacity:]
+        self.model = _model_append(self.model, (t, v), self.capacity)
 
     @rule(start=finite, end=finite)
     def window(self, start: float, end: float) -> None:
@@ -204,7 +215,8 @@ def test_discard_forgets_latest_but_keeps_history() -> None:
     store.discard("gpu0")
     assert store.latest() == [keep]
     ring = store.ring("gpumon_gpu_up", GPU0)
-    assert ring is not None and ring.points() == [(1.0, 1.0)]
+    assert ring is not None and ring.points()[0] == (1.0, 1.0)
+    assert len(ring) == 2 and is_stale(ring.points()[1][1])  # the series ends, as Prometheus would see it
     assert store.ring("gpumon_energy_joules_total", GPU0) is not None
     store.discard("gpu0")  # idempotent
     store.discard("nonexistent")
@@ -224,11 +236,13 @@ def test_prune_drops_series_without_recent_points() -> None:
     store.put(sample("gpu0", "fast", 1.0, gpumon_gpu_up=1, gpumon_sm_active_ratio=0.5))
     store.put(sample("gpu0", "fast", 5.0, gpumon_gpu_up=1))  # sm_active not read this time
     store.put(sample("gpu1", "fast", 10.0, gpumon_gpu_up=1))
+    stale = store.ring("gpumon_sm_active_ratio", GPU0)
+    assert stale is not None and is_stale(stale.points()[-1][1])  # ended with a staleness marker at 5.0
     assert store.prune(1.0) == 0  # nothing older than 1.0
-    assert store.prune(4.0) == 1
-    assert store.ring("gpumon_sm_active_ratio", GPU0) is None
-    assert store.ring("gpumon_gpu_up", GPU0) is not None
     assert store.prune(5.0) == 0  # newest point exactly at the cutoff stays
-    assert store.prune(100.0) == 2
+    assert store.prune(6.0) == 2
+    assert store.ring("gpumon_sm_active_ratio", GPU0) is None
+    assert store.ring("gpumon_gpu_up", GPU1) is not None
+    assert store.prune(100.0) == 1
     assert list(store.series()) == []
     assert len(store.latest()) == 2  # prune touches history only

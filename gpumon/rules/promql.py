@@ -31,6 +31,33 @@ NAME = "__name__"
 Labels = tuple[tuple[str, str], ...]  # sorted by name; includes __name__ when the series has one
 
 
+_DURATION = re.compile(r"(\d+)(ms|s|m|h|d|w|y)")
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000,
+            "y": 31_536_000_000}
+
+
+def parse_prom_duration(text: str) -> int:
+    """Prometheus duration (`1h30m`, `0s`, `5m`) in milliseconds; ValueError when malformed."""
+    text = str(text).strip()
+    if text == "0":
+        return 0
+    if not text or _DURATION.sub("", text) != "":
+        raise ValueError(f"not a valid duration string: {text!r}")
+    return sum(int(n) * _UNIT_MS[u] for n, u in _DURATION.findall(text))
+
+
+def format_duration(ms: int) -> str:
+    """Milliseconds as Prometheus prints a duration (`1h30m`, `0s`)."""
+    if ms == 0:
+        return "0s"
+    parts = []
+    for unit in ("y", "w", "d", "h", "m", "s", "ms"):
+        n, ms = divmod(ms, _UNIT_MS[unit])
+        if n:
+            parts.append(f"{n}{unit}")
+    return "".join(parts)
+
+
 def is_stale(v: float) -> bool:
     return v != v and struct.pack("<d", v) == _STALE_BITS
 

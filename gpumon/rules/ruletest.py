@@ -1,7 +1,9 @@
 """Rule unit tests in promtool's format (`promtool test rules`), run by gpumon's own evaluator.
 
 The file format is promtool's, unchanged: `rule_files`, `evaluation_interval`, and `tests[]` with
-`interval`, `input_series` (expanding notation `a+bxn`, `_`, `stale`) and `promql_expr_test`.
+`interval`, `input_series` (expanding notation `a+bxn`, `_`, `stale`), `external_labels`,
+`alert_rule_test` and `promql_expr_test`. Rule groups are evaluated every `evaluation_interval` from
+0; recording rules write into the test's series, so expressions and later rules can read them.
 Failures are reported the way promtool reports them.
 """
 
@@ -18,6 +20,7 @@ from typing import Any
 import promql_parser as pp
 
 from gpumon.model import STALE_NAN
+from gpumon.rules.alerting import ALERT_NAME, RuleEngine, State
 from gpumon.rules.promql import (
     NAME,
     EvalError,
@@ -28,25 +31,15 @@ from gpumon.rules.promql import (
     Sample,
     Series,
     compile_expr,
+    format_duration,
+    parse_prom_duration,
 )
+from gpumon.rules.rulefile import RuleGroup, expand_globs, load_rule_files
 from gpumon.yamlfile import ConfigError, load_yaml
 
-_DURATION = re.compile(r"(\d+)(ms|s|m|h|d|w|y)")
-_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000,
-            "y": 31_536_000_000}
 _NUMBER = r"[-+]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|Inf|inf|NaN|nan)"
 _EXPANDING = re.compile(rf"(?P<a>{_NUMBER})(?:(?P<op>[-+])(?P<b>{_NUMBER}))?x(?P<n>\d+)")
 _BLANKS = re.compile(r"_x(?P<n>\d+)")
-
-
-def parse_prom_duration(text: str) -> int:
-    """Prometheus duration (`1h30m`, `0s`, `5m`) in milliseconds; ValueError when malformed."""
-    text = str(text).strip()
-    if text == "0":
-        return 0
-    if not text or _DURATION.sub("", text) != "":
-        raise ValueError(f"not a valid duration string: {text!r}")
-    return sum(int(n) * _UNIT_MS[u] for n, u in _DURATION.findall(text))
 
 
 def parse_series(text: str) -> Labels:
@@ -128,15 +121,21 @@ def run_test_file(path: Path) -> TestResult:
     if not isinstance(doc, dict):
         result.failures.append(f"{path}: expected a mapping with rule_files and tests")
         return result
+    try:
+        groups = load_rule_files(expand_globs([str(f) for f in doc.get("rule_files") or []], path.parent))
+    except ConfigError as exc:
+        result.failures.append(str(exc))
+        return result
     for i, test in enumerate(doc.get("tests") or []):
         try:
-            result.failures.extend(_run_test(test, doc))
-        except (ValueError, PromQLError, TypeError, KeyError) as exc:
+            result.failures.extend(_run_test(test, doc, groups))
+        except (ValueError, PromQLError, TypeError, KeyError, AttributeError) as exc:
             result.failures.append(f"tests[{i}]: {exc}")
     return result
 
 
-def _run_test(test: dict[str, Any], doc: dict[str, Any]) -> list[str]:
+def _run_test(test: dict[str, Any], doc: dict[str, Any], groups: list[RuleGroup]) -> list[str]:
+    eval_interval = parse_prom_duration(doc.get("evaluation_interval") or "1m")
     interval = parse_prom_duration(test.get("interval") or doc.get("evaluation_interval") or "1m")
     storage = MemoryStorage()
     for item in test.get("input_series") or []:
@@ -146,9 +145,50 @@ def _run_test(test: dict[str, Any], doc: dict[str, Any]) -> list[str]:
                 storage.add(labels, i * interval, v)
     failures = []
     evaluator = Evaluator(storage)
+    external = {str(k): str(v) for k, v in (test.get("external_labels") or {}).items()}
+    alert_cases = sorted(test.get("alert_rule_test") or [], key=lambda c: parse_prom_duration(c.get("eval_time", "0s")))
+    if groups and (alert_cases or test.get("promql_expr_test")):
+        engine = RuleEngine(groups, evaluator, storage.add, external)
+        end = max([parse_prom_duration(c.get("eval_time", "0s")) for c in alert_cases]
+                  + [parse_prom_duration(c.get("eval_time", "0s")) for c in test.get("promql_expr_test") or []])
+        pending = list(alert_cases)
+        t = 0
+        while t <= end:
+            for group in groups:
+                engine.eval_group(group, t)
+            # An alert test at eval_time compares with the evaluation at the last tick <= eval_time.
+            while pending and parse_prom_duration(pending[0].get("eval_time", "0s")) < t + eval_interval:
+                failures.extend(_alert_case(pending.pop(0), engine))
+            t += eval_interval
     for case in test.get("promql_expr_test") or []:
         failures.extend(_expr_case(case, evaluator))
     return failures
+
+
+def _alert_case(case: dict[str, Any], engine: RuleEngine) -> list[str]:
+    name = str(case.get("alertname", ""))
+    t = parse_prom_duration(case.get("eval_time", "0s"))
+    got = sorted((a.labels, tuple(sorted(a.annotations.items()))) for a in engine.alerts()
+                 if a.state is State.FIRING and dict(a.labels).get(ALERT_NAME) == name)
+    expected = []
+    for exp in case.get("exp_alerts") or []:
+        labels = {str(k): str(v) for k, v in (exp.get("exp_labels") or {}).items()}
+        labels[ALERT_NAME] = name
+        annotations = tuple(sorted((str(k), str(v)) for k, v in (exp.get("exp_annotations") or {}).items()))
+        expected.append((tuple(sorted(labels.items())), annotations))
+    expected.sort()
+    if got == expected:
+        return []
+    return [f"    alertname: {name}, time: {format_duration(t)},\n"
+            f"        exp:{_show_alerts(expected)},\n        got:{_show_alerts(got)}"]
+
+
+def _show_alerts(alerts: list[tuple[Labels, tuple[tuple[str, str], ...]]]) -> str:
+    parts = []
+    for i, (labels, notes) in enumerate(alerts):
+        parts.append(f"\n            {i}:\n              Labels:{_metric(labels)}\n"
+                     f"              Annotations:{_metric(notes)}")
+    return "[" + "".join(parts) + "]" if parts else "[]"
 
 
 def _expr_case(case: dict[str, Any], evaluator: Evaluator) -> list[str]:
@@ -158,22 +198,22 @@ def _expr_case(case: dict[str, Any], evaluator: Evaluator) -> list[str]:
     try:
         value = evaluator.instant(expr, t)
     except EvalError as exc:
-        return [f"    expr: {expr_text!r}, time: {_show_duration(t)}, err: {exc}"]
+        return [f"    expr: {expr_text!r}, time: {format_duration(t)}, err: {exc}"]
     if isinstance(value, float):
         got = [Sample((), value)]
     elif isinstance(value, str):
-        return [f"    expr: {expr_text!r}, time: {_show_duration(t)}, err: string result not allowed"]
+        return [f"    expr: {expr_text!r}, time: {format_duration(t)}, err: string result not allowed"]
     else:
         got = [s for s in value if isinstance(s, Sample)]
         if len(got) != len(value):
-            return [f"    expr: {expr_text!r}, time: {_show_duration(t)}, err: range vector result"]
+            return [f"    expr: {expr_text!r}, time: {format_duration(t)}, err: range vector result"]
     expected = [(parse_series(str(s.get("labels", "{}"))), float(s["value"]))
                 for s in case.get("exp_samples") or []]
     got_pairs = sorted(((s.labels, s.value) for s in got), key=lambda p: p[0])
     expected.sort(key=lambda p: p[0])
     if _same(expected, got_pairs):
         return []
-    return [f"    expr: {expr_text!r}, time: {_show_duration(t)},\n"
+    return [f"    expr: {expr_text!r}, time: {format_duration(t)},\n"
             f"        exp: {_show(expected)}\n        got: {_show(got_pairs)}"]
 
 
@@ -198,14 +238,3 @@ def _num(v: float) -> str:
     if math.isinf(v):
         return "+Inf" if v > 0 else "-Inf"
     return repr(v)
-
-
-def _show_duration(ms: int) -> str:
-    if ms == 0:
-        return "0s"
-    parts = []
-    for unit in ("y", "w", "d", "h", "m", "s", "ms"):
-        n, ms = divmod(ms, _UNIT_MS[unit])
-        if n:
-            parts.append(f"{n}{unit}")
-    return "".join(parts)

@@ -1,0 +1,74 @@
+"""Alert state in SQLite, so a restart neither re-pages nor forgets a pending `for`.
+
+One row per active alert (pending, firing, or resolved and still reported), keyed by the rule and the
+alert's label set. The engine's state is written after each evaluation in one transaction; at start
+the rows of rules that still exist are loaded back. WAL mode keeps a writer from blocking readers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from pathlib import Path
+
+from gpumon.rules.alerting import Alert, RuleState, State
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS alerts (
+    rule TEXT NOT NULL,
+    labels TEXT NOT NULL,
+    source TEXT NOT NULL,
+    annotations TEXT NOT NULL,
+    state TEXT NOT NULL,
+    active_at INTEGER NOT NULL,
+    fired_at INTEGER NOT NULL,
+    resolved_at INTEGER NOT NULL,
+    keep_firing_since INTEGER NOT NULL,
+    value REAL,
+    PRIMARY KEY (rule, labels)
+)
+"""
+
+
+def rule_key(state: RuleState) -> str:
+    """Identity of a rule across restarts: its name and expression (an edited rule starts afresh)."""
+    return f"{state.rule.name}\0{state.rule.expr_text}"
+
+
+class AlertStateDB:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(SCHEMA)
+
+    def save(self, states: list[RuleState]) -> None:
+        rows = [(rule_key(s), json.dumps(a.labels), json.dumps(a.source), json.dumps(a.annotations), a.state.value,
+                 a.active_at, a.fired_at, a.resolved_at, a.keep_firing_since, a.value)
+                for s in states for a in s.active.values()]
+        with self._db:  # one transaction: the file never holds half an evaluation
+            self._db.execute("BEGIN")
+            self._db.execute("DELETE FROM alerts")
+            self._db.executemany("INSERT INTO alerts VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+
+    def restore(self, states: list[RuleState]) -> int:
+        """Put saved alerts back into the rule states that still exist; returns how many."""
+        by_key = {rule_key(s): s for s in states}
+        n = 0
+        for row in self._db.execute("SELECT * FROM alerts"):
+            state = by_key.get(row[0])
+            if state is None:
+                continue
+            labels = tuple(tuple(p) for p in json.loads(row[1]))
+            source = tuple(tuple(p) for p in json.loads(row[2]))
+            value = row[9] if row[9] is not None else math.nan  # SQLite stores NaN as NULL
+            state.active[labels] = Alert(labels, source, json.loads(row[3]), State(row[4]),
+                                         row[5], value, fired_at=row[6], resolved_at=row[7],
+                                         keep_firing_since=row[8])
+            n += 1
+        return n
+
+    def close(self) -> None:
+        self._db.close()
