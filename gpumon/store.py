@@ -2,7 +2,8 @@
 for range queries (the rules engine).
 
 Ring buffers hold doubles in `array('d')`, two per point, so ten minutes of one-second samples for
-eight GPUs stays in single-digit megabytes. When a series stops being reported (a metric became
+eight GPUs stays in single-digit megabytes. Times are Unix milliseconds (exact integers in a double),
+the unit PromQL evaluates in. When a series stops being reported (a metric became
 unsupported, a GPU was lost) the store appends Prometheus's staleness marker, so rules evaluated here
 see the series end exactly when a Prometheus scraping gpumon would.
 """
@@ -55,8 +56,17 @@ class Ring:
     def points(self, start: float = -math.inf, end: float = math.inf) -> list[tuple[float, float]]:
         """Points with start <= t <= end, oldest first (binary search: times only grow)."""
         lo, hi = self._first_at_or_after(start), self._first_after(end)
-        n, head, times, values = self.capacity, self._head, self.times, self.values
-        return [(times[(head + i) % n], values[(head + i) % n]) for i in range(lo, hi)]
+        if lo >= hi:
+            return []
+        # Physical slices (at most two, where the ring wraps), zipped in C: this is the rules' hot path.
+        a, b = self._head + lo, self._head + hi
+        n = self.capacity
+        if b <= n:
+            return list(zip(self.times[a:b], self.values[a:b], strict=True))
+        if a >= n:
+            return list(zip(self.times[a - n:b - n], self.values[a - n:b - n], strict=True))
+        return list(zip(self.times[a:], self.values[a:], strict=True)) + list(
+            zip(self.times[:b - n], self.values[:b - n], strict=True))
 
     def _time(self, i: int) -> float:
         return self.times[(self._head + i) % self.capacity]
@@ -80,6 +90,14 @@ class Ring:
             else:
                 hi = mid
         return lo
+
+    def last_until(self, start: float, end: float) -> list[tuple[float, float]]:
+        """The newest point with start <= t <= end, as a list of zero or one points."""
+        i = self._first_after(end) - 1
+        if i < 0:
+            return []
+        j = (self._head + i) % self.capacity
+        return [(self.times[j], self.values[j])] if self.times[j] >= start else []
 
     def last(self) -> tuple[float, float] | None:
         if not self._size:
@@ -116,7 +134,7 @@ class Store:
     def put(self, sample: Sample) -> None:
         previous = self._latest.get((sample.unit, sample.tier))
         self._latest[(sample.unit, sample.tier)] = sample
-        t = sample.timestamp
+        t = round(sample.timestamp * 1000)  # rings hold milliseconds, as PromQL evaluates them
         series = self._series
         for name, labels, value in sample.values:
             ring = series.get((name, labels))
@@ -133,7 +151,7 @@ class Store:
         self._full_labels[key] = tuple(sorted((("__name__", key[0]), *key[1])))
         return ring
 
-    def _mark_stale(self, keys: Iterable[SeriesKey], t: float) -> None:
+    def _mark_stale(self, keys: Iterable[SeriesKey], t: int) -> None:
         for key in keys:
             ring = self._series.get(key)
             if ring is not None and (last := ring.last()) is not None and last[0] < t:
@@ -142,24 +160,25 @@ class Store:
     def discard(self, unit: str) -> None:
         """Forget the latest samples of a unit (a lost GPU): its series leave the exposition and
         end, for range queries, with a staleness marker."""
-        now = time.time()
+        now = round(time.time() * 1000)
         for key in [k for k in self._latest if k[0] == unit]:
             gone = self._latest.pop(key)
             self._mark_stale(((n, lb) for n, lb, _ in gone.values), now)
 
-    def select(self, matchers: Sequence[Matcher], start_ms: int,
-               end_ms: int) -> Iterator[tuple[Labels, list[tuple[int, float]]]]:
-        """Series matching every matcher, with their points in [start, end] (ms): the rules' view."""
+    def select(self, matchers: Sequence[Matcher], start_ms: int, end_ms: int,
+               last_only: bool = False) -> Iterator[tuple[Labels, list[tuple[float, float]]]]:
+        """Series matching every matcher, with their points in [start, end] (ms): the rules' view.
+        `last_only` returns just the newest such point (what an instant selector reads)."""
         name = next((m for m in matchers if m.name == "__name__" and m.op == "="), None)
         keys: Iterable[SeriesKey] = self._by_name.get(name.value, ()) if name is not None else list(self._series)
-        start, end = start_ms / 1000, end_ms / 1000
         for key in keys:
             labels = self._full_labels[key]
             as_dict = dict(labels)
             if all(m.matches(as_dict) for m in matchers):
-                points = self._series[key].points(start, end)
+                ring = self._series[key]
+                points = ring.last_until(start_ms, end_ms) if last_only else ring.points(start_ms, end_ms)
                 if points:
-                    yield labels, [(round(t * 1000), v) for t, v in points]
+                    yield labels, points
 
     def latest(self) -> list[Sample]:
         return list(self._latest.values())
@@ -171,8 +190,9 @@ class Store:
         return self._series.get((name, labels))
 
     def prune(self, older_than: float) -> int:
-        """Drop series whose newest point is older than `older_than`; returns how many."""
-        dead = [k for k, r in self._series.items() if (last := r.last()) is None or last[0] < older_than]
+        """Drop series whose newest point is older than `older_than` (Unix seconds); returns how many."""
+        cutoff = older_than * 1000
+        dead = [k for k, r in self._series.items() if (last := r.last()) is None or last[0] < cutoff]
         for k in dead:
             del self._series[k]
             del self._full_labels[k]

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gpumon.rules.alerting import RuleEngine, State
 from gpumon.rules.promql import Evaluator
@@ -188,3 +190,23 @@ def test_bundled_rules_load_in_gpumon_and_prometheus() -> None:
                            capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
 
+
+
+_RULE_WORDS = st.sampled_from(["groups:", "- name: g", "rules:", "- alert: A", "- record: r", "expr: x > 1",
+                               "expr: rate(x[5m])", "expr: sum(", "for: 5m", "for: soon", "labels:",
+                               "annotations:", "summary: '{{ $value }}'", "summary: '{{ nope }}'",
+                               "gpumon_no_data: keep_state", "gpumon_resolve_when: x >", "interval: 1m",
+                               "  ", "[", "{"])
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.one_of(st.text(max_size=200),
+                 st.lists(st.tuples(st.integers(0, 4), _RULE_WORDS), max_size=14).map(
+                     lambda lines: "\n".join("  " * depth + word for depth, word in lines))))
+def test_fuzzed_rule_files_load_or_fail_with_a_message(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "fuzz.yml"
+    path.write_text(text)
+    try:
+        load_rule_files([path])
+    except ConfigError as exc:
+        assert str(exc).startswith(str(path)), str(exc)

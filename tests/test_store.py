@@ -189,7 +189,7 @@ def test_put_appends_history_per_series() -> None:
     store.put(sample("gpu1", "fast", 9.0, gpumon_gpu_up=1))
     ring = store.ring("gpumon_gpu_up", GPU0)
     assert ring is not None
-    assert ring.points() == [(2.0, 2.0), (3.0, 3.0), (4.0, 4.0)]  # capacity 3
+    assert ring.points() == [(2000.0, 2.0), (3000.0, 3.0), (4000.0, 4.0)]  # capacity 3; times in ms
     assert store.ring("gpumon_sm_active_ratio", GPU0) is not None
     assert store.ring("gpumon_gpu_up", GPU1) is not None
     assert store.ring("gpumon_gpu_up", (("gpu", "7"),)) is None
@@ -215,7 +215,7 @@ def test_discard_forgets_latest_but_keeps_history() -> None:
     store.discard("gpu0")
     assert store.latest() == [keep]
     ring = store.ring("gpumon_gpu_up", GPU0)
-    assert ring is not None and ring.points()[0] == (1.0, 1.0)
+    assert ring is not None and ring.points()[0] == (1000.0, 1.0)  # times in ms
     assert len(ring) == 2 and is_stale(ring.points()[1][1])  # the series ends, as Prometheus would see it
     assert store.ring("gpumon_energy_joules_total", GPU0) is not None
     store.discard("gpu0")  # idempotent

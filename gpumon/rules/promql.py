@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 import re
 import struct
 from collections.abc import Callable, Iterable, Sequence
@@ -27,6 +28,7 @@ from gpumon.model import STALE_NAN
 LOOKBACK_MS = 5 * 60 * 1000
 _STALE_BITS = struct.pack("<d", STALE_NAN)
 NAME = "__name__"
+_VALUE = operator.itemgetter(1)
 
 Labels = tuple[tuple[str, str], ...]  # sorted by name; includes __name__ when the series has one
 
@@ -243,7 +245,9 @@ class Evaluator:
     def _vector_selector(self, vs: Any, t: int) -> Vector:
         ref = t - _ms(vs.offset)
         out = []
-        for series in self.storage.select(self._selector_matchers(vs), ref - self.lookback, ref):
+        # An instant selector needs only each series' last point; storages that can say so cheaply do.
+        select = getattr(self.storage, "select_last", self.storage.select)
+        for series in select(self._selector_matchers(vs), ref - self.lookback, ref):
             if not series.points:
                 continue
             ts, v = series.points[-1]
@@ -257,7 +261,9 @@ class Evaluator:
         ref = t - _ms(vs.offset)
         out = []
         for series in self.storage.select(self._selector_matchers(vs), ref - _ms(ms.range), ref):
-            points = [p for p in series.points if not is_stale(p[1])]
+            points = series.points
+            if math.isnan(sum(map(_VALUE, points))):  # only then can a staleness marker be there
+                points = [p for p in points if not is_stale(p[1])]
             if points:
                 out.append(Series(series.labels, points))
         out.sort(key=lambda s: s.labels)
@@ -669,15 +675,23 @@ def _kahan_inc(inc: float, total: float, c: float) -> tuple[float, float]:
 def _avg_over_time(points: Points) -> float:
     mean = c = 0.0
     count = 0.0
+    isinf = math.isinf
     for _, v in points:
         count += 1
-        if math.isinf(mean):
-            if math.isinf(v) and (mean > 0) == (v > 0):
+        if isinf(mean):
+            if isinf(v) and (mean > 0) == (v > 0):
                 continue
-            if not math.isinf(v) and not math.isnan(v):
+            if not isinf(v) and not math.isnan(v):
                 continue
-        mean, c = _kahan_inc(v / count - mean / count, mean, c)
-    return mean if math.isinf(mean) else mean + c
+        # _kahan_inc inlined: this loop runs for every point of every avg_over_time window
+        inc = v / count - mean / count
+        t = mean + inc
+        if abs(mean) >= abs(inc):
+            c += (mean - t) + inc
+        else:
+            c += (inc - t) + mean
+        mean = t
+    return mean if isinf(mean) else mean + c
 
 
 def _changes(points: Points) -> float:
@@ -693,6 +707,9 @@ def _resets(points: Points) -> float:
 
 
 def _min(points: Points) -> float:
+    values: list[float] = list(map(_VALUE, points))
+    if not math.isnan(sum(values)):
+        return min(values)  # no NaN: the builtin gives Prometheus's answer, in C
     value = points[0][1]
     for _, v in points[1:]:
         if v < value or math.isnan(value):
@@ -701,6 +718,9 @@ def _min(points: Points) -> float:
 
 
 def _max(points: Points) -> float:
+    values: list[float] = list(map(_VALUE, points))
+    if not math.isnan(sum(values)):
+        return max(values)
     value = points[0][1]
     for _, v in points[1:]:
         if v > value or math.isnan(value):
