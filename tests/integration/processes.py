@@ -48,6 +48,17 @@ def wait_for(url: str, timeout: float = 15.0, proc: subprocess.Popen[bytes] | No
     raise AssertionError(f"{url} did not answer 200 within {timeout} s")
 
 
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after 10 s; a process that already exited is left alone."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def run_gpumon(*args: str, timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
     """Run a gpumon command to completion (for commands that are expected to exit)."""
     return subprocess.run([sys.executable, "-m", "gpumon", *args], capture_output=True, text=True,
@@ -74,13 +85,7 @@ class Gpumon:
 
     def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
         assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop(self.proc)
         self._log.close()
 
     def signal(self, sig: int) -> None:
@@ -117,10 +122,5 @@ class Prometheus:
 
     def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
         assert self.proc is not None
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop(self.proc)
         self._log.close()
