@@ -54,19 +54,23 @@ class Ring:
         return self._size
 
     def points(self, start: float = -math.inf, end: float = math.inf) -> list[tuple[float, float]]:
-        """Points with start <= t <= end, oldest first (binary search: times only grow)."""
+        """Points with start <= t <= end, oldest first."""
+        times, values = self.window(start, end)
+        return list(zip(times, values, strict=True))
+
+    def window(self, start: float = -math.inf, end: float = math.inf) -> tuple[array[float], array[float]]:
+        """Times and values with start <= t <= end, oldest first, as array slices (the rules' hot
+        path: a binary search and at most two memcpy-like slices where the ring wraps)."""
         lo, hi = self._first_at_or_after(start), self._first_after(end)
         if lo >= hi:
-            return []
-        # Physical slices (at most two, where the ring wraps), zipped in C: this is the rules' hot path.
+            return array("d"), array("d")
         a, b = self._head + lo, self._head + hi
         n = self.capacity
         if b <= n:
-            return list(zip(self.times[a:b], self.values[a:b], strict=True))
+            return self.times[a:b], self.values[a:b]
         if a >= n:
-            return list(zip(self.times[a - n:b - n], self.values[a - n:b - n], strict=True))
-        return list(zip(self.times[a:], self.values[a:], strict=True)) + list(
-            zip(self.times[:b - n], self.values[:b - n], strict=True))
+            return self.times[a - n:b - n], self.values[a - n:b - n]
+        return self.times[a:] + self.times[:b - n], self.values[a:] + self.values[:b - n]
 
     def _time(self, i: int) -> float:
         return self.times[(self._head + i) % self.capacity]
@@ -91,13 +95,13 @@ class Ring:
                 hi = mid
         return lo
 
-    def last_until(self, start: float, end: float) -> list[tuple[float, float]]:
-        """The newest point with start <= t <= end, as a list of zero or one points."""
+    def last_until(self, start: float, end: float) -> tuple[list[float], list[float]]:
+        """The newest point with start <= t <= end: times and values of zero or one point."""
         i = self._first_after(end) - 1
         if i < 0:
-            return []
+            return [], []
         j = (self._head + i) % self.capacity
-        return [(self.times[j], self.values[j])] if self.times[j] >= start else []
+        return ([self.times[j]], [self.values[j]]) if self.times[j] >= start else ([], [])
 
     def last(self) -> tuple[float, float] | None:
         if not self._size:
@@ -166,7 +170,7 @@ class Store:
             self._mark_stale(((n, lb) for n, lb, _ in gone.values), now)
 
     def select(self, matchers: Sequence[Matcher], start_ms: int, end_ms: int,
-               last_only: bool = False) -> Iterator[tuple[Labels, list[tuple[float, float]]]]:
+               last_only: bool = False) -> Iterator[tuple[Labels, Sequence[float], Sequence[float]]]:
         """Series matching every matcher, with their points in [start, end] (ms): the rules' view.
         `last_only` returns just the newest such point (what an instant selector reads)."""
         name = next((m for m in matchers if m.name == "__name__" and m.op == "="), None)
@@ -176,9 +180,9 @@ class Store:
             as_dict = dict(labels)
             if all(m.matches(as_dict) for m in matchers):
                 ring = self._series[key]
-                points = ring.last_until(start_ms, end_ms) if last_only else ring.points(start_ms, end_ms)
-                if points:
-                    yield labels, points
+                times, values = ring.last_until(start_ms, end_ms) if last_only else ring.window(start_ms, end_ms)
+                if times:
+                    yield labels, times, values
 
     def latest(self) -> list[Sample]:
         return list(self._latest.values())

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import operator
 import re
 import struct
 from collections.abc import Callable, Iterable, Sequence
@@ -28,7 +27,6 @@ from gpumon.model import STALE_NAN
 LOOKBACK_MS = 5 * 60 * 1000
 _STALE_BITS = struct.pack("<d", STALE_NAN)
 NAME = "__name__"
-_VALUE = operator.itemgetter(1)
 
 Labels = tuple[tuple[str, str], ...]  # sorted by name; includes __name__ when the series has one
 
@@ -81,8 +79,11 @@ class Sample:
 
 @dataclass(slots=True)
 class Series:
+    """A series in a range: times (ms) and values side by side, as storages slice them cheaply."""
+
     labels: Labels
-    points: list[tuple[int, float]] = field(default_factory=list)
+    times: Sequence[float] = field(default_factory=list)
+    values: Sequence[float] = field(default_factory=list)
 
 
 Vector = list[Sample]
@@ -248,12 +249,12 @@ class Evaluator:
         # An instant selector needs only each series' last point; storages that can say so cheaply do.
         select = getattr(self.storage, "select_last", self.storage.select)
         for series in select(self._selector_matchers(vs), ref - self.lookback, ref):
-            if not series.points:
+            if not series.times:
                 continue
-            ts, v = series.points[-1]
+            v = series.values[-1]
             if is_stale(v):
                 continue
-            out.append(Sample(series.labels, v, ts))
+            out.append(Sample(series.labels, v, int(series.times[-1])))
         return _sorted(out)
 
     def _matrix_selector(self, ms: Any, t: int) -> Matrix:
@@ -261,11 +262,12 @@ class Evaluator:
         ref = t - _ms(vs.offset)
         out = []
         for series in self.storage.select(self._selector_matchers(vs), ref - _ms(ms.range), ref):
-            points = series.points
-            if math.isnan(sum(map(_VALUE, points))):  # only then can a staleness marker be there
-                points = [p for p in points if not is_stale(p[1])]
-            if points:
-                out.append(Series(series.labels, points))
+            times, values = series.times, series.values
+            if math.isnan(sum(values)):  # only then can a staleness marker be there
+                keep = [i for i, v in enumerate(values) if not is_stale(v)]
+                times, values = [times[i] for i in keep], [values[i] for i in keep]
+            if times:
+                out.append(Series(series.labels, times, values))
         out.sort(key=lambda s: s.labels)
         return out
 
@@ -342,14 +344,14 @@ class Evaluator:
         if name == "quantile_over_time":
             q = _num(self._eval(args[0], t))
             m = _mat(self._eval(args[1], t))
-            return _unique([Sample(_drop_name(s.labels), _quantile(q, [v for _, v in s.points]), t) for s in m])
+            return _unique([Sample(_drop_name(s.labels), _quantile(q, list(s.values)), t) for s in m])
         # range functions over one matrix argument
         ms = args[0]
         matrix = _mat(self._eval(ms, t))
         fn_range = _RANGE[name]
         out: Vector = []
         for s in matrix:
-            result = fn_range(s.points, ms, t)
+            result = fn_range(s.times, s.values, ms, t)
             if result is not None:
                 labels = s.labels if name == "last_over_time" else _drop_name(s.labels)
                 out.append(Sample(labels, result, t))
@@ -599,29 +601,29 @@ def _elem(op: str, a: float, b: float) -> tuple[float, bool]:
 
 # --- range functions -------------------------------------------------------------------------------
 
-Points = list[tuple[int, float]]
+Floats = Sequence[float]
 
 
-def _extrapolated(points: Points, ms: Any, t: int, counter: bool, rate: bool) -> float | None:
-    if len(points) < 2:
+def _extrapolated(times: Floats, values: Floats, ms: Any, t: int, counter: bool, rate: bool) -> float | None:
+    if len(times) < 2:
         return None
     vs = ms.vector_selector
     range_ms = _ms(ms.range)
     range_start = t - range_ms - _ms(vs.offset)
     range_end = t - _ms(vs.offset)
-    first_t, first_v = points[0]
-    last_t, last_v = points[-1]
+    first_t, first_v = times[0], values[0]
+    last_t, last_v = times[-1], values[-1]
     result = last_v - first_v
     if counter:
         previous = 0.0
-        for _, v in points:
+        for v in values:
             if v < previous:
                 result += previous
             previous = v
     to_start = (first_t - range_start) / 1000
     to_end = (range_end - last_t) / 1000
     sampled = (last_t - first_t) / 1000
-    average = sampled / (len(points) - 1)
+    average = sampled / (len(times) - 1)
     if counter and result > 0 and first_v >= 0:
         to_zero = sampled * (first_v / result)
         if to_zero < to_start:
@@ -636,10 +638,10 @@ def _extrapolated(points: Points, ms: Any, t: int, counter: bool, rate: bool) ->
     return result * factor
 
 
-def _instant(points: Points, rate: bool) -> float | None:
-    if len(points) < 2:
+def _instant(times: Floats, values: Floats, rate: bool) -> float | None:
+    if len(times) < 2:
         return None
-    (t1, v1), (t2, v2) = points[-2], points[-1]
+    t1, v1, t2, v2 = times[-2], values[-2], times[-1], values[-1]
     value = v2 if rate and v2 < v1 else v2 - v1  # a counter reset: the counter restarted from 0
     if rate:
         if t2 == t1:
@@ -672,11 +674,11 @@ def _kahan_inc(inc: float, total: float, c: float) -> tuple[float, float]:
     return t, c
 
 
-def _avg_over_time(points: Points) -> float:
+def _avg_over_time(values: Floats) -> float:
     mean = c = 0.0
     count = 0.0
     isinf = math.isinf
-    for _, v in points:
+    for v in values:
         count += 1
         if isinf(mean):
             if isinf(v) and (mean > 0) == (v > 0):
@@ -694,43 +696,41 @@ def _avg_over_time(points: Points) -> float:
     return mean if isinf(mean) else mean + c
 
 
-def _changes(points: Points) -> float:
+def _changes(values: Floats) -> float:
     n = 0
-    for (_, a), (_, b) in itertools.pairwise(points):
+    for a, b in itertools.pairwise(values):
         if a != b and not (math.isnan(a) and math.isnan(b)):
             n += 1
     return float(n)
 
 
-def _resets(points: Points) -> float:
-    return float(sum(1 for (_, a), (_, b) in itertools.pairwise(points) if b < a))
+def _resets(values: Floats) -> float:
+    return float(sum(1 for a, b in itertools.pairwise(values) if b < a))
 
 
-def _min(points: Points) -> float:
-    values: list[float] = list(map(_VALUE, points))
+def _min(values: Floats) -> float:
     if not math.isnan(sum(values)):
         return min(values)  # no NaN: the builtin gives Prometheus's answer, in C
-    value = points[0][1]
-    for _, v in points[1:]:
+    value = values[0]
+    for v in values[1:]:
         if v < value or math.isnan(value):
             value = v
     return value
 
 
-def _max(points: Points) -> float:
-    values: list[float] = list(map(_VALUE, points))
+def _max(values: Floats) -> float:
     if not math.isnan(sum(values)):
         return max(values)
-    value = points[0][1]
-    for _, v in points[1:]:
+    value = values[0]
+    for v in values[1:]:
         if v > value or math.isnan(value):
             value = v
     return value
 
 
-def _sum(points: Points) -> float:
+def _sum(values: Floats) -> float:
     total = c = 0.0
-    for _, v in points:
+    for v in values:
         total, c = _kahan_inc(v, total, c)
     return total if math.isinf(total) else total + c
 
@@ -750,20 +750,20 @@ def _quantile(q: float, values: list[float]) -> float:
     return ordered[lower] * (1 - weight) + ordered[upper] * weight
 
 
-_RANGE: dict[str, Callable[[Points, Any, int], float | None]] = {
-    "rate": lambda p, ms, t: _extrapolated(p, ms, t, counter=True, rate=True),
-    "increase": lambda p, ms, t: _extrapolated(p, ms, t, counter=True, rate=False),
-    "delta": lambda p, ms, t: _extrapolated(p, ms, t, counter=False, rate=False),
-    "irate": lambda p, ms, t: _instant(p, rate=True),
-    "idelta": lambda p, ms, t: _instant(p, rate=False),
-    "changes": lambda p, ms, t: _changes(p),
-    "resets": lambda p, ms, t: _resets(p),
-    "avg_over_time": lambda p, ms, t: _avg_over_time(p),
-    "min_over_time": lambda p, ms, t: _min(p),
-    "max_over_time": lambda p, ms, t: _max(p),
-    "sum_over_time": lambda p, ms, t: _sum(p),
-    "count_over_time": lambda p, ms, t: float(len(p)),
-    "last_over_time": lambda p, ms, t: p[-1][1],
+_RANGE: dict[str, Callable[[Floats, Floats, Any, int], float | None]] = {
+    "rate": lambda ts, vs, ms, t: _extrapolated(ts, vs, ms, t, counter=True, rate=True),
+    "increase": lambda ts, vs, ms, t: _extrapolated(ts, vs, ms, t, counter=True, rate=False),
+    "delta": lambda ts, vs, ms, t: _extrapolated(ts, vs, ms, t, counter=False, rate=False),
+    "irate": lambda ts, vs, ms, t: _instant(ts, vs, rate=True),
+    "idelta": lambda ts, vs, ms, t: _instant(ts, vs, rate=False),
+    "changes": lambda ts, vs, ms, t: _changes(vs),
+    "resets": lambda ts, vs, ms, t: _resets(vs),
+    "avg_over_time": lambda ts, vs, ms, t: _avg_over_time(vs),
+    "min_over_time": lambda ts, vs, ms, t: _min(vs),
+    "max_over_time": lambda ts, vs, ms, t: _max(vs),
+    "sum_over_time": lambda ts, vs, ms, t: _sum(vs),
+    "count_over_time": lambda ts, vs, ms, t: float(len(vs)),
+    "last_over_time": lambda ts, vs, ms, t: vs[-1],
 }
 
 

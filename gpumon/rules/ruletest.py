@@ -85,19 +85,19 @@ class MemoryStorage:
     """Series held in lists: the storage of a rule unit test."""
 
     def __init__(self) -> None:
-        self._series: dict[Labels, list[tuple[int, float]]] = {}
+        self._series: dict[Labels, tuple[list[float], list[float]]] = {}
 
     def add(self, labels: Labels, t: int, v: float) -> None:
-        points = self._series.setdefault(labels, [])
-        points.append((t, v))
+        times, values = self._series.setdefault(labels, ([], []))
+        times.append(t)
+        values.append(v)
 
     def select(self, matchers: Sequence[Matcher], start: int, end: int) -> Iterable[Series]:
-        for labels, points in self._series.items():
+        for labels, (times, values) in self._series.items():
             as_dict = dict(labels)
             if all(m.matches(as_dict) for m in matchers):
-                lo = bisect.bisect_left(points, start, key=lambda p: p[0])
-                hi = bisect.bisect_right(points, end, key=lambda p: p[0])
-                yield Series(labels, points[lo:hi])
+                lo, hi = bisect.bisect_left(times, start), bisect.bisect_right(times, end)
+                yield Series(labels, times[lo:hi], values[lo:hi])
 
 
 @dataclass

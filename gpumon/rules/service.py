@@ -35,11 +35,10 @@ class StoreStorage:
         self.store = store
 
     def select(self, matchers: Sequence[Matcher], start: int, end: int) -> list[Series]:
-        return [Series(labels, points) for labels, points in self.store.select(matchers, start, end)]  # type: ignore[arg-type]
+        return [Series(*found) for found in self.store.select(matchers, start, end)]
 
     def select_last(self, matchers: Sequence[Matcher], start: int, end: int) -> list[Series]:
-        return [Series(labels, points)  # type: ignore[arg-type]
-                for labels, points in self.store.select(matchers, start, end, last_only=True)]
+        return [Series(*found) for found in self.store.select(matchers, start, end, last_only=True)]
 
 
 @dataclass
