@@ -118,6 +118,114 @@ class RulesConfig(_Section):
     external_labels: dict[str, str] = {}  # $externalLabels in templates
 
 
+class WebhookConfig(_Section):
+    url: str | None = None
+    url_file: Path | None = None  # the URL often embeds a token: keep it out of the config
+    signing_secret_file: Path | None = None  # Standard Webhooks secret (whsec_...)
+    bearer_token_file: Path | None = None
+    headers: dict[str, str] = {}
+    send_resolved: bool = True
+
+    @pydantic.model_validator(mode="after")
+    def _one_url(self) -> WebhookConfig:
+        if (self.url is None) == (self.url_file is None):
+            raise ValueError("a webhook needs exactly one of url or url_file")
+        return self
+
+
+class SlackConfig(_Section):
+    url: str | None = None
+    url_file: Path | None = None  # Slack webhook URLs are secrets
+    channel: str | None = None
+    username: str | None = None
+    send_resolved: bool = True
+
+    @pydantic.model_validator(mode="after")
+    def _one_url(self) -> SlackConfig:
+        if (self.url is None) == (self.url_file is None):
+            raise ValueError("a slack receiver needs exactly one of url or url_file")
+        return self
+
+
+class ReceiverConfig(_Section):
+    name: str
+    webhook: WebhookConfig | None = None
+    slack: SlackConfig | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _one_kind(self) -> ReceiverConfig:
+        if (self.webhook is None) == (self.slack is None):
+            raise ValueError(f"receiver {self.name!r} needs exactly one of webhook or slack")
+        return self
+
+
+class RouteConfig(_Section):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    receiver: str | None = None
+    matchers: list[str] = []
+    group_by: list[str] | None = None
+    group_wait: Duration | None = None
+    group_interval: Duration | None = None
+    repeat_interval: Duration | None = None
+    continue_: bool = pydantic.Field(default=False, alias="continue")
+    routes: list[RouteConfig] = []
+
+    @pydantic.field_validator("matchers")
+    @classmethod
+    def _matchers_parse(cls, matchers: list[str]) -> list[str]:
+        from gpumon.notify.routing import parse_matcher
+
+        for m in matchers:
+            parse_matcher(m)
+        return matchers
+
+
+class InhibitRuleConfig(_Section):
+    source_matchers: list[str]
+    target_matchers: list[str]
+    equal: list[str] = []
+
+    @pydantic.field_validator("source_matchers", "target_matchers")
+    @classmethod
+    def _matchers_parse(cls, matchers: list[str]) -> list[str]:
+        from gpumon.notify.routing import parse_matcher
+
+        for m in matchers:
+            parse_matcher(m)
+        return matchers
+
+
+class NotifyConfig(_Section):
+    receivers: list[ReceiverConfig] = []
+    route: RouteConfig | None = None
+    # Default: a lost GPU does not also page for everything else about it.
+    inhibit_rules: list[InhibitRuleConfig] = [InhibitRuleConfig(
+        source_matchers=['alertname="GpuLost"'], target_matchers=['alertname!="GpuLost"'], equal=["uuid"])]
+    max_age: Duration = 86400.0  # undelivered notifications older than this are dead-lettered
+    alertmanagers: list[str] = []  # base URLs; alerts are pushed to /api/v2/alerts of each
+    external_url: str = ""  # externalURL in webhook payloads (a link to this host's gpumon)
+
+    @pydantic.model_validator(mode="after")
+    def _receivers_exist(self) -> NotifyConfig:
+        names = [r.name for r in self.receivers]
+        if len(set(names)) != len(names):
+            raise ValueError("receiver names must be unique")
+        for url in self.alertmanagers:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"alertmanagers: {url!r} is not an http(s) URL")
+        if self.receivers and (self.route is None or self.route.receiver is None):
+            raise ValueError("route.receiver is required when receivers are configured")
+
+        def check(route: RouteConfig) -> None:
+            if route.receiver is not None and route.receiver not in names:
+                raise ValueError(f"route receiver {route.receiver!r} is not a configured receiver")
+            for child in route.routes:
+                check(child)
+        if self.route is not None:
+            check(self.route)
+        return self
+
+
 class LogConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -131,6 +239,7 @@ class Config(_Section):
     metrics: MetricsConfig = MetricsConfig()
     store: StoreConfig = StoreConfig()
     rules: RulesConfig = RulesConfig()
+    notify: NotifyConfig = NotifyConfig()
     log: LogConfig = LogConfig()
 
     @property
@@ -176,6 +285,14 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> C
                 data[key] = {}
         for keys in FILE_RELATIVE:
             _relative_to(data, keys, path.parent)
+        notify = data.get("notify")
+        receivers = notify.get("receivers") if isinstance(notify, dict) else None
+        for receiver in receivers if isinstance(receivers, list) else []:
+            for kind in ("webhook", "slack"):
+                settings = receiver.get(kind) if isinstance(receiver, dict) else None
+                if isinstance(settings, dict):  # secret files: url_file, signing_secret_file, ...
+                    for key in [k for k in settings if k.endswith("_file")]:
+                        _relative_to(settings, (key,), path.parent)
     origins: dict[KeyPath, str] = {}
     for flag, value in (overrides or {}).items():
         if value is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import math
 import signal
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,11 @@ from gpumon import logs
 from gpumon.config import Config, load_config
 from gpumon.exporter import Exporter
 from gpumon.model import BackendUnavailable
+from gpumon.notify.alertmanager import AlertmanagerPusher
+from gpumon.notify.routing import build_inhibit_rules, build_route
+from gpumon.notify.service import NotifyService, Receiver, SlackStyle
+from gpumon.notify.webhook import WebhookTarget, decode_secret
+from gpumon.rules.alerting import Alert
 from gpumon.rules.rulefile import RuleGroup, longest_ranges
 from gpumon.rules.service import RuleService, load_groups
 from gpumon.sampler import Intervals, Sampler
@@ -32,7 +38,7 @@ from gpumon.yamlfile import ConfigError
 log = structlog.get_logger("gpumon")
 
 EXIT_OK, EXIT_CONFIG, EXIT_BACKEND = 0, 1, 2
-RESTART_ONLY = ("backend", "state_dir", "store")  # settings a reload cannot change in place
+RESTART_ONLY = ("backend", "state_dir", "store", "notify")  # settings a reload cannot change in place
 
 
 @dataclass
@@ -97,6 +103,40 @@ async def open_sampler(config: Config, exporter: Exporter,
     return sampler, built
 
 
+def build_notify(config: Config) -> NotifyService | None:
+    """The notification service for config.notify, secrets read from their files. Raises ConfigError."""
+    if not config.notify.receivers or config.notify.route is None:
+        return None
+    receivers = {}
+    for r in config.notify.receivers:
+        if r.slack is not None:
+            sl = r.slack
+            url = sl.url if sl.url is not None else _secret(sl.url_file, r.name, "slack.url_file")
+            receivers[r.name] = Receiver(WebhookTarget(r.name, url), sl.send_resolved,
+                                         SlackStyle(sl.channel, sl.username))
+            continue
+        w = r.webhook
+        assert w is not None
+        url = w.url if w.url is not None else _secret(w.url_file, r.name, "webhook.url_file")
+        secret = decode_secret(_secret(w.signing_secret_file, r.name, "webhook.signing_secret_file")) \
+            if w.signing_secret_file else None
+        token = _secret(w.bearer_token_file, r.name, "webhook.bearer_token_file") if w.bearer_token_file else None
+        receivers[r.name] = Receiver(WebhookTarget(r.name, url, secret, tuple(w.headers.items()), token),
+                                     w.send_resolved)
+    return NotifyService(build_route(config.notify.route), receivers, config.state_dir,
+                         max_age_s=config.notify.max_age, external_url=config.notify.external_url,
+                         inhibit_rules=build_inhibit_rules(config.notify.inhibit_rules))
+
+
+def _secret(path: Path | None, receiver: str, key: str) -> str:
+    assert path is not None
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError as exc:  # the message names the file, never its content
+        raise ConfigError(f"notify.receivers[{receiver}].{key}: cannot read {path}: "
+                          f"{exc.strerror or exc}") from None
+
+
 def load_security(config: Config) -> WebSecurity:
     return load_web_config(config.web.config_file) if config.web.config_file else WebSecurity()
 
@@ -111,6 +151,8 @@ class Daemon:
         self.sampler: Sampler | None = None
         self.web: WebServer | None = None
         self.rules: RuleService | None = None
+        self.notify: NotifyService | None = None
+        self.alertmanagers: AlertmanagerPusher | None = None
 
     async def run(self) -> int:
         try:
@@ -129,8 +171,16 @@ class Daemon:
                                      default_interval_s=self.config.rules.evaluation_interval,
                                      state_dir=self.config.state_dir,
                                      external_labels=self.config.rules.external_labels)
-        except OSError as exc:  # the state directory cannot be created or written
-            log.error(f"cannot keep alert state in {self.config.state_dir}: {exc.strerror or exc}")
+            self.notify = build_notify(self.config)
+            if self.config.notify.alertmanagers:
+                self.alertmanagers = AlertmanagerPusher(self.config.notify.alertmanagers,
+                                                        generator_url=self.config.notify.external_url)
+        except ConfigError as exc:
+            log.error("invalid configuration", problem=str(exc))
+            await self.sampler.stop()
+            return EXIT_CONFIG
+        except (OSError, sqlite3.Error) as exc:  # the state directory cannot be created or written
+            log.error(f"cannot keep state in {self.config.state_dir}: {getattr(exc, 'strerror', None) or exc}")
             await self.sampler.stop()
             return EXIT_CONFIG
         if built.capture:
@@ -143,6 +193,10 @@ class Daemon:
             await self.sampler.stop()
             return EXIT_CONFIG
         await self.sampler.start()
+        if self.notify is not None or self.alertmanagers is not None:
+            self.rules.on_evaluated = self._notify
+        if self.notify is not None:
+            self.notify.start()
         self.rules.start()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
@@ -156,8 +210,22 @@ class Daemon:
         await self.web.stop()
         await self.rules.stop()
         self.rules.save()
+        if self.notify is not None:
+            await self.notify.stop()
+        if self.alertmanagers is not None:
+            await self.alertmanagers.stop()
         await self.sampler.stop()
         return EXIT_OK
+
+    def _notify(self, alerts: list[Alert]) -> None:
+        """After each rule evaluation: hand the alerts to notifications, refresh their metrics."""
+        assert self.sampler is not None
+        if self.notify is not None:
+            self.notify.update(alerts)
+            self.sampler.store.put(self.notify.sample())
+        if self.alertmanagers is not None:
+            self.alertmanagers.update(alerts)
+            self.sampler.store.put(self.alertmanagers.sample())
 
     async def reload(self) -> None:
         """Apply a new configuration, or keep the running one if anything in it is invalid."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,7 +16,7 @@ import structlog
 
 from gpumon.model import Labels
 from gpumon.model import Sample as StoreSample
-from gpumon.rules.alerting import RuleEngine, RuleState, State
+from gpumon.rules.alerting import Alert, RuleEngine, RuleState, State
 from gpumon.rules.promql import Evaluator, Matcher, Series
 from gpumon.rules.rulefile import AlertRule, RuleGroup, load_rule_files
 from gpumon.rules.state import AlertStateDB
@@ -56,6 +56,7 @@ class RuleService:
         self.db = AlertStateDB(state_dir / STATE_FILE) if state_dir is not None else None
         self._tasks: list[asyncio.Task[None]] = []
         self.evaluations: dict[tuple[str, str], Evaluation] = {}
+        self.on_evaluated: Callable[[list[Alert]], None] | None = None  # notifications hook here
         self._install(groups)
 
     def _install(self, groups: list[RuleGroup]) -> None:
@@ -111,6 +112,8 @@ class RuleService:
                 log.warning("rule evaluation failed", rule=state.rule.name, error=state.last_error)
         self.save()
         self.store.put(self.alerts_sample(at))
+        if self.on_evaluated is not None:
+            self.on_evaluated(self.engine.alerts())
 
     def save(self) -> None:
         if self.db is not None:

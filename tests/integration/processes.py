@@ -124,3 +124,29 @@ class Prometheus:
         assert self.proc is not None
         stop(self.proc)
         self._log.close()
+
+
+class Alertmanager:
+    """A real Alertmanager on a loopback port (cluster mode off), with its own data directory."""
+
+    def __init__(self, tmp: Path, config: str = "route: {receiver: none}\nreceivers: [{name: none}]\n") -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.dir = tmp / f"alertmanager-{self.port}"
+        self.dir.mkdir()
+        (self.dir / "alertmanager.yml").write_text(config)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Alertmanager:
+        self._log = (self.dir / "alertmanager.log").open("wb")
+        self.proc = subprocess.Popen(
+            [need("prometheus-alertmanager"), f"--config.file={self.dir / 'alertmanager.yml'}",
+             f"--storage.path={self.dir / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}",
+             "--cluster.listen-address="], stdout=self._log, stderr=subprocess.STDOUT)
+        wait_for(f"{self.url}/-/ready", timeout=30, proc=self.proc)
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        assert self.proc is not None
+        stop(self.proc)
+        self._log.close()
