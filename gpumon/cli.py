@@ -42,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--rule-evaluation-interval", help="interval of rule groups without their own (default 10s)")
     run.add_argument("--process-pids", action="store_const", const=True,
                      help="export per-process memory with a pid label")
+    run.add_argument("--infiniband-root", help="sysfs InfiniBand directory (default /sys/class/infiniband)")
+    run.add_argument("--nccl-ras", action="store_const", const=True, help="query the NCCL RAS service")
+    run.add_argument("--nccl-ras-address", help="NCCL RAS HOST:PORT (default localhost:28028)")
     run.add_argument("--log-level", help="debug, info, warning or error")
     run.add_argument("--log-format", help="auto, json or console")
 

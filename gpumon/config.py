@@ -226,6 +226,25 @@ class NotifyConfig(_Section):
         return self
 
 
+class InfinibandConfig(_Section):
+    enabled: bool = True  # reads nothing on a host without /sys/class/infiniband
+    root: Path = Path("/sys/class/infiniband")
+    pci_root: Path = Path("/sys/bus/pci/devices")  # GPU PCI functions, for gpumon_ib_gpu_affinity_info
+    rescan_interval: Duration = 60.0
+
+
+class NcclRasConfig(_Section):
+    enabled: bool = False  # opt-in: each query is a collective over the job's RAS network
+    address: Annotated[Listen, BeforeValidator(parse_listen)] = parse_listen("localhost:28028")  # NCCL_RAS_ADDR
+    timeout: Duration = 5.0
+    interval: Duration | None = None  # default: sampler.slow_interval
+
+
+class InterconnectConfig(_Section):
+    infiniband: InfinibandConfig = InfinibandConfig()
+    nccl_ras: NcclRasConfig = NcclRasConfig()
+
+
 class LogConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -240,6 +259,7 @@ class Config(_Section):
     store: StoreConfig = StoreConfig()
     rules: RulesConfig = RulesConfig()
     notify: NotifyConfig = NotifyConfig()
+    interconnect: InterconnectConfig = InterconnectConfig()
     log: LogConfig = LogConfig()
 
     @property
@@ -250,7 +270,9 @@ class Config(_Section):
 SECTIONS = frozenset(name for name, f in Config.model_fields.items()
                      if isinstance(f.annotation, type) and issubclass(f.annotation, _Section))
 # Paths in the file that are relative to the file's directory (flags stay relative to the cwd).
-FILE_RELATIVE: tuple[KeyPath, ...] = (("state_dir",), ("web", "config_file"), ("rules", "files"))
+FILE_RELATIVE: tuple[KeyPath, ...] = (("state_dir",), ("web", "config_file"), ("rules", "files"),
+                                      ("interconnect", "infiniband", "root"),
+                                      ("interconnect", "infiniband", "pci_root"))
 
 # Command-line flag -> key path in the file. Flags win over the file.
 FLAGS: dict[str, KeyPath] = {
@@ -265,6 +287,9 @@ FLAGS: dict[str, KeyPath] = {
     "retention": ("store", "retention"),
     "rules": ("rules", "files"),
     "rule_evaluation_interval": ("rules", "evaluation_interval"),
+    "infiniband_root": ("interconnect", "infiniband", "root"),
+    "nccl_ras": ("interconnect", "nccl_ras", "enabled"),
+    "nccl_ras_address": ("interconnect", "nccl_ras", "address"),
     "log_level": ("log", "level"),
     "log_format": ("log", "format"),
 }

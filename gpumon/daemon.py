@@ -28,6 +28,8 @@ from gpumon.rules.alerting import Alert
 from gpumon.rules.rulefile import RuleGroup, longest_ranges
 from gpumon.rules.service import RuleService, load_groups
 from gpumon.sampler import Intervals, Sampler
+from gpumon.sources.infiniband import InfinibandSource
+from gpumon.sources.nccl_ras import NcclRasSource
 from gpumon.sources.nvml import NvmlSource
 from gpumon.sources.replay import DEMO_CAPTURE, ReplaySpec, parse_replay_spec, replay_source
 from gpumon.store import Store
@@ -38,7 +40,7 @@ from gpumon.yamlfile import ConfigError
 log = structlog.get_logger("gpumon")
 
 EXIT_OK, EXIT_CONFIG, EXIT_BACKEND = 0, 1, 2
-RESTART_ONLY = ("backend", "state_dir", "store", "notify")  # settings a reload cannot change in place
+RESTART_ONLY = ("backend", "state_dir", "store", "notify", "interconnect")  # settings a reload cannot change in place
 
 
 @dataclass
@@ -72,6 +74,20 @@ def intervals_of(config: Config) -> Intervals:
     return Intervals(config.sampler.fast_interval, config.sampler.slow_interval, config.sampler.deadline)
 
 
+def interconnect_of(config: Config) -> dict[str, Any]:
+    """Sampler keyword arguments for the InfiniBand and NCCL RAS sources the configuration enables."""
+    ib, ras = config.interconnect.infiniband, config.interconnect.nccl_ras
+    kw: dict[str, Any] = {}
+    if ib.enabled:
+        kw["infiniband"] = InfinibandSource(ib.root, rescan_interval=ib.rescan_interval)
+        # Replayed GPUs are not in this host's PCIe tree: no GPU-NIC affinity for them.
+        kw["pci_root"] = None if config.backend.startswith("replay:") else str(ib.pci_root)
+    if ras.enabled:
+        kw["nccl_ras"] = NcclRasSource(ras.address.host, ras.address.port, timeout=ras.timeout)
+        kw["nccl_ras_interval"] = ras.interval
+    return kw
+
+
 def store_capacity(config: Config) -> int:
     return math.ceil(config.store.retention / config.sampler.fast_interval) + 1
 
@@ -87,7 +103,7 @@ async def open_sampler(config: Config, exporter: Exporter,
     """Build the source and open it; `auto` retries with the bundled capture. Raises BackendUnavailable."""
     built = build_source(config)
     sampler = Sampler(built.source, Store(store_capacity(config), history), exporter, intervals_of(config),
-                      capture=built.capture)
+                      capture=built.capture, **interconnect_of(config))
     try:
         await sampler.open()
     except BackendUnavailable as exc:
@@ -98,7 +114,7 @@ async def open_sampler(config: Config, exporter: Exporter,
         spec = ReplaySpec(DEMO_CAPTURE, loop=True)
         built = Built(replay_source(spec, config.opt_ins), _capture_name(spec))
         sampler = Sampler(built.source, Store(store_capacity(config), history), exporter, intervals_of(config),
-                          capture=built.capture)
+                          capture=built.capture, **interconnect_of(config))
         await sampler.open()
     return sampler, built
 

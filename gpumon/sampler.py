@@ -21,6 +21,8 @@ import structlog
 from gpumon import __version__
 from gpumon.exporter import Exporter
 from gpumon.model import Device, DeviceLost, Sample, Tier
+from gpumon.sources.infiniband import InfinibandSource, affinity_sample, gpu_affinity
+from gpumon.sources.nccl_ras import NcclRasSource
 from gpumon.store import Store
 
 log = structlog.get_logger("gpumon.sampler")
@@ -76,8 +78,17 @@ class _GpuHealth:
 
 class Sampler:
     def __init__(self, source: Source, store: Store, exporter: Exporter, intervals: Intervals,
-                 *, capture: str = "") -> None:
+                 *, capture: str = "", infiniband: InfinibandSource | None = None,
+                 pci_root: str | None = "/sys/bus/pci/devices", nccl_ras: NcclRasSource | None = None,
+                 nccl_ras_interval: float | None = None) -> None:
         self.source = source
+        self.infiniband = infiniband
+        self.pci_root = pci_root
+        self.nccl_ras = nccl_ras
+        self.nccl_ras_interval = nccl_ras_interval
+        # One thread for sysfs, so a wedged HCA driver stalls only InfiniBand, never a GPU.
+        self._ib_executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="gpumon-ib")
+        self._ib_busy: asyncio.Future[list[Sample]] | None = None
         self.store = store
         self.exporter = exporter
         self.intervals = intervals
@@ -103,8 +114,22 @@ class Sampler:
         self._gpus = [
             _GpuHealth(d, concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"gpumon-gpu{d.index}"))
             for d in devices]
+        if self.infiniband is not None:
+            await self._open_infiniband(devices)
         await self.poll_round(Tier.STATIC)
         return devices
+
+    async def _open_infiniband(self, devices: list[Device]) -> None:
+        assert self._loop is not None and self.infiniband is not None
+        ib = self.infiniband
+        ports = await self._loop.run_in_executor(self._ib_executor, ib.open)
+        affinity = []
+        if self.pci_root is not None:
+            pci_root = self.pci_root
+            affinity = await self._loop.run_in_executor(
+                self._ib_executor, lambda: gpu_affinity(devices, ib_root=ib.root, pci_root=pci_root))
+            self.store.put(affinity_sample(affinity))
+        log.info("InfiniBand ports found", ports=[p.unit for p in ports], gpu_nic_pairs=len(affinity))
 
     async def start(self) -> None:
         """Open, then run the fast and slow loops and the event thread until `stop()`."""
@@ -113,6 +138,17 @@ class Sampler:
         self.source.start_events(self._on_xid_threadsafe)
         self._tasks = [asyncio.create_task(self._run_tier(Tier.FAST), name="gpumon-fast"),
                        asyncio.create_task(self._run_tier(Tier.SLOW), name="gpumon-slow")]
+        if self.nccl_ras is not None:
+            self._tasks.append(asyncio.create_task(self._run_nccl_ras(), name="gpumon-nccl-ras"))
+
+    async def _run_nccl_ras(self) -> None:
+        """NCCL RAS on its own task: its timeout never delays a GPU round (it is network I/O)."""
+        assert self.nccl_ras is not None
+        interval = self.nccl_ras_interval or self.intervals.slow
+        while True:
+            self.store.put(await self.nccl_ras.poll())
+            self.publish()
+            await asyncio.sleep(interval)
 
     async def stop(self) -> None:
         for task in [*self._tasks, *self._reinit_tasks.values()]:
@@ -124,6 +160,9 @@ class Sampler:
         await loop.run_in_executor(None, self.source.close)
         for gpu in self._gpus:
             gpu.executor.shutdown(wait=False, cancel_futures=True)
+        if self.infiniband is not None:
+            self.infiniband.close()
+        self._ib_executor.shutdown(wait=False, cancel_futures=True)
 
     async def _run_tier(self, tier: Tier) -> None:
         loop = asyncio.get_running_loop()
@@ -151,9 +190,24 @@ class Sampler:
                 gpu.deadline_misses[tier.value] += 1  # still stuck in an earlier call
                 continue
             polls[gpu.device.index] = loop.run_in_executor(gpu.executor, self._timed_poll, gpu.device.index, tier)
+        deadline_at = loop.time() + self.intervals.deadline_of(tier)
+        ib = None
+        if tier is Tier.FAST and self.infiniband is not None and (self._ib_busy is None or self._ib_busy.done()):
+            ib = self._ib_busy = loop.run_in_executor(self._ib_executor, self.infiniband.poll)
         complete = len(polls) == len(self._gpus)
+        if ib is not None:
+            waited: list[asyncio.Future[Any]] = [*polls.values(), ib]
+            await asyncio.wait(waited, timeout=self.intervals.deadline_of(tier))
+            if ib.done() and ib.exception() is None:
+                for sample in ib.result():
+                    self.store.put(sample)
+            elif ib.done():
+                log.error("InfiniBand poll failed", error=repr(ib.exception()))
+            else:
+                ib.add_done_callback(_consume)
+                log.warning("InfiniBand poll missed its deadline", deadline_s=self.intervals.deadline_of(tier))
         if polls:
-            _, pending = await asyncio.wait(polls.values(), timeout=self.intervals.deadline_of(tier))
+            _, pending = await asyncio.wait(polls.values(), timeout=max(0.0, deadline_at - loop.time()))
             for index, fut in polls.items():
                 gpu = self._gpus[index]
                 if fut in pending:

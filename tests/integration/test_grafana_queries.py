@@ -1,0 +1,128 @@
+"""Every query of every Grafana dashboard, sent to a real Prometheus scraping gpumon replaying the H200
+capture: each one is valid PromQL to Prometheus and returns data, except those listed below with the
+reason the capture cannot give them data. Queries are range queries over one whole loop of the capture,
+as Grafana asks for a panel's time range."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.processes import Gpumon, Prometheus, http_get
+from tests.test_grafana import (
+    DASHBOARDS,
+    label_values_selector,
+    load,
+    substitute,
+    targets,
+)
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+INTERVAL = "500ms"
+SPEED = 4.0
+SETTLE = 1.1 * 42 / SPEED  # one whole loop of the 42 s capture: every recorded phase, whatever the start offset
+
+# (dashboard, panel title, refId) -> why the bundled capture gives it no series. Nothing else may be empty.
+MAY_BE_EMPTY: dict[tuple[str, str, str], str] = {
+    ("gpumon-fleet.json", "Idle but allocated GPUs", "A"):
+        "its 10-minute average mixes busy and idle phases of the short run; checked with a 1 s window below",
+    ("gpumon-fleet.json", "Alerts firing (gpumon local rules)", "A"):
+        "the bundled rules need minutes of a condition (`for: 5m`); the test runs seconds",
+    ("gpumon-fleet.json", "Alerts firing (gpumon local rules)", "B"): "as above, and pending alerts count too",
+    ("gpumon-fleet.json", "Alerts firing (Prometheus ALERTS)", "A"): "as above, for Prometheus evaluating them",
+    ("gpumon-gpu-detail.json", "XID errors", "A"): "the capture recorded no XID errors",
+    ("gpumon-gpu-detail.json", "Last XID", "A"): "the capture recorded no XID errors",
+    ("gpumon-interconnect.json", "PCIe links below their maximum", "A"): "the capture's link runs at gen 5 x16",
+    ("gpumon-interconnect.json", "PCIe links below their maximum", "B"): "the capture's link runs at gen 5 x16",
+    ("gpumon-health.json", "NVML errors by call", "A"): "no NVML call fails while replaying the capture",
+    **{("gpumon-health.json", title, ref): "notification series are per receiver or Alertmanager; none is configured"
+       for title, refs in [("Outbox queue", "A"), ("Oldest queued notification", "A"), ("Delivery latency", "A"),
+                           ("Delivery outcomes", "ABCD"), ("Alertmanager pushes", "AB")] for ref in refs},
+}
+
+# The panels a dashboard is for: these must return data whatever else changes.
+CORE = [
+    ("gpumon-fleet.json", "SM activity by GPU"),
+    ("gpumon-fleet.json", "Memory used"),
+    ("gpumon-fleet.json", "Power draw"),
+    ("gpumon-fleet.json", "GPU temperature"),
+    ("gpumon-health.json", "Poll duration per tier"),
+]
+
+
+def query(prom: Prometheus, expr: str, start: float, end: float) -> list[dict[str, Any]]:
+    """The series a range query returns over [start, end], as Grafana asks for a panel's time range."""
+    params = urllib.parse.urlencode({"query": expr, "start": start, "end": end, "step": 0.25})
+    status, body = http_get(f"{prom.url}/api/v1/query_range?{params}")
+    answer: dict[str, Any] = json.loads(body)
+    assert status == 200 and answer["status"] == "success", f"{expr!r}: {status} {body!r}"
+    result: list[dict[str, Any]] = answer["data"]["result"]
+    return result
+
+
+def fleet_idle_query() -> str:
+    fleet = load(ROOT / "grafana" / "dashboards" / "gpumon-fleet.json")
+    (panel,) = [p for p in fleet["panels"] if p["title"] == "Idle but allocated GPUs"]
+    expr: str = panel["targets"][0]["expr"]
+    assert "[10m]" in expr
+    return substitute(expr)
+
+
+def test_every_dashboard_query_returns_data_from_a_real_prometheus(tmp_path: Path) -> None:
+    rules = ROOT / "rules" / "gpumon.rules.yml"
+    with Gpumon(tmp_path, "--fast-interval", INTERVAL, "--process-pids",
+                backend=f"replay:demo,loop,speed={SPEED}") as g:
+        config = f"""
+global: {{scrape_interval: {INTERVAL}, scrape_timeout: {INTERVAL}, evaluation_interval: 1s}}
+rule_files: ["{rules}"]
+scrape_configs:
+  - job_name: gpumon
+    static_configs: [{{targets: ["127.0.0.1:{g.port}"]}}]
+  - job_name: prometheus
+    static_configs: [{{targets: ["127.0.0.1:PROMETHEUS_PORT"]}}]
+"""
+        prom = Prometheus(tmp_path, config)
+        # Prometheus scrapes itself too, so the `process_*` queries must pick gpumon's series out.
+        (prom.dir / "prometheus.yml").write_text(config.replace("PROMETHEUS_PORT", str(prom.port)))
+        with prom:
+            start = time.time()
+            time.sleep(SETTLE)
+            end = time.time()
+            results: dict[tuple[str, str, str], list[Any]] = {}
+            for path in DASHBOARDS:
+                dash = load(path)
+                for v in dash["templating"]["list"]:
+                    if v["type"] == "query":
+                        selector = substitute(label_values_selector(v["query"]["query"]))
+                        assert query(prom, selector, start, end), f"{path.name}: ${v['name']} has no values"
+                for panel, t in targets(dash):
+                    key = (path.name, panel["title"], t["refId"])
+                    results[key] = query(prom, substitute(t["expr"]), start, end)
+            # The idle-but-allocated query over a 1 s window instead of 10 minutes: it must catch the
+            # capture's phases in which a process holds the GPU and the SMs idle (pure PCIe copies, memory
+            # filled), and only those.
+            idle = fleet_idle_query().replace("[10m]", "[1s]")
+            idle_phases = {s["metric"]["phase"] for s in query(
+                prom, f'gpumon_replay_phase == 1 and on(instance, gpu) ({idle})', start, end)}
+
+    assert set(MAY_BE_EMPTY) <= set(results), f"stale entries: {set(MAY_BE_EMPTY) - set(results)}"
+    empty = sorted(key for key, result in results.items() if not result and key not in MAY_BE_EMPTY)
+    assert not empty, f"queries without data: {empty}"
+    for dashboard, title in CORE:
+        keys = [k for k in results if k[:2] == (dashboard, title)]
+        assert keys and all(results[k] for k in keys), (dashboard, title)
+    # SM activity comes from GPM on the H200, labelled as such (not the util.gpu fallback).
+    sm = results[("gpumon-fleet.json", "SM activity by GPU", "A")]
+    assert {s["metric"]["source"] for s in sm} == {"SM active (GPM)"}
+    assert {"pcie", "memfull"} <= idle_phases, idle_phases
+    assert not idle_phases & {"compute", "membw"}, idle_phases
+    # process_* series of the Prometheus job are filtered out: one series, gpumon's.
+    rss = results[("gpumon-health.json", "Resident memory", "A")]
+    assert [s["metric"]["job"] for s in rss] == ["gpumon"]
