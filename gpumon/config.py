@@ -195,6 +195,16 @@ class InhibitRuleConfig(_Section):
         return matchers
 
 
+class MqttConfig(_Section):
+    broker: Annotated[Listen, BeforeValidator(parse_listen)]  # HOST:PORT, e.g. localhost:1883
+    topic_prefix: str | None = None  # default gpumon/<hostname>
+    telemetry_interval: Duration = 10.0
+    username: str | None = None
+    password_file: Path | None = None
+    tls: bool = False
+    client_id: str | None = None
+
+
 class NotifyConfig(_Section):
     receivers: list[ReceiverConfig] = []
     route: RouteConfig | None = None
@@ -203,6 +213,7 @@ class NotifyConfig(_Section):
         source_matchers=['alertname="GpuLost"'], target_matchers=['alertname!="GpuLost"'], equal=["uuid"])]
     max_age: Duration = 86400.0  # undelivered notifications older than this are dead-lettered
     alertmanagers: list[str] = []  # base URLs; alerts are pushed to /api/v2/alerts of each
+    mqtt: MqttConfig | None = None
     external_url: str = ""  # externalURL in webhook payloads (a link to this host's gpumon)
 
     @pydantic.model_validator(mode="after")

@@ -21,6 +21,7 @@ from gpumon.config import Config, load_config
 from gpumon.exporter import Exporter
 from gpumon.model import BackendUnavailable
 from gpumon.notify.alertmanager import AlertmanagerPusher
+from gpumon.notify.mqtt import MqttPublisher, default_prefix
 from gpumon.notify.routing import build_inhibit_rules, build_route
 from gpumon.notify.service import NotifyService, Receiver, SlackStyle
 from gpumon.notify.webhook import WebhookTarget, decode_secret
@@ -169,6 +170,7 @@ class Daemon:
         self.rules: RuleService | None = None
         self.notify: NotifyService | None = None
         self.alertmanagers: AlertmanagerPusher | None = None
+        self.mqtt: MqttPublisher | None = None
 
     async def run(self) -> int:
         try:
@@ -188,6 +190,13 @@ class Daemon:
                                      state_dir=self.config.state_dir,
                                      external_labels=self.config.rules.external_labels)
             self.notify = build_notify(self.config)
+            mq = self.config.notify.mqtt
+            if mq is not None:
+                password = _secret(mq.password_file, "mqtt", "password_file") if mq.password_file else None
+                self.mqtt = MqttPublisher(mq.broker.host, mq.broker.port, prefix=mq.topic_prefix or default_prefix(),
+                                          store=self.sampler.store, telemetry_interval=mq.telemetry_interval,
+                                          username=mq.username, password=password, tls=mq.tls,
+                                          client_id=mq.client_id)
             if self.config.notify.alertmanagers:
                 self.alertmanagers = AlertmanagerPusher(self.config.notify.alertmanagers,
                                                         generator_url=self.config.notify.external_url)
@@ -209,10 +218,12 @@ class Daemon:
             await self.sampler.stop()
             return EXIT_CONFIG
         await self.sampler.start()
-        if self.notify is not None or self.alertmanagers is not None:
+        if self.notify is not None or self.alertmanagers is not None or self.mqtt is not None:
             self.rules.on_evaluated = self._notify
         if self.notify is not None:
             self.notify.start()
+        if self.mqtt is not None:
+            self.mqtt.start()
         self.rules.start()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
@@ -230,6 +241,8 @@ class Daemon:
             await self.notify.stop()
         if self.alertmanagers is not None:
             await self.alertmanagers.stop()
+        if self.mqtt is not None:
+            await self.mqtt.stop()
         await self.sampler.stop()
         return EXIT_OK
 
@@ -242,6 +255,8 @@ class Daemon:
         if self.alertmanagers is not None:
             self.alertmanagers.update(alerts)
             self.sampler.store.put(self.alertmanagers.sample())
+        if self.mqtt is not None:
+            self.mqtt.update(alerts)
 
     async def reload(self) -> None:
         """Apply a new configuration, or keep the running one if anything in it is invalid."""
