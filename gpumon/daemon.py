@@ -24,6 +24,7 @@ from gpumon.notify.alertmanager import AlertmanagerPusher
 from gpumon.notify.mqtt import MqttPublisher, default_prefix
 from gpumon.notify.routing import build_inhibit_rules, build_route
 from gpumon.notify.service import NotifyService, Receiver, SlackStyle
+from gpumon.notify.silences import Silences
 from gpumon.notify.webhook import WebhookTarget, decode_secret
 from gpumon.rules.alerting import Alert
 from gpumon.rules.rulefile import RuleGroup, longest_ranges
@@ -41,6 +42,7 @@ from gpumon.yamlfile import ConfigError
 log = structlog.get_logger("gpumon")
 
 EXIT_OK, EXIT_CONFIG, EXIT_BACKEND = 0, 1, 2
+SILENCES_FILE = "silences.sqlite"
 RESTART_ONLY = ("backend", "state_dir", "store", "notify", "interconnect")  # settings a reload cannot change in place
 
 
@@ -120,7 +122,7 @@ async def open_sampler(config: Config, exporter: Exporter,
     return sampler, built
 
 
-def build_notify(config: Config) -> NotifyService | None:
+def build_notify(config: Config, silences: Silences) -> NotifyService | None:
     """The notification service for config.notify, secrets read from their files. Raises ConfigError."""
     if not config.notify.receivers or config.notify.route is None:
         return None
@@ -142,7 +144,7 @@ def build_notify(config: Config) -> NotifyService | None:
                                      w.send_resolved)
     return NotifyService(build_route(config.notify.route), receivers, config.state_dir,
                          max_age_s=config.notify.max_age, external_url=config.notify.external_url,
-                         inhibit_rules=build_inhibit_rules(config.notify.inhibit_rules))
+                         inhibit_rules=build_inhibit_rules(config.notify.inhibit_rules), silences=silences)
 
 
 def _secret(path: Path | None, receiver: str, key: str) -> str:
@@ -171,6 +173,7 @@ class Daemon:
         self.notify: NotifyService | None = None
         self.alertmanagers: AlertmanagerPusher | None = None
         self.mqtt: MqttPublisher | None = None
+        self.silences: Silences | None = None
 
     async def run(self) -> int:
         try:
@@ -189,7 +192,8 @@ class Daemon:
                                      default_interval_s=self.config.rules.evaluation_interval,
                                      state_dir=self.config.state_dir,
                                      external_labels=self.config.rules.external_labels)
-            self.notify = build_notify(self.config)
+            self.silences = Silences(self.config.state_dir / SILENCES_FILE)
+            self.notify = build_notify(self.config, self.silences)
             mq = self.config.notify.mqtt
             if mq is not None:
                 password = _secret(mq.password_file, "mqtt", "password_file") if mq.password_file else None
@@ -210,7 +214,8 @@ class Daemon:
             return EXIT_CONFIG
         if built.capture:
             log.warning("DEMO DATA: " + built.demo_note, capture=built.capture)
-        self.web = WebServer(self.sampler, self.exporter, demo_note=built.demo_note, rules=self.rules)
+        self.web = WebServer(self.sampler, self.exporter, demo_note=built.demo_note, rules=self.rules,
+                             silences=self.silences)
         try:
             await self.web.start(self.config.web.listen, security)
         except ListenError as exc:

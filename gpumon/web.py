@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -12,6 +13,8 @@ from aiohttp import web
 from gpumon import __version__
 from gpumon.config import Listen
 from gpumon.exporter import OPENMETRICS_TYPE, TEXT_TYPE, Exporter
+from gpumon.notify.silences import Silences
+from gpumon.notify.silences import parse_request as parse_silence
 from gpumon.rules.service import RuleService
 from gpumon.sampler import Sampler
 from gpumon.webconfig import WebSecurity
@@ -25,9 +28,10 @@ class ListenError(Exception):
 
 class WebServer:
     def __init__(self, sampler: Sampler, exporter: Exporter, *, demo_note: str = "",
-                 rules: RuleService | None = None) -> None:
+                 rules: RuleService | None = None, silences: Silences | None = None) -> None:
         self.sampler = sampler
         self.rules = rules
+        self.silences = silences
         self.exporter = exporter
         self.demo_note = demo_note
         self.security = WebSecurity()
@@ -42,6 +46,9 @@ class WebServer:
         app.router.add_get("/-/ready", self.ready)
         app.router.add_get("/api/v1/alerts", self.api_alerts)
         app.router.add_get("/api/v1/rules", self.api_rules)
+        app.router.add_get("/api/v1/silences", self.list_silences)
+        app.router.add_post("/api/v1/silences", self.create_silence)
+        app.router.add_delete("/api/v1/silences/{id}", self.expire_silence)
         return app
 
     async def start(self, listen: Listen, security: WebSecurity) -> None:
@@ -104,6 +111,27 @@ class WebServer:
             return web.json_response({"status": "success", "data": {"groups": []}})
         return web.json_response(self.rules.api_rules())
 
+    async def list_silences(self, request: web.Request) -> web.Response:
+        now = time.time()
+        found = self.silences.all() if self.silences is not None else []
+        return web.json_response({"status": "success", "data": [s.to_json(now) for s in found]})
+
+    async def create_silence(self, request: web.Request) -> web.Response:
+        """Silence alerts matching all matchers for a time: {"matchers", "endsAt" | "duration", "comment"}."""
+        if self.silences is None:
+            return _api_error(503, "silences are not available")
+        try:
+            body = await request.json()
+            silence = self.silences.add(*parse_silence(body, time.time()))
+        except (ValueError, UnicodeDecodeError) as exc:  # json.JSONDecodeError is a ValueError
+            return _api_error(400, str(exc))
+        return web.json_response({"status": "success", "data": silence.to_json(time.time())})
+
+    async def expire_silence(self, request: web.Request) -> web.Response:
+        if self.silences is None or not self.silences.expire(request.match_info["id"]):
+            return _api_error(404, "no such silence")
+        return web.json_response({"status": "success"})
+
     async def healthy(self, request: web.Request) -> web.Response:
         return web.Response(text="gpumon is healthy.\n")
 
@@ -132,3 +160,7 @@ class WebServer:
 </body></html>
 """
         return web.Response(text=page, content_type="text/html")
+
+
+def _api_error(status: int, message: str) -> web.Response:
+    return web.json_response({"status": "error", "error": message}, status=status)

@@ -252,3 +252,28 @@ async def test_slack_token_bucket_spaces_messages() -> None:
     for _ in range(5):
         await bucket.take()
     assert time.monotonic() - start >= 0.35
+
+
+def test_silences_mute_matching_alerts_and_persist(tmp_path: Path) -> None:
+    from gpumon.notify.silences import Silences, parse_request
+    silences = Silences(tmp_path / "silences.sqlite")
+    now = 1000.0
+    matchers, starts, ends, comment, by = parse_request(
+        {"matchers": ['alertname="A"', 'gpu=~"0|1"'], "duration": "1h", "comment": "maintenance"}, now)
+    s = silences.add(matchers, starts, ends, comment, by)
+    svc = service(tmp_path, 1)
+    svc.silences = silences
+    svc.update([alert("A", "0"), alert("A", "2"), alert("B", "0")], now=now)
+    assert svc.flush(now + 1) == 2
+    bodies = [json.loads(e.body) for e in svc.outbox.due(now + 2)]
+    sent = sorted((b["groupLabels"]["alertname"], a["labels"]["gpu"]) for b in bodies for a in b["alerts"])
+    assert sent == [("A", "2"), ("B", "0")]
+    assert s.to_json(now)["status"]["state"] == "active"
+    reopened = Silences(tmp_path / "silences.sqlite")  # survives a restart
+    assert [x.id for x in reopened.all()] == [s.id]
+    assert reopened.expire(s.id, now=now + 10) and not reopened.silenced({"alertname": "A", "gpu": "0"}, now + 11)
+    for bad in ({"matchers": []}, {"matchers": ["a=1"], "duration": "1h"}, {"matchers": ["a=~("], "duration": "1h",
+                "comment": "x"}, {"matchers": ["a=1"], "comment": "x"}, [1]):
+        with pytest.raises(ValueError):
+            parse_request(bad, now)
+    svc.outbox.close()

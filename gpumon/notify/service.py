@@ -20,6 +20,7 @@ from gpumon.notify import slack
 from gpumon.notify.outbox import Entry, Outbox, backoff
 from gpumon.notify.payload import AlertEvent, webhook_payload
 from gpumon.notify.routing import Group, InhibitRule, Route
+from gpumon.notify.silences import Silences
 from gpumon.notify.slack import TokenBucket
 from gpumon.notify.webhook import Outcome, WebhookTarget, deliver
 from gpumon.rules.alerting import Alert, State
@@ -49,9 +50,10 @@ class SlackStyle:
 class NotifyService:
     def __init__(self, route: Route, receivers: dict[str, Receiver], state_dir: Path, *,
                  max_age_s: float = 86400.0, external_url: str = "",
-                 inhibit_rules: list[InhibitRule] | None = None) -> None:
+                 inhibit_rules: list[InhibitRule] | None = None, silences: Silences | None = None) -> None:
         self.route = route
         self.inhibit_rules = inhibit_rules or []
+        self.silences = silences
         self.receivers = receivers
         self.max_age_s = max_age_s
         self.external_url = external_url
@@ -76,6 +78,8 @@ class NotifyService:
             labels = dict(alert.labels)
             resolved = alert.state is State.INACTIVE
             if not resolved and any(rule.inhibited(labels, firing) for rule in self.inhibit_rules):
+                continue
+            if not resolved and self.silences is not None and self.silences.silenced(labels, now):
                 continue
             event = AlertEvent(labels, {k: v for k, v in alert.annotations.items() if not k.startswith("gpumon_")},
                                alert.active_at / 1000, alert.resolved_at / 1000 if resolved else None)

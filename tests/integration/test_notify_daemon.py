@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -106,3 +107,25 @@ def wait_for_alertmanager(url: str, present: bool, timeout: float = 25.0) -> dic
             return alerts[0] if alerts else {}
         assert time.monotonic() < deadline, f"alert {'never arrived' if present else 'never resolved'}"
         time.sleep(0.2)
+
+
+def test_silences_api(tmp_path: Path) -> None:
+    with Gpumon(tmp_path) as g:
+        def call(method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+            data = json.dumps(body).encode() if body is not None else None
+            req = urllib.request.Request(g.url + path, data, {"Content-Type": "application/json"}, method=method)
+            try:
+                with urllib.request.urlopen(req, timeout=5) as r:
+                    return r.status, json.load(r)
+            except urllib.error.HTTPError as exc:
+                return exc.code, json.load(exc)
+        status, created = call("POST", "/api/v1/silences", {"matchers": ['alertname="GpuLost"'], "duration": "2h",
+                                                             "comment": "reseating GPU 3", "createdBy": "ops"})
+        assert status == 200 and created["data"]["status"]["state"] == "active"
+        status, bad = call("POST", "/api/v1/silences", {"matchers": ["x=~("], "duration": "1h", "comment": "c"})
+        assert status == 400 and "invalid regular expression" in bad["error"]
+        status, listed = call("GET", "/api/v1/silences")
+        assert [s["comment"] for s in listed["data"]] == ["reseating GPU 3"]
+        assert call("DELETE", f"/api/v1/silences/{created['data']['id']}")[0] == 200
+        assert call("GET", "/api/v1/silences")[1]["data"][0]["status"]["state"] == "expired"
+        assert call("DELETE", "/api/v1/silences/nope")[0] == 404
