@@ -356,6 +356,8 @@ def _relative_to(data: dict[str, Any], keys: KeyPath, base: Path) -> None:
         return
 
     def resolve(text: str) -> str:
+        if text.startswith("env:"):  # a secret from the environment, not a path
+            return text
         value = Path(text).expanduser()
         return str(value if value.is_absolute() else base / value)
     if isinstance(node.get(leaf), str) and node[leaf]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import signal
 import sqlite3
 from dataclasses import dataclass
@@ -148,7 +149,14 @@ def build_notify(config: Config, silences: Silences) -> NotifyService | None:
 
 
 def _secret(path: Path | None, receiver: str, key: str) -> str:
+    """A secret from a file, or from an environment variable when written `env:NAME`."""
     assert path is not None
+    text = str(path)
+    if text.startswith("env:"):
+        value = os.environ.get(text[4:])
+        if not value:
+            raise ConfigError(f"notify.receivers[{receiver}].{key}: environment variable {text[4:]} is not set")
+        return value.strip()
     try:
         return path.read_text(encoding="utf-8").strip()
     except OSError as exc:  # the message names the file, never its content

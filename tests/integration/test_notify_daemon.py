@@ -129,3 +129,40 @@ def test_silences_api(tmp_path: Path) -> None:
         assert call("DELETE", f"/api/v1/silences/{created['data']['id']}")[0] == 200
         assert call("GET", "/api/v1/silences")[1]["data"][0]["status"]["state"] == "expired"
         assert call("DELETE", "/api/v1/silences/nope")[0] == 404
+
+
+def test_kill_9_during_a_receiver_outage_loses_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    port = free_port()  # nothing listens here yet: the receiver is down
+    monkeypatch.setenv("GPUMON_TEST_HOOK_URL", f"http://127.0.0.1:{port}/hook")
+    (tmp_path / "r.yml").write_text("groups:\n  - name: g\n    rules:\n      - alert: Up\n"
+                                    "        expr: gpumon_gpu_up == 1\n")
+    config = tmp_path / "gpumon.yaml"
+    config.write_text("""
+rules: {files: ["r.yml"], evaluation_interval: 500ms}
+notify:
+  receivers: [{name: ops, webhook: {url_file: "env:GPUMON_TEST_HOOK_URL"}}]
+  route: {receiver: ops, group_wait: 200ms}
+""")
+    with Gpumon(tmp_path, "--config", str(config)) as g:
+        deadline = time.monotonic() + 15
+        while b'gpumon_notifications_retried_total{receiver="ops"} 0.0' in g.get("/metrics")[1] or \
+                b'gpumon_notifications_retried_total{receiver="ops"}' not in g.get("/metrics")[1]:
+            assert time.monotonic() < deadline, g.log
+            time.sleep(0.2)
+        assert g.proc is not None
+        g.proc.kill()  # kill -9 with the notification queued and failing
+        g.proc.wait()
+    Hook.received = []
+    server = HTTPServer(("127.0.0.1", port), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        (tmp_path / "r.yml").write_text("groups: []\n")  # after the restart nothing new fires
+        with Gpumon(tmp_path, "--config", str(config)):
+            deadline = time.monotonic() + 20
+            while not Hook.received:
+                assert time.monotonic() < deadline, "the queued notification was not delivered"
+                time.sleep(0.2)
+    finally:
+        server.shutdown()
+    (payload,) = Hook.received
+    assert payload["alerts"][0]["labels"]["alertname"] == "Up"
