@@ -83,3 +83,34 @@ def test_bundled_rules_have_tests() -> None:
                    if line.strip().startswith("alertname:")}
     names = {r.name for g in load_groups([]) for r in g.rules}
     assert names <= tested, f"bundled alerts without a test: {sorted(names - tested)}"
+
+
+def test_capture_with_bundled_rules_notifies_low_sm_firing_then_resolved(tmp_path: Path) -> None:
+    """End to end on the time-stretched capture: rules -> notifications -> outbox payloads."""
+    from gpumon.config import RouteConfig
+    from gpumon.notify.routing import build_route
+    from gpumon.notify.service import NotifyService, Receiver
+    from gpumon.notify.webhook import WebhookTarget
+
+    storage, phases = capture_storage()
+    groups = load_groups([])
+    engine = RuleEngine(groups, Evaluator(storage), storage.add)
+    route = build_route(RouteConfig(receiver="ops", group_by=["alertname"], group_wait=30.0, group_interval=60.0,
+                                    repeat_interval=3600.0))
+    notify = NotifyService(route, {"ops": Receiver(WebhookTarget("ops", "http://127.0.0.1:1/"))}, tmp_path)
+    for i in range(len(phases)):
+        for g in groups:
+            engine.eval_group(g, i * MINUTE)
+        notify.update(engine.alerts(), now=i * 60.0)
+        notify.flush(i * 60.0)
+    payloads = [json.loads(e.body) for e in notify.outbox.due(1e12, limit=1000)]
+    low_sm = [p for p in payloads if p["groupLabels"] == {"alertname": "GpuSmActivityLow"}]
+    assert low_sm and low_sm[0]["status"] == "firing" and low_sm[0]["version"] == "4"
+    a = low_sm[0]["alerts"][0]
+    assert a["labels"]["gpu"] == "0" and a["annotations"]["summary"].startswith("GPU 0: SM activity")
+    assert "gpumon_resolve_when" not in a["annotations"]
+    # The alert first fires in the idle phase and resolves once the compute phase lifts the 5-minute
+    # average above 70 % (the hysteresis), then fires again in pcie.
+    statuses = [p["status"] for p in low_sm]
+    assert "resolved" in statuses, statuses
+    notify.outbox.close()
