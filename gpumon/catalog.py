@@ -148,6 +148,18 @@ METRICS: tuple[Metric, ...] = (
        tier=ST, reading="pcie_link_max", key="width"),
     _m("gpumon_pcie_replays_total", COUNTER, "", "PCIe replay events (link-level retransmissions).",
        tier=S, reading="pcie_replay"),
+    # --- NVLink (links not active at (re)initialisation have no series) -------------------------
+    _m("gpumon_nvlink_up", GAUGE, "", "1 while an NVLink link that was active at initialisation is up.",
+       tier=S, reading="nvlink_state", labels=("link",)),
+    _m("gpumon_nvlink_errors_total", COUNTER, "",
+       "NVLink data-link errors per link, by type (replay, recovery, crc_flit, crc_data).",
+       tier=S, reading="nvlink_errors", labels=("link", "type")),
+    _m("gpumon_nvlink_rx_bytes_per_second", GAUGE, "bytes_per_second",
+       "NVLink bytes received per second on a link (GPM per-link rate).",
+       reading="gpm", key="nvlink_rx", scale=MIB, labels=("link",)),
+    _m("gpumon_nvlink_tx_bytes_per_second", GAUGE, "bytes_per_second",
+       "NVLink bytes sent per second on a link (GPM per-link rate).",
+       reading="gpm", key="nvlink_tx", scale=MIB, labels=("link",)),
     # --- memory errors -------------------------------------------------------------------------
     _m("gpumon_ecc_volatile_errors_total", COUNTER, "",
        "ECC errors since the driver was loaded, by severity (corrected, uncorrected).",

@@ -108,12 +108,15 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace, config: Config, overrides: dict[str, Any]) -> int:
     if args.check_config:
         from gpumon.daemon import load_security
+        from gpumon.rules.service import load_groups
 
         try:
             load_security(config)
+            groups = load_groups(config.rules.files)
         except ConfigError as exc:
-            return _fail(f"invalid web configuration:\n{exc}", EXIT_CONFIG)
-        print(f"gpumon: configuration OK ({args.config or 'defaults and flags'})")
+            return _fail(f"invalid configuration:\n{exc}", EXIT_CONFIG)
+        rules = sum(len(g.rules) for g in groups)
+        print(f"gpumon: configuration OK ({args.config or 'defaults and flags'}; {rules} rules)")
         return EXIT_OK
     logs.configure(config.log.level, config.log.format)
     return asyncio.run(run_daemon(config, args.config, overrides))

@@ -389,20 +389,37 @@ def gpu_detail() -> dict[str, Any]:
         target(f'increase({g("gpumon_gpu_reinit_total")}[$__rate_interval])', "re-initialisations")],
         "none", "Metrics NVML does not support on this GPU (they have no series), and re-inits after a loss."),
         8, 8)
+    nvlink_panels(b)
     return dashboard("gpumon-gpu-detail", "gpumon / GPU detail",
                      "One GPU: every metric gpumon reads for it.", b, multi=False, refresh="10s")
 
 
+def nvlink_panels(b: Board) -> None:
+    """NVLink per link; a GPU without NVLink (or a PCIe card) has no such series."""
+    b.row("NVLink")
+    b.add(timeseries("NVLink receive, per link", [target(g("gpumon_nvlink_rx_bytes_per_second"),
+                                                        "{{instance}} GPU {{gpu}} link {{link}}")],
+                     "Bps", "Bytes per second received on each active link (GPM per-link rate)."))
+    b.add(timeseries("NVLink transmit, per link", [target(g("gpumon_nvlink_tx_bytes_per_second"),
+                                                         "{{instance}} GPU {{gpu}} link {{link}}")],
+                     "Bps", "Bytes per second sent on each active link (GPM per-link rate)."))
+    b.add(timeseries("NVLink errors", [target(f'increase({g("gpumon_nvlink_errors_total")}[$__rate_interval])',
+                                              "{{instance}} GPU {{gpu}} link {{link}} {{type}}")],
+                     "none", "Data-link replays, recoveries and CRC errors per interval; a steady rate points at a "
+                     "failing link.", bars=True))
+    b.add(table("NVLink links up", [target(g("gpumon_nvlink_up"))], "none",
+                "1 for each link that was active at initialisation and is still up; 0 for one that went down."))
+
+
 INTERCONNECT_LATER = (
-    "**NVLink, InfiniBand and NCCL** panels arrive with the interconnect work (NVLink counters via NVML, "
-    "InfiniBand/RoCE ports from sysfs, NCCL RAS). Until those metrics are in `docs/metrics.md` this dashboard "
-    "shows PCIe only, rather than panels that would stay empty."
+    "**InfiniBand and NCCL** panels arrive with the next interconnect work (InfiniBand/RoCE ports from "
+    "sysfs, NCCL RAS). This dashboard shows PCIe and NVLink."
 )
 
 
 def interconnect() -> dict[str, Any]:
     b = Board()
-    b.add(text("NVLink and InfiniBand", INTERCONNECT_LATER), 24, 3)
+    b.add(text("InfiniBand and NCCL", INTERCONNECT_LATER), 24, 3)
     b.row("PCIe")
     b.add(timeseries("PCIe receive, per GPU", [target(g("gpumon_pcie_rx_bytes_per_second"),
                                                       "{{instance}} GPU {{gpu}}")],
@@ -431,8 +448,9 @@ def interconnect() -> dict[str, Any]:
         target(f'{g("gpumon_pcie_link_width")} < {g("gpumon_pcie_link_max_width")}')],
         "none", "GPUs whose link trained below its maximum generation (A) or width (B). Idle power saving can lower "
         "the generation briefly; a lower width is always a hardware problem.", links=DETAIL_LINK), 24, 6)
+    nvlink_panels(b)
     return dashboard("gpumon-interconnect", "gpumon / Interconnect",
-                     "PCIe rates, replays and link state; NVLink and InfiniBand arrive with the interconnect work.", b)
+                     "PCIe rates, replays, link state and NVLink; InfiniBand arrives with the interconnect work.", b)
 
 
 def health() -> dict[str, Any]:

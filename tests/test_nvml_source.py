@@ -15,6 +15,9 @@ from gpumon.sources.capture import Capture, CaptureNvml, Faults
 from gpumon.sources.nvml import NvmlSource
 from tests.conftest import FakeClock
 
+# The H200 capture has no NVLink: its NVLink metrics are unsupported on every GPU.
+NO_NVLINK = sum(1 for m in catalog.METRICS if "nvlink" in m.reading or "nvlink" in m.key)
+
 NOT_SUPPORTED = {"err": "NVMLError_NotSupported(3)", "us_first": 1.0, "us_med": 1.0, "us_p90": 1.0}
 
 
@@ -141,7 +144,7 @@ def test_not_supported_means_no_series_counted_and_logged_once(
     assert "gpumon_power_draw_watts" not in names(fast)
     assert "gpumon_pcie_replays_total" not in names(slow)
     assert calls["n"] == 1  # not asked again once NVML said NotSupported
-    assert source.unsupported_count(0) == 2
+    assert source.unsupported_count(0) == NO_NVLINK + 2
     assert [e["reading"] for e in logged if e["event"].startswith("metric not available")] == [
         "power_usage", "pcie_replay"]
     assert source.error_counts() == {}
@@ -152,7 +155,7 @@ def test_per_field_not_supported(capture: Capture, clock: FakeClock) -> None:
         rec["fields"]["mem_temp_c"] = {"err": 3}
     source, _ = opened(capture, clock)
     assert "gpumon_memory_temperature_celsius" not in names(source.poll(0, Tier.FAST))
-    assert source.unsupported_count(0) == 1
+    assert source.unsupported_count(0) == NO_NVLINK + 1
 
 
 def test_without_gpm_sm_activity_is_absent_not_faked(capture: Capture, clock: FakeClock) -> None:
@@ -163,7 +166,8 @@ def test_without_gpm_sm_activity_is_absent_not_faked(capture: Capture, clock: Fa
     got = names(source.poll(0, Tier.FAST))
     assert "gpumon_sm_active_ratio" not in got
     assert "gpumon_gpu_utilization_ratio" in got
-    assert source.unsupported_count(0) == sum(1 for m in catalog.METRICS if m.reading == "gpm")
+    assert source.unsupported_count(0) == NO_NVLINK + sum(1 for m in catalog.METRICS if m.reading == "gpm"
+                                                               and "nvlink" not in m.key)
 
 
 def test_memory_info_v1_fallback_on_old_driver(capture: Capture, clock: FakeClock) -> None:
@@ -188,7 +192,7 @@ def test_other_errors_are_counted_and_skipped(capture: Capture, clock: FakeClock
     assert "gpumon_gpu_utilization_ratio" not in names(sample)
     assert "gpumon_memory_used_bytes" in names(sample)
     assert source.error_counts() == {("nvmlDeviceGetUtilizationRates", "NVMLError_Timeout"): 2}
-    assert source.unsupported_count(0) == 0  # a transient error is not "unsupported"
+    assert source.unsupported_count(0) == NO_NVLINK + 0  # a transient error is not "unsupported"
 
 
 @pytest.mark.parametrize("code", [pynvml.NVML_ERROR_GPU_IS_LOST, pynvml.NVML_ERROR_UNKNOWN])
@@ -268,3 +272,23 @@ def test_clock_reasons_on_a_driver_without_the_event_reason_calls(capture: Captu
     source, _ = opened(capture, clock)
     got = values(source.poll(0, Tier.FAST))
     assert got[("gpumon_clock_event_reason_active", (("reason", "gpu_idle"),))] == 1.0  # from ThrottleReasons
+
+
+def test_nvlink_active_links_only(capture: Capture, clock: FakeClock) -> None:
+    params = capture.probe["devices"][0]["parametrized"]
+    for link, state in ((0, 1), (1, 1), (2, 0)):
+        params[f"nvmlDeviceGetNvLinkState({link})"] = {"ok": state}
+        for counter in range(4):
+            params[f"nvmlDeviceGetNvLinkErrorCounter({link},{counter})"] = {"ok": 10 * link + counter}
+    params["nvmlDeviceGetNvLinkState(3)"] = {"err": "NVMLError_InvalidArgument(2)"}  # ends the scan
+    gpm = capture.probe["devices"][0]["gpm"]["metrics"]
+    gpm["64"] = {"ret": 0, "value": 2.0}  # link 1 RX, MiB/s
+    source, _ = opened(capture, clock)
+    clock.advance(1.0)
+    fast, slow = values(source.poll(0, Tier.FAST)), values(source.poll(0, Tier.SLOW))
+    assert fast[("gpumon_nvlink_rx_bytes_per_second", (("link", "1"),))] == 2.0 * 1048576
+    assert ("gpumon_nvlink_rx_bytes_per_second", (("link", "2"),)) not in fast  # inactive: no series
+    assert slow[("gpumon_nvlink_up", (("link", "0"),))] == 1.0
+    assert slow[("gpumon_nvlink_errors_total", (("link", "1"), ("type", "crc_flit")))] == 12
+    assert {k[1][0][1] for k in slow if k[0] == "gpumon_nvlink_up"} == {"0", "1"}
+    assert source.unsupported_count(0) == 0

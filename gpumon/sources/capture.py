@@ -498,6 +498,14 @@ class CaptureNvml:
         index = self._device(handle, "nvmlDeviceGetViolationStatus")
         return types.SimpleNamespace(**self._probe(index, f"nvmlDeviceGetViolationStatus({policy})"))
 
+    def nvmlDeviceGetNvLinkState(self, handle: Any, link: int) -> int:
+        index = self._device(handle, "nvmlDeviceGetNvLinkState")
+        return int(self._probe(index, f"nvmlDeviceGetNvLinkState({link})"))
+
+    def nvmlDeviceGetNvLinkErrorCounter(self, handle: Any, link: int, counter: int) -> int:
+        index = self._device(handle, "nvmlDeviceGetNvLinkErrorCounter")
+        return int(self._probe(index, f"nvmlDeviceGetNvLinkErrorCounter({link},{counter})"))
+
     # --- GPM -----------------------------------------------------------------------------------
 
     def nvmlGpmQueryDeviceSupport(self, handle: Any) -> Any:

@@ -41,6 +41,14 @@ GPM_METRICS = {"graphics_util": 1, "sm_util": 2, "sm_occupancy": 3, "any_tensor_
                "dram_bw_util": 10, "fp64_util": 11, "fp32_util": 12, "fp16_util": 13,
                "pcie_tx": 20, "pcie_rx": 21}
 GPM_MIN_INTERVAL_S = 0.1  # NVML needs two GPM samples at least this far apart
+NVLINK_MAX_LINKS = 36
+NVLINK_ERRORS = {0: "replay", 1: "recovery", 2: "crc_flit", 3: "crc_data"}
+
+
+def gpm_nvlink_ids(link: int) -> tuple[int, int]:
+    """NVML_GPM_METRIC_NVLINK_L<n>_{RX,TX}_PER_SEC: links 0-17 from id 62, links 18-35 from id 212."""
+    base = 62 + 2 * link if link < 18 else 212 + 2 * (link - 18)
+    return base, base + 1
 
 CLOCK_EVENT_REASONS = {0x1: "gpu_idle", 0x2: "applications_clocks_setting", 0x4: "sw_power_cap",
                        0x8: "hw_slowdown", 0x10: "sync_boost", 0x20: "sw_thermal_slowdown",
@@ -67,6 +75,7 @@ READING_CALLS = {
     "pcie_replay": "nvmlDeviceGetPcieReplayCounter", "ecc_volatile": "nvmlDeviceGetTotalEccErrors",
     "ecc_aggregate": "nvmlDeviceGetTotalEccErrors", "remapped_rows": "nvmlDeviceGetRemappedRows",
     "processes": "nvmlDeviceGetComputeRunningProcesses",
+    "nvlink_state": "nvmlDeviceGetNvLinkState", "nvlink_errors": "nvmlDeviceGetNvLinkErrorCounter",
 }
 
 Reading = Iterable[tuple[str, tuple[str, ...], float]]
@@ -102,6 +111,7 @@ class _Gpu:
     gpm_prev_t: float | None = None
     gpm_get: Any = None
     memory_v2: bool = True
+    nvlinks: tuple[int, ...] = ()  # links active at (re)initialisation
 
 
 class NvmlSource:
@@ -238,6 +248,7 @@ class NvmlSource:
             cuda_driver_version=self._cuda_version,
         )
         gpu = _Gpu(index, handle, device, device.labels)
+        gpu.nvlinks = self._active_nvlinks(handle)
         try:
             gpu.reasons_supported = int(n.nvmlDeviceGetSupportedClocksEventReasons(handle))
         except Exception as exc:
@@ -245,6 +256,8 @@ class NvmlSource:
                 raise
             gpu.reasons_legacy = _code(exc) == FUNCTION_NOT_FOUND
             gpu.reasons_supported = self._static(lambda: int(n.nvmlDeviceGetSupportedClocksThrottleReasons(handle)), 0)
+        if not gpu.nvlinks:  # no NVLink (or none active): those metrics are simply absent
+            gpu.absent.update({"nvlink_state", "nvlink_errors", "gpm:nvlink_rx", "gpm:nvlink_tx"})
         if device.gpm_supported:
             try:
                 gpu.gpm_prev, gpu.gpm_next = n.nvmlGpmSampleAlloc(), n.nvmlGpmSampleAlloc()
@@ -259,6 +272,19 @@ class NvmlSource:
                         "gpumon_gpu_utilization_ratio (util.gpu) is, and is not SM activity",
                         gpu=index, name=device.name, architecture=device.architecture)
         return gpu
+
+    def _active_nvlinks(self, handle: Any) -> tuple[int, ...]:
+        """Links whose state reads active now; the first NotSupported/InvalidArgument ends the scan."""
+        links = []
+        for link in range(NVLINK_MAX_LINKS):
+            try:
+                if int(self.nvml.nvmlDeviceGetNvLinkState(handle, link)) == 1:
+                    links.append(link)
+            except Exception as exc:
+                if _code(exc) in LOST_CODES:
+                    raise
+                break
+        return tuple(links)
 
     def _free_gpm(self, gpu: _Gpu) -> None:
         """Free a GPU's GPM samples. Runs in its worker thread, so no poll is using them."""
@@ -410,6 +436,15 @@ class NvmlSource:
                 self._failed(gpu, f"{reading}:{name}", READING_CALLS[reading], exc)
         return out
 
+    def _read_nvlink_state(self, gpu: _Gpu, plan: _Plan) -> Reading:
+        state = self.nvml.nvmlDeviceGetNvLinkState
+        return [("", (str(link),), 1.0 if int(state(gpu.handle, link)) == 1 else 0.0) for link in gpu.nvlinks]
+
+    def _read_nvlink_errors(self, gpu: _Gpu, plan: _Plan) -> Reading:
+        get = self.nvml.nvmlDeviceGetNvLinkErrorCounter
+        return [("", (str(link), name), get(gpu.handle, link, code))
+                for link in gpu.nvlinks for code, name in NVLINK_ERRORS.items()]
+
     def _read_processes(self, gpu: _Gpu, plan: _Plan) -> Reading:
         procs = self.nvml.nvmlDeviceGetComputeRunningProcesses(gpu.handle)
         used = [(p.pid, p.usedGpuMemory) for p in procs]
@@ -441,22 +476,30 @@ class NvmlSource:
             return ()
         if now - gpu.gpm_prev_t < GPM_MIN_INTERVAL_S:
             return ()  # keep the older sample; the next poll measures over a longer window
-        keys = [k for k in plan.readings["gpm"] if f"gpm:{k}" not in gpu.absent]
+        # (catalog key, label values, GPM metric id): one entry per metric, per link for NVLink rates
+        wanted: list[tuple[str, tuple[str, ...], int]] = []
+        for key in plan.readings["gpm"]:
+            if f"gpm:{key}" in gpu.absent:
+                continue
+            if key in ("nvlink_rx", "nvlink_tx"):
+                wanted.extend((key, (str(link),), gpm_nvlink_ids(link)[key == "nvlink_tx"]) for link in gpu.nvlinks)
+            else:
+                wanted.append((key, (), GPM_METRICS[key]))
         mg = gpu.gpm_get
         mg.version = n.NVML_GPM_METRICS_GET_VERSION
-        mg.numMetrics = len(keys)
+        mg.numMetrics = len(wanted)
         mg.sample1, mg.sample2 = gpu.gpm_prev, gpu.gpm_next
-        for j, key in enumerate(keys):
-            mg.metrics[j].metricId = GPM_METRICS[key]
+        for j, (_, _, metric_id) in enumerate(wanted):
+            mg.metrics[j].metricId = metric_id
         n.nvmlGpmMetricsGet(mg)
         gpu.gpm_prev, gpu.gpm_next, gpu.gpm_prev_t = gpu.gpm_next, gpu.gpm_prev, now
         out = []
-        for j, key in enumerate(keys):
+        for j, (key, label_values, _) in enumerate(wanted):
             metric = mg.metrics[j]
             if metric.nvmlReturn != 0:
                 self._failed(gpu, f"gpm:{key}", "nvmlGpmMetricsGet", n.NVMLError(metric.nvmlReturn))
             elif math.isfinite(metric.value):  # NVML can return NaN with success
-                out.append((key, (), metric.value))
+                out.append((key, label_values, metric.value))
         return out
 
     # --- XID events ----------------------------------------------------------------------------

@@ -429,6 +429,29 @@ nvmlReturn_t DECLDIR nvmlDeviceGetTemperatureThreshold(nvmlDevice_t device, nvml
     return ret;
 }
 
+nvmlReturn_t DECLDIR nvmlDeviceGetNvLinkState(nvmlDevice_t device, unsigned int link, nvmlEnableState_t *isActive)
+{
+    char key[96];
+    double v = 0;
+    snprintf(key, sizeof key, "nvmlDeviceGetNvLinkState(%u)", link);
+    nvmlReturn_t ret = get_number(__func__, device, NULL, key, isActive != NULL, &v);
+    if (ret == NVML_SUCCESS)
+        *isActive = (nvmlEnableState_t)to_uint(v);
+    return ret;
+}
+
+nvmlReturn_t DECLDIR nvmlDeviceGetNvLinkErrorCounter(nvmlDevice_t device, unsigned int link,
+                                                     nvmlNvLinkErrorCounter_t counter, unsigned long long *counterValue)
+{
+    char key[96];
+    double v = 0;
+    snprintf(key, sizeof key, "nvmlDeviceGetNvLinkErrorCounter(%u,%d)", link, (int)counter);
+    nvmlReturn_t ret = get_number(__func__, device, NULL, key, counterValue != NULL, &v);
+    if (ret == NVML_SUCCESS)
+        *counterValue = to_ull(v);
+    return ret;
+}
+
 static const char *const CLOCK_NAMES[] = {"GRAPHICS", "SM", "MEM", "VIDEO"};
 
 static nvmlReturn_t clock_info(const char *name, const char *probe_name, nvmlDevice_t device, nvmlClockType_t type,

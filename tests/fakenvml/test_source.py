@@ -30,6 +30,9 @@ from tests.conftest import FakeClock
 from tests.fakenvml import edited_capture
 from tests.fakenvml.conftest import Fake
 
+# The H200 capture has no NVLink: its NVLink metrics are unsupported on every GPU.
+NO_NVLINK = sum(1 for m in catalog.METRICS if "nvlink" in m.reading or "nvlink" in m.key)
+
 CAPTURE = load_capture(DEMO_CAPTURE)
 TRACE = CAPTURE.traces[0]
 T0 = TRACE[0]["t"]
@@ -148,7 +151,7 @@ def test_gpumon_calls_nothing_the_library_lacks(fake: Fake, resolved: list[str])
     # Every function pynvml looked up was there (a missing one raises FunctionNotFound, which
     # the source would count as unsupported): nothing is absent that the H200 has.
     assert source.error_counts() == {}
-    assert source.unsupported_count(0) == 0
+    assert source.unsupported_count(0) == NO_NVLINK + 0
     assert {"nvmlInitWithFlags", "nvmlGpmMetricsGet", "nvmlDeviceGetFieldValues", "nvmlEventSetWait_v2",
             "nvmlDeviceGetComputeRunningProcesses_v3", "nvmlDeviceGetMemoryInfo_v2"} <= set(resolved)
     assert all(hasattr(fake.nvml.nvmlLib, name) for name in set(resolved))
@@ -179,7 +182,7 @@ def test_recorded_not_supported_makes_metrics_absent(fake: Fake, tmp_path: Path)
     assert {"gpumon_power_draw_watts", "gpumon_memory_temperature_celsius"}.isdisjoint(names(fast))
     assert "gpumon_pcie_replays_total" not in names(slow)
     assert "gpumon_memory_used_bytes" in names(fast)
-    assert source.unsupported_count(0) == 3
+    assert source.unsupported_count(0) == NO_NVLINK + 3
     assert source.error_counts() == {}
     source.close()
 
@@ -208,7 +211,8 @@ def test_without_gpm_sm_activity_is_absent(fake: Fake, tmp_path: Path) -> None:
     clock.advance(1.0)
     fast = names(source.poll(0, Tier.FAST))
     assert "gpumon_sm_active_ratio" not in fast and "gpumon_gpu_utilization_ratio" in fast
-    assert source.unsupported_count(0) == sum(1 for m in catalog.METRICS if m.reading == "gpm")
+    assert source.unsupported_count(0) == NO_NVLINK + sum(1 for m in catalog.METRICS if m.reading == "gpm"
+                                                               and "nvlink" not in m.key)
     source.close()
 
 
