@@ -11,7 +11,7 @@ TEST_COMMANDS := prometheus promtool prometheus-alertmanager mosquitto systemd-a
 TEST_FILES := /usr/include/cjson/cJSON.h
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint docs system-deps clean
+.PHONY: run test lint docs system-deps clean bench bench-gpu
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,17 @@ test: $(BIN)/.installed system-deps
 	$(BIN)/ruff check gpumon tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/pytest -q
+
+## bench: the benchmark table (docs/performance.md) on the fake NVML library, with nvitop-exporter beside
+## gpumon (installed from PyPI into its own virtualenv under build/bench); numbers in build/bench/results.json
+bench: $(BIN)/.installed system-deps
+	@[ -x build/bench/nvitop-venv/bin/nvitop-exporter ] || { $(PYTHON) -m venv build/bench/nvitop-venv && \
+	  build/bench/nvitop-venv/bin/pip install --quiet --disable-pip-version-check 'nvitop-exporter==1.7.2'; }
+	$(BIN)/python -m benchmarks
+
+## bench-gpu: the same poll, overhead, footprint and scrape numbers against this machine's real NVML
+bench-gpu: $(BIN)/.installed
+	$(BIN)/python -m benchmarks --gpu --out build/bench/results-gpu.json
 
 ## docs: regenerate docs/metrics.md from the catalog
 docs: $(BIN)/.installed

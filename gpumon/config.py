@@ -42,7 +42,15 @@ def parse_duration(value: Any) -> float:
     return seconds
 
 
+def parse_duration_or_zero(value: Any) -> float:
+    """A duration that may be 0 (e.g. group_wait: 0s, notify at once)."""
+    if value in (0, "0", "0s", "0ms"):
+        return 0.0
+    return parse_duration(value)
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+DurationOrZero = Annotated[float, BeforeValidator(parse_duration_or_zero)]
 
 
 @dataclass(frozen=True)
@@ -164,7 +172,7 @@ class RouteConfig(_Section):
     receiver: str | None = None
     matchers: list[str] = []
     group_by: list[str] | None = None
-    group_wait: Duration | None = None
+    group_wait: DurationOrZero | None = None
     group_interval: Duration | None = None
     repeat_interval: Duration | None = None
     continue_: bool = pydantic.Field(default=False, alias="continue")

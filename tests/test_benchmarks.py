@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
 from benchmarks import rules_eval
 
 
@@ -9,3 +13,50 @@ def test_rules_eval_benchmark_runs() -> None:
     result = rules_eval.run(gpus=2, minutes=1, rounds=2)
     assert result["gpus"] == 2 and result["series"] > 50
     assert result["eval_ms_median"] > 0
+
+
+def test_floor_is_computed_from_the_capture_and_the_catalog() -> None:
+    from benchmarks import floor
+    from gpumon.sources.replay import DEMO_CAPTURE
+
+    f = floor.compute(DEMO_CAPTURE)
+    assert "nvmlDeviceGetUtilizationRates" in f.calls and "gpm.sample_get_us" in f.calls
+    assert f.probe_us == sum(f.calls.values()) > 0
+    assert f.replay_median_us > 0 and f.replay_mean_us > 0
+
+
+def test_alert_benchmark_starts_the_replay_just_before_memory_passes_90_percent() -> None:
+    import json
+
+    from benchmarks.suite import MEMFULL_FROM_S
+    from gpumon.sources.replay import DEMO_CAPTURE
+
+    records = [json.loads(line) for line in (DEMO_CAPTURE / "trace.jsonl").read_text().splitlines() if line]
+    first = next(r["t"] for r in records if r["mem"]["used"] / r["mem"]["total"] > 0.9)
+    assert abs(first - records[0]["t"] - MEMFULL_FROM_S) < 0.5
+
+
+def test_benchmark_suite_runs_at_tiny_size(tmp_path: Path) -> None:
+    """The whole suite on the fake library (2 GPUs, a few rounds, 1 s windows); no nvitop-exporter."""
+    from benchmarks import suite
+
+    settings = suite.Settings(sizes=(1, 2), rounds=2, spacing_s=0.11, daemon_gpus=2, footprint_s=0.5,
+                              scrape_each=2, scrapers=2, paced_s=1.0, nvitop=False,
+                              alert_lead_s=1.0)
+    results = suite.run(settings, tmp_path)
+    assert [p["gpus"] for p in results["poll"]] == [1, 2]
+    assert results["overhead"]["gpu_poll_us_median"] > 0
+    assert results["gpumon"]["footprint"]["peak_rss_mib"] > 0
+    assert results["gpumon"]["scrape"]["requests"] == 4
+    assert results["alert"]["firing_seen"] >= results["alert"]["active_at"]
+    assert "| poll, 2 GPU(s)" in suite.table(results)
+
+
+def test_bench_gpu_says_clearly_when_nvml_is_missing() -> None:
+    from benchmarks import suite
+
+    why = suite.real_nvml_present()
+    if why is None:
+        pytest.skip("this machine has NVML")
+    with pytest.raises(SystemExit, match=r"bench-gpu: .*make bench"):
+        suite.main(["--gpu", "--out", "/nonexistent/never-written.json"])

@@ -77,8 +77,13 @@ class Outbox:
         self._db.execute("DELETE FROM outbox WHERE id=?", (entry_id,))
 
     def retry(self, entry: Entry, at: float, error: str) -> None:
-        self._db.execute("UPDATE outbox SET attempts=attempts+1, next_attempt=?, last_error=? WHERE id=?",
-                         (at, error, entry.id))
+        """Try this entry again at `at`; the receiver's later entries wait too, so order is kept."""
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.execute("UPDATE outbox SET attempts=attempts+1, next_attempt=?, last_error=? WHERE id=?",
+                             (at, error, entry.id))
+            self._db.execute("UPDATE outbox SET next_attempt=MAX(next_attempt, ?) WHERE receiver=? AND "
+                             "state='queued' AND created>=? AND id!=?", (at, entry.receiver, entry.created, entry.id))
 
     def fail(self, entry: Entry, state: str, error: str) -> None:
         """Stop trying: `failed` (permanent error) or `dead` (too old). Kept for inspection."""

@@ -129,8 +129,14 @@ class NotifyService:
             self.flush(now)
             await self.deliver_due(now)
             self._wake.clear()
+            # Sleep until the next group or retry is due (at most TICK_S): a new alert's notification
+            # goes out when its group_wait ends, not at the next tick.
+            due = [g.next_flush for g in self.groups.values() if g.alerts]
+            if (retry := self.outbox.next_due()) is not None:
+                due.append(retry)
+            wait = min(TICK_S, max(0.005, min(due, default=now + TICK_S) - time.time()))
             with contextlib.suppress(asyncio.TimeoutError):  # not the builtin on Python 3.10
-                await asyncio.wait_for(self._wake.wait(), TICK_S)
+                await asyncio.wait_for(self._wake.wait(), wait)
 
     async def deliver_due(self, now: float) -> None:
         """Try every due entry; receivers in parallel, each receiver's entries in order."""

@@ -1,0 +1,124 @@
+"""Time gpumon's nvml source polling the fast tier, in this process, through real pynvml.
+
+    LD_LIBRARY_PATH=DIR FAKENVML_GPUS=8 FAKENVML_LATENCY=1 \\
+        python -m benchmarks.poll [--rounds 30] [--spacing 0.2] [--mode parallel|serial]
+
+DIR holds the fake library (`python -m tests.fakenvml DIR` builds it). Runs in its own process
+because pynvml loads libnvidia-ml.so.1 once per process (the suite starts one per GPU count).
+`parallel` polls every GPU in its own thread, as the sampler does; `serial` polls them one after
+another in one thread (for the Python overhead: no thread hand-offs, nothing overlapping). Rounds
+are `spacing` apart so each poll reads GPM (NVML needs >= 100 ms between two GPM samples; a closer
+poll skips nvmlGpmMetricsGet and would look cheaper than it is). Prints JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import statistics
+import time
+from typing import Any
+
+from gpumon.model import Tier
+from gpumon.sources.nvml import NvmlSource
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+class Bare:
+    """The fast tier's NVML calls made straight through pynvml, nothing else: what any Python
+    exporter reading the same values must spend (the reference for gpumon's own cost)."""
+
+    GPM_IDS = (1, 2, 3, 5, 10, 11, 12, 13, 20, 21)  # the GPM metrics gpumon reads
+
+    def __init__(self, nvml: Any) -> None:
+        self.n = nvml
+        nvml.nvmlInit()
+        self.handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(nvml.nvmlDeviceGetCount())]
+        self.gpm = [[nvml.nvmlGpmSampleAlloc(), nvml.nvmlGpmSampleAlloc()] for _ in self.handles]
+        for h, (first, _) in zip(self.handles, self.gpm, strict=True):
+            nvml.nvmlGpmSampleGet(h, first)
+        self.get = [nvml.c_nvmlGpmMetricsGet_t() for _ in self.handles]
+
+    def poll(self, i: int) -> int:
+        n, h = self.n, self.handles[i]
+        values = [n.nvmlDeviceGetUtilizationRates(h), n.nvmlDeviceGetMemoryInfo(h, version=n.nvmlMemory_v2),
+                  n.nvmlDeviceGetTemperature(h, 0), n.nvmlDeviceGetPowerUsage(h),
+                  n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_SM), n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_MEM),
+                  n.nvmlDeviceGetCurrentClocksEventReasons(h), n.nvmlDeviceGetPerformanceState(h),
+                  n.nvmlDeviceGetComputeRunningProcesses(h), n.nvmlDeviceGetFieldValues(h, [82])]
+        prev, nxt = self.gpm[i]
+        n.nvmlGpmSampleGet(h, nxt)
+        mg = self.get[i]
+        mg.version, mg.numMetrics, mg.sample1, mg.sample2 = n.NVML_GPM_METRICS_GET_VERSION, len(self.GPM_IDS), prev, nxt
+        for j, metric_id in enumerate(self.GPM_IDS):
+            mg.metrics[j].metricId = metric_id
+        n.nvmlGpmMetricsGet(mg)
+        self.gpm[i] = [nxt, prev]
+        return len(values) + len(self.GPM_IDS)
+
+    def close(self) -> None:
+        self.n.nvmlShutdown()
+
+
+def measure(nvml: Any, *, rounds: int, spacing_s: float, mode: str, bare: bool = False) -> dict[str, Any]:
+    """Poll the fast tier of every GPU `rounds` times (after one warm-up round) and time it; with
+    `bare`, make the same NVML calls without gpumon."""
+    source: Any = Bare(nvml) if bare else NvmlSource(nvml)
+    n = len(source.handles) if bare else len(source.open())
+    pool = concurrent.futures.ThreadPoolExecutor(n) if mode == "parallel" else None
+
+    def timed(i: int) -> tuple[float, int]:
+        t0 = time.perf_counter()
+        values = source.poll(i) if bare else len(source.poll(i, Tier.FAST).values)
+        return time.perf_counter() - t0, values
+
+    per_gpu: list[float] = []
+    walls: list[float] = []
+    cpu = 0.0
+    values = 0
+    try:
+        for r in range(rounds + 1):
+            c0, t0 = time.process_time(), time.perf_counter()
+            results = list(pool.map(timed, range(n))) if pool else [timed(i) for i in range(n)]
+            wall = time.perf_counter() - t0
+            if r:  # round 0 takes the first GPM sample and warms caches
+                walls.append(wall)
+                cpu += time.process_time() - c0
+                per_gpu.extend(d for d, _ in results)
+                values = sum(v for _, v in results)
+            time.sleep(max(0.0, spacing_s - wall))
+    finally:
+        if pool:
+            pool.shutdown()
+        source.close()
+    return {
+        "gpus": n, "mode": mode, "client": "bare pynvml" if bare else "gpumon", "rounds": rounds,
+        "values_per_round": values,
+        "gpu_poll_us_median": statistics.median(per_gpu) * 1e6,
+        "gpu_poll_us_mean": statistics.fmean(per_gpu) * 1e6,
+        "gpu_poll_us_p90": _pct(per_gpu, 0.9) * 1e6,
+        "round_us_median": statistics.median(walls) * 1e6,
+        "round_us_per_gpu": statistics.median(walls) * 1e6 / n,
+        "cpu_us_per_gpu_poll": cpu / (rounds * n) * 1e6,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--spacing", type=float, default=0.2, help="seconds between rounds (>= 0.1 for GPM)")
+    parser.add_argument("--mode", choices=["parallel", "serial"], default="parallel")
+    parser.add_argument("--bare", action="store_true", help="the same NVML calls without gpumon (reference)")
+    args = parser.parse_args()
+    import pynvml
+
+    print(json.dumps(measure(pynvml, rounds=args.rounds, spacing_s=args.spacing, mode=args.mode, bare=args.bare)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,337 @@
+"""`make bench` / `make bench-gpu`: what gpumon costs, against NVML's floor and nvitop-exporter.
+
+    python -m benchmarks [--gpu] [--quick] [--out build/bench/results.json] [--no-nvitop]
+
+Without --gpu everything runs on the fake libnvidia-ml.so.1 (tests/fakenvml, built into the
+run's temporary directory) replaying the bundled H200 capture with its recorded call latencies
+(FAKENVML_LATENCY=1), fanned out to 1, 8 and 16 GPUs. With --gpu it runs items 1-4 on the real NVML
+of this machine (all its GPUs) and stops with a clear message if there is none. Prints a table with
+the budgets of issue 8 and writes every number as JSON. Reports; never fails on a number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks import daemon, floor
+from gpumon.sources.replay import DEMO_CAPTURE
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILD = ROOT / "build" / "bench"
+NVITOP_VENV = BUILD / "nvitop-venv"
+NVIDIA_SMI_QUERY_MS = 117.0  # ../shared/fixtures/nvml/README.md: `nvidia-smi --query-gpu` (185 fields) per run, H200
+NVIDIA_SMI_SOURCE = "shared/fixtures/nvml/README.md (H200, driver 580.159.04, all 185 fields)"
+MEMFULL_FROM_S = 27.0  # trace second at which GPU 0's memory first exceeds 90% (checked by the smoke test)
+ALERT_RULES = """groups:
+  - name: bench
+    interval: 1s
+    rules:
+      - alert: BenchMemoryHigh
+        expr: gpumon_memory_used_bytes / gpumon_memory_total_bytes > 0.9
+"""
+
+ALERT_CONFIG = """notify:
+  receivers:
+    - name: bench
+      webhook:
+        url: {url}
+  route:
+    receiver: bench
+    group_by: [alertname, gpu]
+    group_wait: 1ms
+"""
+
+BUDGETS = {  # issue 8
+    "poll_vs_floor": 1.2, "python_overhead_us": 150.0, "cpu_percent_per_gpu": 0.3, "rss_mb_8gpus": 60.0,
+    "scrape_p99_ms": 5.0, "alert_ms_after_firing": 200.0,
+}
+
+
+@dataclass
+class Settings:
+    gpu: bool = False  # real NVML instead of the fake library
+    sizes: tuple[int, ...] = (1, 8, 16)
+    rounds: int = 30
+    spacing_s: float = 0.2
+    daemon_gpus: int = 8
+    footprint_s: float = 60.0
+    scrape_each: int = 50
+    scrapers: int = 20
+    paced_s: float = 10.0  # seconds of the once-a-second-per-scraper run
+    nvitop: bool = True
+    alert: bool = True
+    alert_lead_s: float = 8.0  # the replay reaches memory > 90% on GPU 0 this long after start
+
+
+def fake_library(work: Path) -> Path:
+    """Build the fake libnvidia-ml.so.1 (the test helper's build) into this run's own directory, so
+    nothing else that cleans build/ can pull it away mid-run."""
+    from tests.fakenvml import build
+
+    return build(work / "fakenvml")
+
+
+def nvml_env(library: Path | None, **fake: Any) -> dict[str, str]:
+    """The environment for a process that should load the fake library (or real NVML if None)."""
+    if library is None:
+        return {k: v for k, v in os.environ.items() if not k.startswith("FAKENVML_")}
+    from tests.fakenvml import environment
+
+    return environment(library, capture=DEMO_CAPTURE, **fake)
+
+
+def real_nvml_present() -> str | None:
+    """None when the real libnvidia-ml.so.1 loads and initialises, else why not."""
+    try:
+        lib = ctypes.CDLL("libnvidia-ml.so.1")
+    except OSError as exc:
+        return f"libnvidia-ml.so.1 cannot be loaded ({exc}): no NVIDIA driver on this machine"
+    rc = lib.nvmlInit_v2()
+    if rc != 0:
+        return f"nvmlInit_v2 failed with NVML error {rc} (driver not loaded, or no permission)"
+    lib.nvmlShutdown()
+    return None
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpus": os.cpu_count(), "cpu_model": model, "kernel": platform.release(),
+            "python": platform.python_version(), "loadavg_start": os.getloadavg(),
+            "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def run_poll(library: Path | None, gpus: int, latency: int, s: Settings, mode: str, bare: bool = False
+             ) -> dict[str, Any]:
+    """benchmarks.poll in a fresh process (pynvml loads the library once per process)."""
+    env = nvml_env(library, gpus=gpus, latency=latency)
+    out = subprocess.run([sys.executable, "-m", "benchmarks.poll", "--rounds", str(s.rounds),
+                          "--spacing", str(s.spacing_s), "--mode", mode, *(["--bare"] if bare else [])],
+                         env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        raise RuntimeError(f"benchmarks.poll failed:\n{out.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def gpumon_argv(port: int, state: Path, rules: Path | None = None) -> list[str]:
+    argv = [sys.executable, "-m", "gpumon", "run", "--backend", "nvml", "--listen", f"127.0.0.1:{port}",
+            "--state-dir", str(state), "--fast-interval", "1s", "--log-level", "warning", "--log-format", "json"]
+    return argv + (["--rules", str(rules)] if rules else [])
+
+
+def measure_exporter(name: str, argv: list[str], env: dict[str, str], port: int, ready: str, s: Settings,
+                     work: Path) -> dict[str, Any]:
+    p = daemon.Process.start(name, argv, env, f"http://127.0.0.1:{port}", ready, work / f"{name}.log")
+    try:
+        time.sleep(min(5.0, s.footprint_s / 4))  # past start-up: imports, first polls, first render
+        result: dict[str, Any] = {"footprint": daemon.footprint(p, s.footprint_s)}
+        result["scrape"] = daemon.scrape_latency(p.base_url + "/metrics", s.scrapers, s.scrape_each, s.paced_s)
+        result["footprint"]["peak_rss_mib_after_scrapes"] = p.memory_kib().get("VmHWM", 0) / 1024
+    finally:
+        p.stop()
+    return result
+
+
+def measure_alert(library: Path, s: Settings, work: Path) -> dict[str, Any]:
+    """gpumon with one rule (memory > 90%, no `for`, evaluated every 1 s) on a replay that reaches
+    the memfull phase `alert_lead_s` after start on GPU 0, notifying a local webhook (group_wait 1 ms,
+    one group per GPU) when gpumon has notifications."""
+    rules = work / "alert.rules.yml"
+    rules.write_text(ALERT_RULES)
+    hook = daemon.Webhook()
+    config = work / "alert.yml"
+    config.write_text(ALERT_CONFIG.format(url=hook.url))
+    port = daemon.free_port()
+    env = nvml_env(library, gpus=s.daemon_gpus, latency=1, start=MEMFULL_FROM_S - s.alert_lead_s)
+    argv = [*gpumon_argv(port, work / "state-alert", rules), "--config", str(config)]
+    try:
+        p = daemon.Process.start("gpumon-alert", argv, env, f"http://127.0.0.1:{port}", "/-/ready",
+                                 work / "gpumon-alert.log")
+        try:
+            total = 150754820096  # the capture's memory size; only the threshold depends on it
+            return daemon.alert_latency(p, "BenchMemoryHigh", "0", 'gpumon_memory_used_bytes{gpu="0"',
+                                        0.9 * total, hook)
+        finally:
+            p.stop()
+    finally:
+        hook.close()
+
+
+def run(s: Settings, work: Path) -> dict[str, Any]:
+    results: dict[str, Any] = {"machine": machine(), "settings": asdict(s), "budgets": BUDGETS,
+                               "mode": "real NVML" if s.gpu else "fake NVML (H200 capture, recorded latencies)"}
+    library = None
+    if s.gpu:
+        why = real_nvml_present()
+        if why:
+            raise SystemExit(f"bench-gpu: {why}. Run `make bench` for the fake-NVML benchmark.")
+    else:
+        library = fake_library(work)
+    fl = floor.compute(DEMO_CAPTURE)
+    results["floor"] = asdict(fl)
+    sizes = (0,) if s.gpu else s.sizes  # 0: every GPU the machine has
+    results["poll"] = []
+    latency = 1 if library else 0  # on hardware the latency is real and cannot be switched off
+    for n in sizes:
+        r = run_poll(library, n, latency, s, "parallel")
+        r["bare"] = run_poll(library, n, latency, s, "parallel", bare=True)
+        r["vs_probe_floor"] = r["gpu_poll_us_median"] / fl.probe_us
+        r["vs_replay_floor"] = r["gpu_poll_us_median"] / fl.replay_median_us
+        r["vs_bare"] = r["gpu_poll_us_median"] / r["bare"]["gpu_poll_us_median"]
+        results["poll"].append(r)
+        _progress(f"poll {r['gpus']} GPUs: {r['gpu_poll_us_median']:.0f} us per GPU poll, "
+                  f"bare pynvml {r['bare']['gpu_poll_us_median']:.0f} us")
+    # Latency off (fake) or real (hardware: then this is the whole serial poll, NVML included).
+    n_over = s.daemon_gpus if library else 0
+    results["overhead"] = run_poll(library, n_over, 0, s, "serial")
+    results["overhead"]["bare"] = run_poll(library, n_over, 0, s, "serial", bare=True)
+    results["overhead"]["gpumon_own_us"] = (results["overhead"]["gpu_poll_us_median"]
+                                            - results["overhead"]["bare"]["gpu_poll_us_median"])
+    _progress(f"overhead: {results['overhead']['gpu_poll_us_median']:.0f} us per GPU poll")
+
+    env = nvml_env(library, gpus=s.daemon_gpus, latency=1)
+    port = daemon.free_port()
+    results["gpumon"] = measure_exporter("gpumon", gpumon_argv(port, work / "state"), env, port, "/-/ready", s, work)
+    results["gpumon"]["gpus"] = s.daemon_gpus if library else results["poll"][0]["gpus"]
+    _progress(f"gpumon: {results['gpumon']}")
+    if s.nvitop and library:
+        exe = NVITOP_VENV / "bin" / "nvitop-exporter"
+        if not exe.exists():
+            results["nvitop"] = {"skipped": f"{exe} not installed (make bench installs it)"}
+        else:
+            port = daemon.free_port()
+            argv = [str(exe), "--bind-address", "127.0.0.1", "--port", str(port), "--interval", "1.0"]
+            try:
+                results["nvitop"] = measure_exporter("nvitop-exporter", argv, env, port, "/metrics", s, work)
+                results["nvitop"]["gpus"] = s.daemon_gpus
+            except (RuntimeError, OSError) as exc:  # a partial table beats none
+                results["nvitop"] = {"skipped": f"failed: {exc}"}
+        _progress(f"nvitop: {results['nvitop']}")
+    if s.alert and library:
+        try:
+            results["alert"] = measure_alert(library, s, work)
+        except (RuntimeError, OSError) as exc:
+            results["alert_error"] = str(exc)
+        _progress(f"alert: {results.get('alert') or results.get('alert_error')}")
+    results["machine"]["loadavg_end"] = os.getloadavg()
+    return results
+
+
+def _progress(line: str) -> None:
+    print(f"  .. {line}", file=sys.stderr, flush=True)
+
+
+def _verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("met" if ok else "NOT MET")
+
+
+def table(r: dict[str, Any]) -> str:
+    """The results as a Markdown table with the budgets."""
+    b, fl = r["budgets"], r["floor"]
+    rows = [("item", "measured", "budget", "verdict")]
+    for p in r["poll"]:
+        rows.append((f"poll, {p['gpus']} GPU(s), per GPU poll (median; p90)",
+                     f"{p['gpu_poll_us_median']:.0f} us ({p['gpu_poll_us_p90']:.0f}); "
+                     f"{p['vs_probe_floor']:.2f}x probe floor, {p['vs_replay_floor']:.2f}x replay floor; "
+                     f"bare pynvml {p['bare']['gpu_poll_us_median']:.0f} us ({p['vs_bare']:.2f}x)",
+                     f"<= {b['poll_vs_floor']}x floor", _verdict(p["vs_probe_floor"] <= b["poll_vs_floor"])))
+    rows.append(("  floor (fast tier, one GPU)", f"probe {fl['probe_us']:.0f} us; replay median "
+                 f"{fl['replay_median_us']:.0f} us, mean {fl['replay_mean_us']:.0f} us", "", ""))
+    o = r["overhead"]
+    rows.append((f"Python overhead, {o['gpus']} GPUs, serial, latency off (median; CPU)",
+                 f"{o['gpu_poll_us_median']:.0f} us; {o['cpu_us_per_gpu_poll']:.0f} us CPU; bare pynvml "
+                 f"{o['bare']['gpu_poll_us_median']:.0f} us, so gpumon's own {o['gpumon_own_us']:.0f} us",
+                 f"<= {b['python_overhead_us']:.0f} us", _verdict(o["gpu_poll_us_median"] <= b["python_overhead_us"])))
+    exporters = [("gpumon", r.get("gpumon")), ("nvitop-exporter", r.get("nvitop"))]
+    for name, e in exporters:
+        if not e or "skipped" in e:
+            if e:
+                rows.append((name, e["skipped"], "", ""))
+            continue
+        f, sc, n = e["footprint"], e["scrape"], e["gpus"]
+        own = name == "gpumon"
+        rows.append((f"{name} CPU, {n} GPUs, 1 s polling, {f['window_s']:.0f} s",
+                     f"{f['cpu_percent']:.2f} % of a core = {f['cpu_percent'] / n:.3f} % per GPU",
+                     f"<= {b['cpu_percent_per_gpu']} % per GPU" if own else "",
+                     _verdict(f["cpu_percent"] / n <= b["cpu_percent_per_gpu"]) if own else ""))
+        peak_mb = f["peak_rss_mib_after_scrapes"] * 1.048576
+        end_mb = f["rss_mib"] * 1.048576
+        rows.append((f"{name} peak RSS (VmHWM)", f"{peak_mb:.1f} MB (RSS at end of window {end_mb:.1f} MB)",
+                     f"<= {b['rss_mb_8gpus']:.0f} MB" if own else "",
+                     _verdict(peak_mb <= b["rss_mb_8gpus"]) if own else ""))
+        rows.append((f"{name} scrape, {sc['concurrency']} concurrent (p50; p99)",
+                     f"{sc['p50_ms']:.2f}; {sc['p99_ms']:.2f} ms back to back ({sc['requests_per_s']:.0f}/s); "
+                     f"{sc['paced_p50_ms']:.2f}; {sc['paced_p99_ms']:.2f} ms at 1/s each; alone "
+                     f"{sc['alone_p50_ms']:.2f}; {sc['alone_p99_ms']:.2f} ms ({sc['body_bytes_gzip']} B gzip)",
+                     f"<= {b['scrape_p99_ms']:.0f} ms" if own else "",
+                     _verdict(sc["p99_ms"] <= b["scrape_p99_ms"]) if own else ""))
+    g, nv = r.get("gpumon"), r.get("nvitop")
+    if g and nv and "skipped" not in nv:
+        cpu_ratio = nv["footprint"]["cpu_percent"] / max(g["footprint"]["cpu_percent"], 1e-9)
+        p99_ratio = nv["scrape"]["p99_ms"] / max(g["scrape"]["p99_ms"], 1e-9)
+        rss_ratio = nv["footprint"]["peak_rss_mib_after_scrapes"] / g["footprint"]["peak_rss_mib_after_scrapes"]
+        rows.append(("vs nvitop-exporter: CPU per GPU", f"nvitop-exporter uses {cpu_ratio:.2f}x gpumon's",
+                     "gpumon ahead", _verdict(cpu_ratio > 1)))
+        rows.append(("vs nvitop-exporter: scrape p99", f"nvitop-exporter's is {p99_ratio:.2f}x gpumon's",
+                     "gpumon ahead", _verdict(p99_ratio > 1)))
+        rows.append(("vs nvitop-exporter: peak RSS", f"nvitop-exporter's is {rss_ratio:.2f}x gpumon's", "", ""))
+    if g:
+        smi = NVIDIA_SMI_QUERY_MS / g["scrape"]["alone_p50_ms"]
+        rows.append(("vs nvidia-smi --query-gpu per scrape (117 ms, recorded)",
+                     f"{smi:.0f}x gpumon's scrape (one scraper, p50); source: {NVIDIA_SMI_SOURCE}", "", ""))
+    if "alert_error" in r:
+        rows.append(("alert latency", "failed: " + r["alert_error"].splitlines()[0], "", ""))
+    a = r.get("alert")
+    if a:
+        rows.append(("alert: condition seen in /metrics -> firing in /api/v1/alerts (1 s rule interval)",
+                     f"{a['seen_to_firing_ms']:.0f} ms "
+                     f"(activeAt -> seen firing {a['active_to_firing_seen_ms']:.0f} ms)", "", ""))
+        to_hook = a.get("active_to_webhook_ms")
+        rows.append(("alert: firing (activeAt, no `for`) -> local webhook received it (group_wait 1 ms)",
+                     "never received" if to_hook is None else f"{to_hook:.0f} ms",
+                     f"<= {b['alert_ms_after_firing']:.0f} ms",
+                     _verdict(None if to_hook is None else to_hook <= b["alert_ms_after_firing"])))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |" for row in rows]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    parser.add_argument("--gpu", action="store_true", help="real NVML instead of the fake library (items 1-4)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, seconds not minutes (smoke test)")
+    parser.add_argument("--footprint", type=float, default=60.0, help="seconds of the CPU/RSS window")
+    parser.add_argument("--no-nvitop", action="store_true", help="skip nvitop-exporter")
+    parser.add_argument("--out", type=Path, default=BUILD / "results.json")
+    args = parser.parse_args(argv)
+    s = Settings(gpu=args.gpu, footprint_s=args.footprint, nvitop=not args.no_nvitop)
+    if args.quick:
+        s = Settings(gpu=args.gpu, sizes=(1, 2), rounds=2, spacing_s=0.11, daemon_gpus=2, footprint_s=1.0,
+                     scrape_each=3, scrapers=2, paced_s=1.0, nvitop=not args.no_nvitop, alert_lead_s=2.0)
+    with tempfile.TemporaryDirectory(prefix="gpumon-bench-") as tmp:
+        results = run(s, Path(tmp))
+    results["table"] = table(results)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(results["table"])
+    print(f"\n(all numbers: {args.out})")
+    return 0
