@@ -411,15 +411,73 @@ def nvlink_panels(b: Board) -> None:
                 "1 for each link that was active at initialisation and is still up; 0 for one that went down."))
 
 
-INTERCONNECT_LATER = (
-    "**InfiniBand and NCCL** panels arrive with the next interconnect work (InfiniBand/RoCE ports from "
-    "sysfs, NCCL RAS). This dashboard shows PCIe and NVLink."
-)
+def infiniband_panels(b: Board) -> None:
+    """InfiniBand/RoCE ports (sysfs) and NCCL jobs (RAS); empty on hosts without them."""
+    b.row("InfiniBand / RoCE")
+    rx, tx = h("gpumon_ib_port_receive_bytes_total"), h("gpumon_ib_port_transmit_bytes_total")
+    b.add(timeseries("RDMA receive, per port", [target(f"rate({rx}[$__rate_interval])",
+                                                      "{{instance}} {{device}}/{{port}}")],
+                     "Bps", "Bytes per second received on each port (port_rcv_data x 4)."))
+    b.add(timeseries("RDMA transmit, per port", [target(f"rate({tx}[$__rate_interval])",
+                                                       "{{instance}} {{device}}/{{port}}")],
+                     "Bps", "Bytes per second sent on each port (port_xmit_data x 4)."))
+    b.add(timeseries("Link errors", [
+        target(f'increase({h("gpumon_ib_port_symbol_errors_total")}[$__rate_interval])',
+               "{{device}}/{{port}} symbol"),
+        target(f'increase({h("gpumon_ib_port_link_downed_total")}[$__rate_interval])',
+               "{{device}}/{{port}} downed"),
+        target(f'increase({h("gpumon_ib_port_link_error_recovery_total")}[$__rate_interval])',
+               "{{device}}/{{port}} recovered"),
+        target(f'increase({h("gpumon_ib_port_receive_errors_total")}[$__rate_interval])',
+               "{{device}}/{{port}} rcv err"),
+        target(f'increase({h("gpumon_ib_port_transmit_discards_total")}[$__rate_interval])',
+               "{{device}}/{{port}} discards")],
+        "none", "Error counters per interval; symbol errors and recoveries precede link-downs.", bars=True))
+    b.add(timeseries("Congestion", [
+        target(f'rate({h("gpumon_ib_port_transmit_wait_ticks_total")}[$__rate_interval])',
+               "{{device}}/{{port}} wait"),
+        target(f'rate({h("gpumon_ib_port_hw_events_total")}[$__rate_interval])',
+               "{{device}}/{{port}} {{counter}}")],
+        "none", "Credit waits (InfiniBand) and hardware counters such as CNPs and retransmissions (RoCE), per second."))
+    b.add(table("Ports", [target(h("gpumon_ib_port_up")), target(h("gpumon_ib_port_state")),
+                          target(h("gpumon_ib_port_physical_state")),
+                          target(h("gpumon_ib_port_width_lanes")), target(h("gpumon_ib_port_info")),
+                          target(h("gpumon_ib_port_receive_packets_total")),
+                          target(h("gpumon_ib_port_transmit_packets_total"))],
+                "none", "A: up; B/C: logical/physical state; D: lanes; E: identity; F/G: packets."), 16, 8)
+    b.add(table("Link rate", [target(h("gpumon_ib_port_rate_bytes_per_second"))], "Bps",
+                "Each port's link rate as the kernel reports it."), 8, 8)
+    b.add(table("GPU to NIC (PCIe distance)", [target(g("gpumon_ib_gpu_affinity_info"))], "none",
+                "Each GPU's distance to each RDMA device; nearest=\"true\" marks the NIC its NCCL traffic should use."),
+          24, 6)
+    b.row("NCCL (RAS)")
+    b.add(stat("RAS answering", [target(h("gpumon_nccl_ras_up"), instant=True)], "none",
+               "1 when the NCCL RAS service answered the last query.", thresholds=[(None, "red"), (1, "green")]), 6, 4)
+    b.add(stat("Ranks", [target(h("gpumon_nccl_ranks"), instant=True)], "none", "World size of the job."), 6, 4)
+    b.add(stat("Collective stall", [target(h("gpumon_nccl_collective_stall_seconds"), instant=True)], "s",
+               "Seconds since the collective count last advanced while ranks run.",
+               thresholds=[(None, "green"), (300, "red")]), 6, 4)
+    b.add(stat("Lost ranks", [target(f'{h("gpumon_nccl_dead_processes")} + {h("gpumon_nccl_missing_ranks")}',
+                                     instant=True)], "none", "Dead processes plus missing ranks.",
+               thresholds=[(None, "green"), (1, "red")]), 6, 4)
+    b.add(timeseries("Collectives per second", [
+        target(f'rate({h("gpumon_nccl_collective_operations_total")}[$__rate_interval])', "{{operation}}")],
+        "ops", "Collective operations launched per second, by operation."))
+    b.add(table("Job health", [target(h("gpumon_nccl_info")), target(h("gpumon_nccl_communicators")),
+                               target(h("gpumon_nccl_unresponsive_processes")),
+                               target(h("gpumon_nccl_async_error_ranks")), target(h("gpumon_nccl_init_error_ranks")),
+                               target(h("gpumon_nccl_ras_timeouts")),
+                               target(f'increase({h("gpumon_nccl_ras_query_failures_total")}[$__rate_interval])')],
+                "none", "Version, communicators, unresponsive processes, async and init errors, RAS timeouts and "
+                "query failures."), 12, 8)
+    b.add(timeseries("RAS query time", [target(h("gpumon_nccl_ras_query_duration_seconds"), "{{endpoint}}")], "s",
+                     "Wall time of each status query (a collective over the job's RAS network)."))
+
+
 
 
 def interconnect() -> dict[str, Any]:
     b = Board()
-    b.add(text("InfiniBand and NCCL", INTERCONNECT_LATER), 24, 3)
     b.row("PCIe")
     b.add(timeseries("PCIe receive, per GPU", [target(g("gpumon_pcie_rx_bytes_per_second"),
                                                       "{{instance}} GPU {{gpu}}")],
@@ -449,8 +507,9 @@ def interconnect() -> dict[str, Any]:
         "none", "GPUs whose link trained below its maximum generation (A) or width (B). Idle power saving can lower "
         "the generation briefly; a lower width is always a hardware problem.", links=DETAIL_LINK), 24, 6)
     nvlink_panels(b)
+    infiniband_panels(b)
     return dashboard("gpumon-interconnect", "gpumon / Interconnect",
-                     "PCIe rates, replays, link state and NVLink; InfiniBand arrives with the interconnect work.", b)
+                     "PCIe rates, replays and link state, NVLink, InfiniBand/RoCE ports and NCCL jobs.", b)
 
 
 def health() -> dict[str, Any]:

@@ -42,6 +42,12 @@ MAY_BE_EMPTY: dict[tuple[str, str, str], str] = {
     ("gpumon-interconnect.json", "PCIe links below their maximum", "A"): "the capture's link runs at gen 5 x16",
     ("gpumon-interconnect.json", "PCIe links below their maximum", "B"): "the capture's link runs at gen 5 x16",
     ("gpumon-health.json", "NVML errors by call", "A"): "no NVML call fails while replaying the capture",
+    **{("gpumon-interconnect.json", title, ref): "the test host has no RDMA NIC and runs no NCCL job"
+       for title, refs in {"RDMA receive, per port": "A", "RDMA transmit, per port": "A", "Link errors": "ABCDE",
+                           "Congestion": "AB", "Ports": "ABCDEFG", "Link rate": "A",
+                           "GPU to NIC (PCIe distance)": "A", "RAS answering": "A", "Ranks": "A",
+                           "Collective stall": "A", "Lost ranks": "A", "Collectives per second": "A",
+                           "Job health": "ABCDEFG", "RAS query time": "A"}.items() for ref in refs},
     **{(board, title, "A"): "the H200 capture was recorded in a VM without NVLink peers"
        for board in ("gpumon-gpu-detail.json", "gpumon-interconnect.json")
        for title in ("NVLink receive, per link", "NVLink transmit, per link", "NVLink errors", "NVLink links up")},
