@@ -14,24 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gpumon.notify.payload import AlertEvent, label_set
+from gpumon.rules.promql import Matcher
 
 _MATCHER = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*(?:"((?:[^"\\]|\\.)*)"|(\S*))\s*')
-
-
-@dataclass(frozen=True)
-class Matcher:
-    name: str
-    op: str
-    value: str
-
-    def matches(self, labels: dict[str, str]) -> bool:
-        v = labels.get(self.name, "")
-        if self.op == "=":
-            return v == self.value
-        if self.op == "!=":
-            return v != self.value
-        found = re.fullmatch(self.value, v) is not None
-        return found if self.op == "=~" else not found
 
 
 def parse_matcher(text: str) -> Matcher:
@@ -41,12 +26,13 @@ def parse_matcher(text: str) -> Matcher:
         raise ValueError(f"{text!r} is not a matcher like severity=\"critical\"")
     value = m.group(3) if m.group(3) is not None else (m.group(4) or "")
     value = value.replace('\\"', '"').replace("\\\\", "\\")
+    regex = None
     if m.group(2) in ("=~", "!~"):
         try:
-            re.compile(value)
+            regex = re.compile(f"(?:{value})", re.DOTALL)  # anchored by fullmatch, as Alertmanager anchors
         except re.error as exc:
             raise ValueError(f"{text!r}: invalid regular expression: {exc}") from None
-    return Matcher(m.group(1), m.group(2), value)
+    return Matcher(m.group(1), m.group(2), value, regex)
 
 
 @dataclass

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from gpumon.notify.payload import rfc3339
-from gpumon.notify.routing import Matcher, parse_matcher
+from gpumon.notify.routing import parse_matcher
+from gpumon.rules.promql import Matcher
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS silences (
