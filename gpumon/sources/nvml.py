@@ -42,6 +42,7 @@ GPM_METRICS = {"graphics_util": 1, "sm_util": 2, "sm_occupancy": 3, "any_tensor_
                "pcie_tx": 20, "pcie_rx": 21}
 GPM_MIN_INTERVAL_S = 0.1  # NVML needs two GPM samples at least this far apart
 NVLINK_MAX_LINKS = 36
+LABEL_CACHE_MAX = 4096
 NVLINK_ERRORS = {0: "replay", 1: "recovery", 2: "crc_flit", 3: "crc_data"}
 
 
@@ -112,6 +113,7 @@ class _Gpu:
     gpm_get: Any = None
     memory_v2: bool = True
     nvlinks: tuple[int, ...] = ()  # links active at (re)initialisation
+    label_cache: dict[tuple[str, tuple[str, ...]], Labels] = field(default_factory=dict)
 
 
 class NvmlSource:
@@ -201,7 +203,13 @@ class NvmlSource:
                     metric = metrics.get(key)
                     if metric is None:
                         continue
-                    labels = gpu.labels + tuple(zip(metric.labels, label_values, strict=True))
+                    # Label tuples repeat poll after poll: build each once (a third of a poll's Python time).
+                    labels = gpu.label_cache.get((metric.name, label_values))
+                    if labels is None:
+                        if len(gpu.label_cache) > LABEL_CACHE_MAX:  # per-pid labels come and go
+                            gpu.label_cache.clear()
+                        labels = gpu.labels + tuple(zip(metric.labels, label_values, strict=True))
+                        gpu.label_cache[(metric.name, label_values)] = labels
                     sample.add(metric.name, labels, raw * metric.scale)
             except Exception as exc:
                 self._failed(gpu, reading, READING_CALLS[reading], exc)
