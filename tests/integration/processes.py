@@ -13,10 +13,14 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.conftest import free_port
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 
 def need(command: str) -> str:
@@ -101,23 +105,26 @@ class Gpumon:
         return http_get(self.url + path)
 
 
-class Prometheus:
-    """A real Prometheus server on a loopback port, with its own data directory."""
+class _HttpServer:
+    """A real server binary on a loopback port, with its own directory, config file and log."""
+
+    name = ""
+    config_file = ""
 
     def __init__(self, tmp: Path, config: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.dir = tmp / f"prometheus-{self.port}"
+        self.dir = tmp / f"{self.name}-{self.port}"
         self.dir.mkdir()
-        (self.dir / "prometheus.yml").write_text(config)
+        (self.dir / self.config_file).write_text(config)
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def __enter__(self) -> Prometheus:
-        self._log = (self.dir / "prometheus.log").open("wb")
-        self.proc = subprocess.Popen(
-            [need("prometheus"), f"--config.file={self.dir / 'prometheus.yml'}",
-             f"--storage.tsdb.path={self.dir / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}"],
-            stdout=self._log, stderr=subprocess.STDOUT)
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self._log = (self.dir / f"{self.name}.log").open("wb")
+        self.proc = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT)
         wait_for(f"{self.url}/-/ready", timeout=30, proc=self.proc)
         return self
 
@@ -127,30 +134,28 @@ class Prometheus:
         self._log.close()
 
 
-class Alertmanager:
-    """A real Alertmanager on a loopback port (cluster mode off), with its own data directory."""
+class Prometheus(_HttpServer):
+    """A real Prometheus server on a loopback port."""
+
+    name, config_file = "prometheus", "prometheus.yml"
+
+    def command(self) -> list[str]:
+        return [need("prometheus"), f"--config.file={self.dir / self.config_file}",
+                f"--storage.tsdb.path={self.dir / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}"]
+
+
+class Alertmanager(_HttpServer):
+    """A real Alertmanager on a loopback port (cluster mode off)."""
+
+    name, config_file = "alertmanager", "alertmanager.yml"
 
     def __init__(self, tmp: Path, config: str = "route: {receiver: none}\nreceivers: [{name: none}]\n") -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.dir = tmp / f"alertmanager-{self.port}"
-        self.dir.mkdir()
-        (self.dir / "alertmanager.yml").write_text(config)
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(tmp, config)
 
-    def __enter__(self) -> Alertmanager:
-        self._log = (self.dir / "alertmanager.log").open("wb")
-        self.proc = subprocess.Popen(
-            [need("prometheus-alertmanager"), f"--config.file={self.dir / 'alertmanager.yml'}",
-             f"--storage.path={self.dir / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}",
-             "--cluster.listen-address="], stdout=self._log, stderr=subprocess.STDOUT)
-        wait_for(f"{self.url}/-/ready", timeout=30, proc=self.proc)
-        return self
-
-    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
-        assert self.proc is not None
-        stop(self.proc)
-        self._log.close()
+    def command(self) -> list[str]:
+        return [need("prometheus-alertmanager"), f"--config.file={self.dir / self.config_file}",
+                f"--storage.path={self.dir / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}",
+                "--cluster.listen-address="]
 
 
 class Mosquitto:
