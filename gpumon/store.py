@@ -13,7 +13,8 @@ from __future__ import annotations
 import math
 import time
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Protocol
 
 from gpumon.model import STALE_NAN, Labels, Sample
@@ -24,7 +25,7 @@ SeriesKey = tuple[str, Labels]
 class Ring:
     """Fixed-capacity time series: timestamps and values, oldest overwritten first."""
 
-    __slots__ = ("_head", "_size", "capacity", "times", "values")
+    __slots__ = ("_head", "_size", "capacity", "last_nan_t", "times", "values")
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
@@ -34,6 +35,9 @@ class Ring:
         self.values = array("d")
         self._head = 0  # index of the oldest point once full
         self._size = 0
+        # Time of the newest NaN (a staleness marker, or a NaN reading): a window starting after it
+        # holds none, which spares the rules a scan for one.
+        self.last_nan_t = -math.inf
 
     def append(self, t: float, v: float) -> None:
         """Add a point; a time earlier than the newest point (the wall clock stepped back) drops the
@@ -41,6 +45,9 @@ class Ring:
         if self._size and t < self.times[(self._head + self._size - 1) % self.capacity]:
             self.times, self.values = array("d"), array("d")
             self._head = self._size = 0
+            self.last_nan_t = -math.inf
+        if v != v:
+            self.last_nan_t = t
         if self._size < self.capacity:
             self.times.append(t)
             self.values.append(v)
@@ -72,28 +79,22 @@ class Ring:
             return self.times[a - n:b - n], self.values[a - n:b - n]
         return self.times[a:] + self.times[:b - n], self.values[a:] + self.values[:b - n]
 
-    def _time(self, i: int) -> float:
-        return self.times[(self._head + i) % self.capacity]
-
     def _first_at_or_after(self, t: float) -> int:
-        lo, hi = 0, self._size
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if self._time(mid) < t:
-                lo = mid + 1
-            else:
-                hi = mid
-        return lo
+        return self._search(bisect_left, t)
 
     def _first_after(self, t: float) -> int:
-        lo, hi = 0, self._size
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if self._time(mid) <= t:
-                lo = mid + 1
-            else:
-                hi = mid
-        return lo
+        return self._search(bisect_right, t)
+
+    def _search(self, bisect: Callable[..., int], t: float) -> int:
+        """Index (oldest = 0) where `t` would go, by `bisect` over the ring's one or two sorted runs:
+        the older run is times[head:], the newer times[:head] (in C: rules search every series)."""
+        head, times = self._head, self.times
+        if head == 0:
+            return bisect(times, t, 0, self._size)
+        newer_first = times[0]
+        if t < newer_first or (t == newer_first and bisect is bisect_left):
+            return bisect(times, t, head, self.capacity) - head
+        return self.capacity - head + bisect(times, t, 0, head)
 
     def last_until(self, start: float, end: float) -> tuple[list[float], list[float]]:
         """The newest point with start <= t <= end: times and values of zero or one point."""
@@ -169,20 +170,24 @@ class Store:
             gone = self._latest.pop(key)
             self._mark_stale(((n, lb) for n, lb, _ in gone.values), now)
 
-    def select(self, matchers: Sequence[Matcher], start_ms: int, end_ms: int,
-               last_only: bool = False) -> Iterator[tuple[Labels, Sequence[float], Sequence[float]]]:
-        """Series matching every matcher, with their points in [start, end] (ms): the rules' view.
-        `last_only` returns just the newest such point (what an instant selector reads)."""
+    def select(self, matchers: Sequence[Matcher], start_ms: int, end_ms: int, last_only: bool = False
+               ) -> Iterator[tuple[Labels, Sequence[float], Sequence[float], bool]]:
+        """Series matching every matcher, with their points in [start, end] (ms) and whether none of
+        those is NaN: the rules' view. `last_only` returns just the newest such point (what an instant
+        selector reads)."""
         name = next((m for m in matchers if m.name == "__name__" and m.op == "="), None)
         keys: Iterable[SeriesKey] = self._by_name.get(name.value, ()) if name is not None else list(self._series)
+        others = [m for m in matchers if m is not name]  # the name matcher holds for every key by_name gave
         for key in keys:
             labels = self._full_labels[key]
-            as_dict = dict(labels)
-            if all(m.matches(as_dict) for m in matchers):
-                ring = self._series[key]
-                times, values = ring.last_until(start_ms, end_ms) if last_only else ring.window(start_ms, end_ms)
-                if times:
-                    yield labels, times, values
+            if others:
+                as_dict = dict(labels)
+                if not all(m.matches(as_dict) for m in others):
+                    continue
+            ring = self._series[key]
+            times, values = ring.last_until(start_ms, end_ms) if last_only else ring.window(start_ms, end_ms)
+            if times:
+                yield labels, times, values, ring.last_nan_t < start_ms
 
     def latest(self) -> list[Sample]:
         return list(self._latest.values())

@@ -130,6 +130,33 @@ def test_any_corpus_expression_evaluates_at_any_time_without_crashing(name: str,
         Evaluator(storage).instant(compile_expr(case["expr"]), minute * 60_000)
 
 
+def test_set_operators_skip_the_left_series_they_would_drop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`A unless on(gpu) B` averages nothing for a GPU that B has; `A and B` only for those it has."""
+    from gpumon.rules import promql
+    from gpumon.rules.ruletest import MemoryStorage, parse_series
+
+    storage = MemoryStorage()
+    for gpu in range(4):
+        for i in range(10):
+            storage.add(parse_series(f'util{{gpu="{gpu}"}}'), i * 60_000, 0.1 * gpu)
+    for gpu in (1, 3):
+        storage.add(parse_series(f'sm{{gpu="{gpu}"}}'), 540_000, 0.5)
+    averaged: list[int] = []
+    real = promql._RANGE["avg_over_time"]
+
+    def counting(times: Any, values: Any, ms: Any, t: int) -> float | None:
+        averaged.append(len(values))
+        return real(times, values, ms, t)
+
+    monkeypatch.setitem(promql._RANGE, "avg_over_time", counting)
+    evaluator = promql.Evaluator(storage)
+    got = evaluator.instant(compile_expr("avg_over_time(util[5m]) >= 0 unless on(gpu) sm"), 540_000)
+    assert sorted(dict(s.labels)["gpu"] for s in got) == ["0", "2"] and len(averaged) == 2
+    averaged.clear()
+    got = evaluator.instant(compile_expr("avg_over_time(util[5m]) > 0.15 and on(gpu) sm"), 540_000)
+    assert [dict(s.labels)["gpu"] for s in got] == ["3"] and len(averaged) == 2
+
+
 def test_expanding_notation() -> None:
     assert expand_values("1+2x3") == [1, 3, 5, 7]
     assert expand_values("5-1x2 _ _x2 7x1") == [5, 4, 3, None, None, None, 7, 7]

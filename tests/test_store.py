@@ -108,6 +108,20 @@ def test_ring_matches_a_list(capacity: int, points: list[tuple[float, float]], s
     assert ring.last() == (kept[-1] if kept else None)
 
 
+@given(capacity=st.integers(1, 12), times=st.lists(st.integers(0, 30), max_size=40),
+       start=st.integers(-1, 31), end=st.integers(-1, 31))
+def test_ring_search_matches_a_list_when_wrapped(capacity: int, times: list[int], start: int, end: int) -> None:
+    """Ever-growing times (repeats allowed) wrap the ring: both sorted runs and their seam are searched."""
+    ring = Ring(capacity)
+    model: list[tuple[float, float]] = []
+    for i, t in enumerate(sorted(times)):
+        ring.append(float(t), float(i))
+        model = _model_append(model, (float(t), float(i)), capacity)
+    assert ring.points(start, end) == [(t, v) for t, v in model if start <= t <= end]
+    last = [p for p in model if start <= p[0] <= end][-1:]
+    assert ring.last_until(start, end) == ([p[0] for p in last], [p[1] for p in last])
+
+
 def _model_append(model: list[tuple[float, float]], point: tuple[float, float],
                   capacity: int) -> list[tuple[float, float]]:
     """The list model of a ring: the last `capacity` points; a step back in time drops the history."""

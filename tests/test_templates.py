@@ -419,3 +419,12 @@ def test_loading_raises_only_template_errors_and_rendering_never_raises(
        st.floats(allow_nan=True, allow_infinity=True))
 def test_valid_templates_render_any_labels_and_value(template: str, labels: dict[str, str], value: float) -> None:
     assert isinstance(compile_template(template).render(labels, value), str)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.floats(allow_nan=False, allow_infinity=False))
+def test_humanize_shortcut_formats_as_the_go_fmt_port(value: float) -> None:
+    """`_fmt_g4` takes C's %.4g for finite floats instead of the Go fmt port; they must agree."""
+    from gpumon.rules.templates import _fmt_g4, _sprintf
+
+    assert _fmt_g4(value) == _sprintf("%.4g", [value])

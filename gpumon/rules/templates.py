@@ -1621,6 +1621,10 @@ def _sprintf(fmt: str, args: Sequence[_Value]) -> str:
 
 
 def _fmt_g4(v: float) -> str:
+    if type(v) is float and math.isfinite(v):
+        # Go's %.4g and C's agree on every finite float64 (a test compares them), and the humanize
+        # functions run for every active alert at every evaluation: skip the fmt port here.
+        return format(v, ".4g")
     return _sprintf("%.4g", [v])
 
 
@@ -2795,10 +2799,14 @@ class Template:
     text: str
     name: str
     _root: _List = field(repr=False, compare=False)
+    # The output of a template without actions (or just its comments): rendering it needs no data.
+    _static: str | None = field(default=None, repr=False, compare=False)
 
     def render(self, labels: dict[str, str], value: float, external_labels: dict[str, str] | None = None,
                *, external_url: str = "") -> str:
         """The expanded text, or Prometheus's `<error expanding template: ...>` when execution fails."""
+        if self._static is not None:
+            return self._static
         data = _Data(dict(labels), dict(external_labels or {}), external_url, float(value))
         state = _Exec(self, data)
         try:
@@ -2821,7 +2829,9 @@ def compile_template(text: str, alert_name: str = "") -> Template:
         _check_regexps(text, root)
     except RecursionError:
         raise TemplateError("template nests too deeply") from None
-    return Template(text, "__alert_" + alert_name, root)
+    texts = [n.text for n in root.nodes if isinstance(n, _Text)]
+    static = "".join(texts) if len(texts) == len(root.nodes) else None
+    return Template(text, "__alert_" + alert_name, root, static)
 
 
 def _check_regexps(text: str, root: _Node) -> None:
