@@ -292,3 +292,21 @@ def test_nvlink_active_links_only(capture: Capture, clock: FakeClock) -> None:
     assert slow[("gpumon_nvlink_errors_total", (("link", "1"), ("type", "crc_flit")))] == 12
     assert {k[1][0][1] for k in slow if k[0] == "gpumon_nvlink_up"} == {"0", "1"}
     assert source.unsupported_count(0) == 0
+
+
+def test_one_refused_nvlink_error_counter_leaves_the_others(capture: Capture, clock: FakeClock) -> None:
+    params = capture.probe["devices"][0]["parametrized"]
+    for link in (0, 1):
+        params[f"nvmlDeviceGetNvLinkState({link})"] = {"ok": 1}
+        for counter in range(3):
+            params[f"nvmlDeviceGetNvLinkErrorCounter({link},{counter})"] = {"ok": 10 * link + counter}
+        params[f"nvmlDeviceGetNvLinkErrorCounter({link},3)"] = {"err": "NVMLError_NotSupported(3)"}  # CRC data
+    params["nvmlDeviceGetNvLinkState(2)"] = {"err": "NVMLError_InvalidArgument(2)"}
+    source, _ = opened(capture, clock)
+    for _ in range(2):  # the refused kind is remembered, not asked again and not counted as an error
+        slow = values(source.poll(0, Tier.SLOW))
+    errors = {(dict(labels)["link"], dict(labels)["type"]): v
+              for (name, labels), v in slow.items() if name == "gpumon_nvlink_errors_total"}
+    assert errors == {(str(link), kind): 10 * link + code for link in (0, 1)
+                      for code, kind in enumerate(("replay", "recovery", "crc_flit"))}
+    assert source.error_counts() == {}

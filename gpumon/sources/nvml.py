@@ -449,9 +449,18 @@ class NvmlSource:
         return [("", (str(link),), 1.0 if int(state(gpu.handle, link)) == 1 else 0.0) for link in gpu.nvlinks]
 
     def _read_nvlink_errors(self, gpu: _Gpu, plan: _Plan) -> Reading:
+        # Counter by counter: a driver may refuse one kind (CRC data on newer NVLink generations)
+        # and still count the others.
         get = self.nvml.nvmlDeviceGetNvLinkErrorCounter
-        return [("", (str(link), name), get(gpu.handle, link, code))
-                for link in gpu.nvlinks for code, name in NVLINK_ERRORS.items()]
+        out: list[tuple[str, tuple[str, ...], float]] = []
+        for code, name in NVLINK_ERRORS.items():
+            if f"nvlink_errors:{name}" in gpu.absent:
+                continue
+            try:
+                out.extend([("", (str(link), name), get(gpu.handle, link, code)) for link in gpu.nvlinks])
+            except Exception as exc:
+                self._failed(gpu, f"nvlink_errors:{name}", READING_CALLS["nvlink_errors"], exc)
+        return out
 
     def _read_processes(self, gpu: _Gpu, plan: _Plan) -> Reading:
         procs = self.nvml.nvmlDeviceGetComputeRunningProcesses(gpu.handle)
