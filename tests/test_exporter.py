@@ -14,7 +14,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from gpumon import catalog
-from gpumon.exporter import OPENMETRICS_TYPE, TEXT_TYPE, Exporter
+from gpumon.exporter import OPENMETRICS_TYPE, TEXT_TYPE, Exporter, family, snapshot
 from gpumon.model import Labels, Sample
 
 GPU0: Labels = (("gpu", "0"), ("uuid", "GPU-x"))
@@ -245,3 +245,54 @@ def test_label_values_roundtrip(uuid: str, name: str, value: float) -> None:
         assert power.value == value
         info = parsed.get("gpumon_gpu_info") or parsed["gpumon_gpu"]
         assert info.labels["name"] == name
+
+
+class _Snapshot:
+    """prometheus-client rendering a whole snapshot itself: the reference the cached lines must equal."""
+
+    def __init__(self, samples: list[Sample]) -> None:
+        self.samples = samples
+
+    def collect(self) -> Iterator[Any]:
+        for metric, points in snapshot(self.samples):
+            yield family(metric, points)
+
+
+def library_renders(samples: list[Sample]) -> tuple[bytes, bytes]:
+    from prometheus_client import generate_latest
+    from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+
+    registry = _Snapshot(samples)
+    return generate_latest(registry), generate_openmetrics(registry)  # type: ignore[arg-type,no-untyped-call]
+
+
+def test_eight_h200s_render_as_prometheus_client_renders_them() -> None:
+    """Every tier of 8 GPUs from the capture, twice (the second render comes from the caches)."""
+    from gpumon.model import Tier
+    from gpumon.sources.capture import CaptureNvml, load_capture
+    from gpumon.sources.nvml import NvmlSource
+    from gpumon.sources.replay import DEMO_CAPTURE
+
+    now = [10.0]
+    source = NvmlSource(CaptureNvml(load_capture(DEMO_CAPTURE), gpus=8, clock=lambda: now[0]), clock=lambda: now[0])
+    source.open()
+    exporter = Exporter(process_metrics=False)
+    for _ in range(2):
+        now[0] += 1.0
+        samples = [source.poll(i, tier) for tier in Tier for i in range(8)]
+        exporter.render(samples)
+        assert (exporter.body(False, False), exporter.body(True, False)) == library_renders(samples)
+    assert exporter.body(False, False).count(b"\n") > 500
+
+
+@settings(max_examples=80, deadline=None)
+@given(values=st.lists(st.tuples(label_value, st.floats()), min_size=1, max_size=5))
+def test_cached_lines_equal_prometheus_clients_for_any_labels_and_values(values: list[tuple[str, float]]) -> None:
+    exporter = Exporter(process_metrics=False)
+    for round_ in range(2):  # values change, labels stay: the second render reuses every line
+        s = Sample("gpu0", "fast", 1.0)
+        for i, (uuid, value) in enumerate(values):
+            s.add("gpumon_power_draw_watts", (("gpu", str(i)), ("uuid", uuid)), value + round_)
+            s.add("gpumon_gpu_info", (("gpu", str(i)), ("name", uuid)), 1.0)
+        exporter.render([s])
+        assert (exporter.body(False, False), exporter.body(True, False)) == library_renders([s])
