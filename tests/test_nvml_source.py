@@ -310,3 +310,21 @@ def test_one_refused_nvlink_error_counter_leaves_the_others(capture: Capture, cl
     assert errors == {(str(link), kind): 10 * link + code for link in (0, 1)
                       for code, kind in enumerate(("replay", "recovery", "crc_flit"))}
     assert source.error_counts() == {}
+
+
+def test_plain_view_reads_and_writes_the_same_memory_as_pynvmls_structures() -> None:
+    import pynvml
+
+    from gpumon.sources.nvml import _field_value, _plain_view
+
+    values = (pynvml.c_nvmlFieldValue_t * 3)()
+    for i, v in enumerate(values):
+        v.fieldId, v.nvmlReturn, v.valueType = 100 + i, i, pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG
+        v.value.ullVal = 2**40 + i
+    view = _plain_view(values)
+    assert type(view[0]).__getattribute__ is object.__getattribute__  # no pynvml hook on the way
+    assert [(v.fieldId, v.nvmlReturn, _field_value(v)) for v in view] == [(100 + i, i, 2**40 + i) for i in range(3)]
+    request = pynvml.c_nvmlGpmMetricsGet_t()
+    _plain_view(request.metrics)[4].metricId = 7
+    assert request.metrics[4].metricId == 7
+    assert _plain_view([1, 2]) == [1, 2]  # not ctypes: left as it is

@@ -12,6 +12,7 @@ per GPU, so the state of one GPU (`_Gpu`) is only ever touched by one thread at 
 from __future__ import annotations
 
 import ctypes
+import functools
 import math
 import threading
 import time
@@ -111,6 +112,9 @@ class _Gpu:
     gpm_next: Any = None
     gpm_prev_t: float | None = None
     gpm_get: Any = None
+    gpm_results: Any = None  # gpm_get.metrics, read through plain ctypes (see _plain_view)
+    gpm_wanted: list[tuple[str, tuple[str, ...], int]] = field(default_factory=list)
+    gpm_wanted_for: tuple[int, int] = (-1, -1)  # (id of the plan, len(absent)) gpm_wanted was made for
     memory_v2: bool = True
     nvlinks: tuple[int, ...] = ()  # links active at (re)initialisation
     label_cache: dict[tuple[str, tuple[str, ...]], Labels] = field(default_factory=dict)
@@ -270,6 +274,8 @@ class NvmlSource:
             try:
                 gpu.gpm_prev, gpu.gpm_next = n.nvmlGpmSampleAlloc(), n.nvmlGpmSampleAlloc()
                 gpu.gpm_get = n.c_nvmlGpmMetricsGet_t()
+                gpu.gpm_results = _plain_view(gpu.gpm_get.metrics)
+                gpu.gpm_wanted_for = (-1, -1)
                 n.nvmlGpmSampleGet(handle, gpu.gpm_prev)
                 gpu.gpm_prev_t = self._clock()
             except Exception as exc:
@@ -476,7 +482,7 @@ class NvmlSource:
         if not ids:
             return ()
         out = []
-        for fid, v in zip(ids, self.nvml.nvmlDeviceGetFieldValues(gpu.handle, ids), strict=True):
+        for fid, v in zip(ids, _plain_view(self.nvml.nvmlDeviceGetFieldValues(gpu.handle, ids)), strict=True):
             if v.nvmlReturn != 0:
                 err = self.nvml.NVMLError(v.nvmlReturn)
                 self._failed(gpu, f"fields:{fid}", READING_CALLS["fields"], err)
@@ -493,6 +499,25 @@ class NvmlSource:
             return ()
         if now - gpu.gpm_prev_t < GPM_MIN_INTERVAL_S:
             return ()  # keep the older sample; the next poll measures over a longer window
+        mg = gpu.gpm_get
+        if gpu.gpm_wanted_for != (id(plan), len(gpu.absent)):  # absent only grows: its size tells
+            self._plan_gpm(gpu, plan)
+        wanted, results = gpu.gpm_wanted, gpu.gpm_results
+        mg.sample1, mg.sample2 = gpu.gpm_prev, gpu.gpm_next
+        n.nvmlGpmMetricsGet(mg)
+        gpu.gpm_prev, gpu.gpm_next, gpu.gpm_prev_t = gpu.gpm_next, gpu.gpm_prev, now
+        out = []
+        isfinite = math.isfinite
+        for j, (key, label_values, _) in enumerate(wanted):
+            metric = results[j]
+            if metric.nvmlReturn != 0:
+                self._failed(gpu, f"gpm:{key}", "nvmlGpmMetricsGet", n.NVMLError(metric.nvmlReturn))
+            elif isfinite(value := metric.value):  # NVML can return NaN with success
+                out.append((key, label_values, value))
+        return out
+
+    def _plan_gpm(self, gpu: _Gpu, plan: _Plan) -> None:
+        """Which GPM metrics to ask for, written into the request once: NVML leaves the ids alone."""
         # (catalog key, label values, GPM metric id): one entry per metric, per link for NVLink rates
         wanted: list[tuple[str, tuple[str, ...], int]] = []
         for key in plan.readings["gpm"]:
@@ -503,21 +528,11 @@ class NvmlSource:
             else:
                 wanted.append((key, (), GPM_METRICS[key]))
         mg = gpu.gpm_get
-        mg.version = n.NVML_GPM_METRICS_GET_VERSION
+        mg.version = self.nvml.NVML_GPM_METRICS_GET_VERSION
         mg.numMetrics = len(wanted)
-        mg.sample1, mg.sample2 = gpu.gpm_prev, gpu.gpm_next
         for j, (_, _, metric_id) in enumerate(wanted):
-            mg.metrics[j].metricId = metric_id
-        n.nvmlGpmMetricsGet(mg)
-        gpu.gpm_prev, gpu.gpm_next, gpu.gpm_prev_t = gpu.gpm_next, gpu.gpm_prev, now
-        out = []
-        for j, (key, label_values, _) in enumerate(wanted):
-            metric = mg.metrics[j]
-            if metric.nvmlReturn != 0:
-                self._failed(gpu, f"gpm:{key}", "nvmlGpmMetricsGet", n.NVMLError(metric.nvmlReturn))
-            elif math.isfinite(metric.value):  # NVML can return NaN with success
-                out.append((key, label_values, metric.value))
-        return out
+            gpu.gpm_results[j].metricId = metric_id
+        gpu.gpm_wanted, gpu.gpm_wanted_for = wanted, (id(plan), len(gpu.absent))
 
     # --- XID events ----------------------------------------------------------------------------
 
@@ -579,6 +594,26 @@ def _handle_key(handle: Any) -> int:
         return int(ctypes.cast(handle, ctypes.c_void_p).value or 0)
     except (ctypes.ArgumentError, TypeError):
         return id(handle)
+
+
+@functools.cache
+def _plain_type(cls: type[ctypes.Structure]) -> type[ctypes.Structure] | None:
+    """`cls`'s layout as a plain ctypes structure, or None if it would not be the same layout."""
+    attrs: dict[str, Any] = {"_fields_": cls._fields_}
+    if hasattr(cls, "_pack_"):
+        attrs["_pack_"] = cls._pack_
+    plain = type(f"Plain{cls.__name__}", (ctypes.Structure,), attrs)
+    return plain if ctypes.sizeof(plain) == ctypes.sizeof(cls) else None
+
+
+def _plain_view(array: Any) -> Any:
+    """The same memory as a ctypes array of pynvml structures, read without pynvml's per-attribute
+    hook: `_PrintableStructure.__getattribute__` is Python code run on every field read, and
+    reading GPM results and field values through it was a quarter of a poll's Python time."""
+    if not isinstance(array, ctypes.Array) or not issubclass(array._type_, ctypes.Structure):
+        return array  # not ctypes (a test double): read it as it is
+    plain = _plain_type(array._type_)
+    return array if plain is None else (plain * len(array)).from_buffer(array)
 
 
 def _field_value(v: Any) -> float:
