@@ -210,3 +210,32 @@ def test_fuzzed_rule_files_load_or_fail_with_a_message(tmp_path: Path, text: str
         load_rule_files([path])
     except ConfigError as exc:
         assert str(exc).startswith(str(path)), str(exc)
+
+
+def test_alert_state_is_written_only_when_what_a_restart_needs_changes(tmp_path: Path) -> None:
+    import sqlite3
+
+    from gpumon.rules.state import AlertStateDB
+
+    rules = tmp_path / "r.yml"
+    rules.write_text("groups:\n- name: g\n  rules:\n  - alert: Hot\n    expr: temp > 80\n    for: 2m\n"
+                     "    annotations:\n      summary: '{{ $value }}'\n")
+    storage = MemoryStorage()
+    for i, v in enumerate(expand_values("81 82 83 84 85 70")):
+        assert v is not None
+        storage.add(parse_series('temp{gpu="0"}'), i * 60_000, v)
+    engine = RuleEngine(load_rule_files([rules]), Evaluator(storage), storage.add)
+    db = AlertStateDB(tmp_path / "alerts.sqlite")
+    states = list(engine.states.values())
+    group = engine.groups[0]
+    writes = []
+    for minute in range(6):
+        engine.eval_group(group, minute * 60_000)
+        before = db._db.total_changes
+        db.save(states)
+        writes.append(db._db.total_changes > before)
+    # pending at 0 (new), same at 1 (only value and annotation changed), firing at 2, same at 3 and 4,
+    # resolved at 5
+    assert writes == [True, False, True, False, False, True]
+    saved = sqlite3.connect(tmp_path / "alerts.sqlite").execute("SELECT state FROM alerts").fetchall()
+    assert saved == [("inactive",)]

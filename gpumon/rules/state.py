@@ -43,8 +43,16 @@ class AlertStateDB:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(SCHEMA)
+        self._saved: frozenset[tuple[object, ...]] | None = None  # what the file holds, once known
 
     def save(self, states: list[RuleState]) -> None:
+        # What a restart needs: which alerts exist, their state and its times. Values and annotations
+        # change at every evaluation and are recomputed by the first one after a restart, so an
+        # evaluation that changed nothing else writes nothing (this runs on the event loop).
+        needed = frozenset((rule_key(s), key, a.state, a.active_at, a.fired_at, a.resolved_at, a.keep_firing_since)
+                           for s in states for key, a in s.active.items())
+        if needed == self._saved:
+            return
         rows = [(rule_key(s), json.dumps(a.labels), json.dumps(a.source), json.dumps(a.annotations), a.state.value,
                  a.active_at, a.fired_at, a.resolved_at, a.keep_firing_since, a.value)
                 for s in states for a in s.active.values()]
@@ -52,6 +60,7 @@ class AlertStateDB:
             self._db.execute("BEGIN")
             self._db.execute("DELETE FROM alerts")
             self._db.executemany("INSERT INTO alerts VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+        self._saved = needed
 
     def restore(self, states: list[RuleState]) -> int:
         """Put saved alerts back into the rule states that still exist; returns how many."""
