@@ -200,6 +200,7 @@ class Daemon:
                                      default_interval_s=self.config.rules.evaluation_interval,
                                      state_dir=self.config.state_dir,
                                      external_labels=self.config.rules.external_labels)
+            self.rules.next_round = self.sampler.next_round
             self.silences = Silences(self.config.state_dir / SILENCES_FILE)
             self.notify = build_notify(self.config, self.silences)
             mq = self.config.notify.mqtt

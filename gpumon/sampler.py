@@ -94,6 +94,7 @@ class Sampler:
         self.intervals = intervals
         self.capture = capture
         self.ready = asyncio.Event()
+        self._round_waiters: list[asyncio.Future[None]] = []
         self._gpus: list[_GpuHealth] = []
         self._round_durations: dict[str, float] = {}
         self._last_success: dict[str, float] = {}
@@ -247,6 +248,16 @@ class Sampler:
         now = time.time()
         fresh = [s for s in self.store.latest() if now - s.timestamp <= self._stale_after(s.tier)]
         self.exporter.render(fresh)
+        waiters, self._round_waiters = self._round_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def next_round(self) -> None:
+        """Return once the next poll round is in the store (rules evaluate on fresh data)."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._round_waiters.append(waiter)
+        await waiter
 
     def _stale_after(self, tier: str) -> float:
         if tier in (Tier.FAST.value, Tier.SLOW.value):

@@ -239,3 +239,33 @@ def test_alert_state_is_written_only_when_what_a_restart_needs_changes(tmp_path:
     assert writes == [True, False, True, False, False, True]
     saved = sqlite3.connect(tmp_path / "alerts.sqlite").execute("SELECT state FROM alerts").fetchall()
     assert saved == [("inactive",)]
+
+
+async def test_groups_evaluate_right_after_a_poll_round_lands(tmp_path: Path) -> None:
+    """Not on a timer of their own that may keep firing just before each round is stored."""
+    import asyncio
+
+    from gpumon.rules.service import RuleService
+    from gpumon.store import Store
+
+    rules = tmp_path / "r.yml"
+    rules.write_text("groups:\n- name: g\n  interval: 10s\n  rules:\n  - record: x\n    expr: vector(1)\n")
+    service = RuleService(load_rule_files([rules]), Store(10), default_interval_s=10.0, state_dir=None)
+    round_done = asyncio.Event()
+    evaluated: list[float] = []
+
+    async def next_round() -> None:
+        await round_done.wait()
+
+    service.next_round = next_round
+    service.on_evaluated = lambda alerts: evaluated.append(asyncio.get_running_loop().time())
+    service.start()
+    try:
+        await asyncio.sleep(0.2)
+        assert evaluated == []  # due, but waiting for the round
+        landed = asyncio.get_running_loop().time()
+        round_done.set()
+        await asyncio.sleep(0.05)
+        assert len(evaluated) == 1 and evaluated[0] - landed < 0.05
+    finally:
+        await service.stop()

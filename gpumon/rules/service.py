@@ -4,9 +4,10 @@ state in SQLite, exports `gpumon_alerts` series and serves the Prometheus-shaped
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -57,6 +58,10 @@ class RuleService:
         self._tasks: list[asyncio.Task[None]] = []
         self.evaluations: dict[tuple[str, str], Evaluation] = {}
         self.on_evaluated: Callable[[list[Alert]], None] | None = None  # notifications hook here
+        # Returns once the sampler's next poll round is in the store. Without it a group's timer,
+        # started with the sampler's and as regular, can keep landing just before each round is
+        # stored, so every alert would wait one extra interval for data that was already there.
+        self.next_round: Callable[[], Awaitable[None]] | None = None
         self._install(groups)
 
     def _install(self, groups: list[RuleGroup]) -> None:
@@ -98,6 +103,9 @@ class RuleService:
         interval = self.interval_of(group)
         next_at = loop.time()
         while True:
+            if self.next_round is not None:  # evaluate right after the next round, at most an interval late
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.next_round(), timeout=interval)
             self.evaluate(group)
             next_at += interval
             await asyncio.sleep(max(0.0, next_at - loop.time()))
