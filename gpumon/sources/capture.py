@@ -35,6 +35,9 @@ TRACE_PERIOD_FALLBACK_S = 0.25
 TRACE_GPM_KEYS = {1: "graphics_util", 2: "sm_util", 3: "sm_occupancy", 5: "any_tensor_util",
                   7: "hmma_tensor_util", 10: "dram_bw_util", 12: "fp32_util", 13: "fp16_util",
                   20: "pcie_tx_mibps", 21: "pcie_rx_mibps", 60: "nvlink_rx_mibps", 61: "nvlink_tx_mibps"}
+# Per-link NVLink rates (NVML_GPM_METRIC_NVLINK_L<n>_{RX,TX}_PER_SEC) are one list per direction in
+# the trace's "gpm", element n for link n: 36 named keys per record would bloat multi-GPU traces.
+TRACE_GPM_LINK_KEYS = ("nvlink_rx_mibps_per_link", "nvlink_tx_mibps_per_link")
 # Trace field names by NVML field id.
 TRACE_FIELDS = {186: "power_instant_mw", 83: "energy_mj", 82: "mem_temp_c", 197: "pcie_tx_bytes",
                 198: "pcie_rx_bytes", 94: "pcie_replay", 138: "nvlink_tx_kib", 139: "nvlink_rx_kib",
@@ -504,6 +507,11 @@ class CaptureNvml:
 
     def nvmlDeviceGetNvLinkErrorCounter(self, handle: Any, link: int, counter: int) -> int:
         index = self._device(handle, "nvmlDeviceGetNvLinkErrorCounter")
+        # The trace may carry a link's counters, {"nvlink_errors": {"<link>": [replay, recovery,
+        # crc_flit, crc_data]}}, so that they rise during the trace; else the probe's answer.
+        counts = (self._record(index).get("nvlink_errors") or {}).get(str(link))
+        if isinstance(counts, list) and 0 <= counter < len(counts) and isinstance(counts[counter], (int, float)):
+            return int(counts[counter])
         return int(self._probe(index, f"nvmlDeviceGetNvLinkErrorCounter({link},{counter})"))
 
     # --- GPM -----------------------------------------------------------------------------------
@@ -554,7 +562,14 @@ class CaptureNvml:
         for j in range(mg.numMetrics):
             metric = mg.metrics[j]
             key = TRACE_GPM_KEYS.get(metric.metricId)
-            values = [r["gpm"].get(key) for r in records if key and isinstance(r.get("gpm"), dict)]
+            link = _gpm_link(metric.metricId)
+            if key:
+                values = [r["gpm"].get(key) for r in records if isinstance(r.get("gpm"), dict)]
+            elif link is not None:
+                lists = [r["gpm"].get(TRACE_GPM_LINK_KEYS[link[1]]) for r in records if isinstance(r.get("gpm"), dict)]
+                values = [v[link[0]] if isinstance(v, list) and link[0] < len(v) else None for v in lists]
+            else:
+                values = []
             numbers = [v for v in values if isinstance(v, (int, float))]
             errors = [v for v in values if isinstance(v, dict)]
             if numbers:
@@ -631,6 +646,17 @@ def _parse_bus_id(bus_id: str) -> tuple[int, int, int]:
     """Domain, bus and device of "DDDDDDDD:BB:DD.F"; ValueError if it is not one."""
     domain, bus, rest = bus_id.split(":")
     return int(domain, 16), int(bus, 16), int(rest.split(".")[0], 16)
+
+
+def _gpm_link(metric_id: int) -> tuple[int, int] | None:
+    """(link, 0 for rx or 1 for tx) of NVML_GPM_METRIC_NVLINK_L<n>_{RX,TX}_PER_SEC, else None."""
+    if 62 <= metric_id <= 97:  # links 0-17
+        offset = metric_id - 62
+    elif 212 <= metric_id <= 247:  # links 18-35
+        offset = metric_id - 212 + 36
+    else:
+        return None
+    return offset // 2, offset % 2
 
 
 def _sample_id(sample: Any) -> int:

@@ -443,13 +443,26 @@ nvmlReturn_t DECLDIR nvmlDeviceGetNvLinkState(nvmlDevice_t device, unsigned int 
 nvmlReturn_t DECLDIR nvmlDeviceGetNvLinkErrorCounter(nvmlDevice_t device, unsigned int link,
                                                      nvmlNvLinkErrorCounter_t counter, unsigned long long *counterValue)
 {
-    char key[96];
+    char key[96], name[16];
     double v = 0;
     snprintf(key, sizeof key, "nvmlDeviceGetNvLinkErrorCounter(%u,%d)", link, (int)counter);
-    nvmlReturn_t ret = get_number(__func__, device, NULL, key, counterValue != NULL, &v);
+    snprintf(name, sizeof name, "%u", link);
+    struct call c;
+    nvmlReturn_t ret = call_begin(&c, __func__, device);
+    if (ret == NVML_SUCCESS && counterValue == NULL)
+        ret = NVML_ERROR_INVALID_ARGUMENT;
+    /* A trace record may carry a link's counters, {"nvlink_errors": {"<link>": [replay, recovery,
+     * crc_flit, crc_data]}}, so that they rise during the trace (as capture.py reads them); a link
+     * or counter the record lacks answers from probe.json. */
+    const cJSON *counts = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(c.rec, "nvlink_errors"), name);
+    if (ret == NVML_SUCCESS && cJSON_IsArray(counts) && (int)counter >= 0
+        && json_number(cJSON_GetArrayItem(counts, (int)counter), &v))
+        note_latency(&c, key);
+    else if (ret == NVML_SUCCESS)
+        ret = answer_number(&c, NULL, key, &v);
     if (ret == NVML_SUCCESS)
         *counterValue = to_ull(v);
-    return ret;
+    return call_end(&c, ret);
 }
 
 static const char *const CLOCK_NAMES[] = {"GRAPHICS", "SM", "MEM", "VIDEO"};

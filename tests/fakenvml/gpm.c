@@ -29,6 +29,22 @@ static const char *trace_metric(unsigned int id)
     }
 }
 
+/* Per-link NVLink rates (NVML_GPM_METRIC_NVLINK_L<n>_{RX,TX}_PER_SEC) are kept in the trace as one
+ * list per direction, element n for link n (as capture.py TRACE_GPM_LINK_KEYS): 36 named keys per
+ * record would make an 8-GPU trace several times larger. Sets *link; NULL for other ids. */
+static const char *trace_link_metric(unsigned int id, int *link)
+{
+    unsigned int offset;
+    if (id >= NVML_GPM_METRIC_NVLINK_L0_RX_PER_SEC && id <= NVML_GPM_METRIC_NVLINK_L17_TX_PER_SEC)
+        offset = id - NVML_GPM_METRIC_NVLINK_L0_RX_PER_SEC;
+    else if (id >= NVML_GPM_METRIC_NVLINK_L18_RX_PER_SEC && id <= NVML_GPM_METRIC_NVLINK_L35_TX_PER_SEC)
+        offset = id - NVML_GPM_METRIC_NVLINK_L18_RX_PER_SEC + 36;
+    else
+        return NULL;
+    *link = (int)(offset / 2);
+    return offset % 2 ? "nvlink_tx_mibps_per_link" : "nvlink_rx_mibps_per_link";
+}
+
 nvmlReturn_t DECLDIR nvmlGpmQueryDeviceSupport(nvmlDevice_t device, nvmlGpmSupport_t *gpmSupport)
 {
     struct call c;
@@ -160,13 +176,21 @@ static void records_between(const struct recorded *r, double play1, double play2
 
 static void metric_between(const struct recorded *r, size_t first, size_t count, nvmlGpmMetric_t *m)
 {
+    int link = 0;
     const char *key = trace_metric(m->metricId);
+    const char *list = key == NULL ? trace_link_metric(m->metricId, &link) : NULL;
     double sum = 0, v;
     size_t numbers = 0;
     const cJSON *last_error = NULL;
-    for (size_t k = 0; key != NULL && k < count; k++) {
+    for (size_t k = 0; (key != NULL || list != NULL) && k < count; k++) {
         const cJSON *gpm = cJSON_GetObjectItemCaseSensitive(r->records[(first + k) % r->count], "gpm");
-        const cJSON *value = cJSON_IsObject(gpm) ? cJSON_GetObjectItemCaseSensitive(gpm, key) : NULL;
+        const cJSON *value = NULL;
+        if (cJSON_IsObject(gpm) && key != NULL) {
+            value = cJSON_GetObjectItemCaseSensitive(gpm, key);
+        } else if (cJSON_IsObject(gpm)) {
+            const cJSON *links = cJSON_GetObjectItemCaseSensitive(gpm, list);
+            value = cJSON_IsArray(links) ? cJSON_GetArrayItem(links, link) : NULL;
+        }
         if (cJSON_IsObject(value)) {
             last_error = value;
         } else if (json_number(value, &v)) {

@@ -1,0 +1,243 @@
+"""NVLink through the fake libnvidia-ml.so.1, on the SYNTHETIC 8-GPU HGX H200 capture in
+tests/fixtures/nvlink8 (generated, not recorded: see its README.md).
+
+Every expected number is read from the capture files here, never typed in: per-link state and
+error counters from probe.json and the playing trace record, per-link rates from the record's GPM
+lists, and the totals from the GPM totals and the fields 138/139 KiB counters.
+"""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from gpumon.model import Sample, Tier
+from gpumon.sources.capture import CaptureNvml, load_capture
+from gpumon.sources.nvml import NVLINK_ERRORS, NvmlSource
+from tests.conftest import FakeClock
+from tests.fakenvml import environment
+from tests.fakenvml.conftest import Fake
+from tests.fixtures.nvlink8 import generate
+
+CAPTURE_DIR = generate.OUT_DIR
+CAPTURE = load_capture(CAPTURE_DIR)
+T0 = CAPTURE.traces[0][0]["t"]
+MIB = 2**20
+GPUS = len(CAPTURE.traces)
+Series = dict[tuple[str, str, str, str], float]  # (metric, gpu, link, type) -> value
+
+
+def middle_of(phase: str) -> float:
+    p = next(p for p in CAPTURE.phases if p["name"] == phase)
+    return float((p["start"] + p["end"]) / 2 - T0)
+
+
+def record_at(gpu: int, position: float) -> dict[str, Any]:
+    """The trace record the fakes play at `position` seconds (the last one not after it)."""
+    trace = CAPTURE.traces[gpu]
+    return [r for r in trace if r["t"] - trace[0]["t"] <= position][-1]
+
+
+def probe(gpu: int, key: str) -> Any:
+    entry = CAPTURE.probe["devices"][gpu]["parametrized"].get(key)
+    return None if entry is None else entry.get("ok")
+
+
+def active_links(gpu: int) -> list[int]:
+    links = []
+    for link in range(36):
+        state = probe(gpu, f"nvmlDeviceGetNvLinkState({link})")
+        if state is None:  # recorded as an error: the end of the links
+            break
+        if state == 1:
+            links.append(link)
+    return links
+
+
+def series(sample: Sample, gpu: int) -> Series:
+    out: Series = {}
+    for name, labels, value in sample.values:
+        d = dict(labels)
+        if "nvlink" in name:
+            out[(name, str(gpu), d.get("link", ""), d.get("type", ""))] = value
+    return out
+
+
+class StartAt:
+    """A clock for CaptureNvml that holds its trace at `position`, as FAKENVML_SPEED=0
+    FAKENVML_START=position does for the C library: nvmlInit reads 0, every later call `position`."""
+
+    def __init__(self, position: float) -> None:
+        self.position = position
+        self.calls = 0
+
+    def __call__(self) -> float:
+        self.calls += 1
+        return 0.0 if self.calls == 1 else self.position
+
+
+def opened(nvml: Any, clock: FakeClock) -> NvmlSource:
+    source = NvmlSource(nvml, clock=clock)
+    source.open()
+    clock.advance(1.0)  # GPM needs two samples at least 100 ms apart
+    return source
+
+
+def polled(source: NvmlSource) -> Series:
+    got: Series = {}
+    for gpu in range(GPUS):
+        for tier in (Tier.SLOW, Tier.FAST):  # open() took the first GPM sample, 1 s before
+            got.update(series(source.poll(gpu, tier), gpu))
+    return got
+
+
+def expected(position: float) -> Series:
+    """What gpumon must export at `position`, from the capture files alone."""
+    want: Series = {}
+    for gpu in range(GPUS):
+        rec = record_at(gpu, position)
+        for link in active_links(gpu):
+            want[("gpumon_nvlink_up", str(gpu), str(link), "")] = 1.0
+            counts = rec.get("nvlink_errors", {}).get(str(link))
+            for code, name in NVLINK_ERRORS.items():
+                value = counts[code] if counts else probe(gpu, f"nvmlDeviceGetNvLinkErrorCounter({link},{code})")
+                want[("gpumon_nvlink_errors_total", str(gpu), str(link), name)] = float(value)
+            for direction in ("rx", "tx"):
+                rate = rec["gpm"][f"nvlink_{direction}_mibps_per_link"][link] * MIB
+                want[(f"gpumon_nvlink_{direction}_bytes_per_second", str(gpu), str(link), "")] = rate
+    return want
+
+
+# --- the capture itself --------------------------------------------------------------------------
+
+
+def test_committed_capture_is_what_the_generator_makes() -> None:
+    assert generate.stale() == [], "regenerate: .venv/bin/python -m tests.fixtures.nvlink8.generate"
+
+
+def test_capture_is_small_and_says_it_is_synthetic() -> None:
+    sizes = {name: (CAPTURE_DIR / name).stat().st_size for name in generate.FILES}
+    assert sum(sizes.values()) < 700_000, sizes
+    assert "NOT RECORDED ON HARDWARE" in CAPTURE.probe["synthetic"]
+    assert "SYNTHETIC" in (CAPTURE_DIR / "README.md").read_text()
+
+
+def test_capture_totals_agree_with_links_and_throughput_counters() -> None:
+    """GPM totals are the sum of the per-link rates, and fields 138/139 (KiB) grow by the GPM
+    totals over each gap: the three views of NVLink traffic a collector can take agree."""
+    for gpu in range(GPUS):
+        trace = CAPTURE.traces[gpu]
+        for prev, rec in itertools.pairwise(trace):
+            gpm, dt = rec["gpm"], rec["t"] - prev["t"]
+            for direction, field in (("rx", "nvlink_rx_kib"), ("tx", "nvlink_tx_kib")):
+                total = gpm[f"nvlink_{direction}_mibps"]
+                assert total == pytest.approx(sum(gpm[f"nvlink_{direction}_mibps_per_link"]), abs=0.06)
+                grown = (rec["fields"][field] - prev["fields"][field]) / 1024 / dt
+                assert grown == pytest.approx(total, rel=1e-3, abs=0.01)
+                # No link runs above its capacity (field 90, NVLINK_SPEED_MBPS_COMMON, in MB/s).
+                capacity = CAPTURE.probe["devices"][gpu]["fields"]["by_id"]["90"]["value"] * 1e6
+                assert max(gpm[f"nvlink_{direction}_mibps_per_link"]) * MIB < capacity
+
+
+# --- gpumon's nvml source on the fake library ------------------------------------------------------
+
+
+@pytest.mark.parametrize("phase", ["idle", "compute", "bursty"])
+def test_source_exports_the_captures_nvlink(fake: Fake, phase: str) -> None:
+    position = middle_of(phase)
+    fake.configure(capture=CAPTURE_DIR, speed=0, start=position)
+    source = opened(fake.nvml, FakeClock())
+    got = polled(source)
+    want = expected(position)
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, rel=1e-9), key
+    # The python fake (capture.py) reads the same capture the same way.
+    oracle = opened(CaptureNvml(load_capture(CAPTURE_DIR), clock=StartAt(position)), FakeClock())
+    assert polled(oracle) == pytest.approx(got, rel=1e-9)
+    source.close()
+    oracle.close()
+
+
+def test_down_link_has_no_series_and_the_others_do(fake: Fake) -> None:
+    fake.configure(capture=CAPTURE_DIR, speed=0, start=middle_of("compute"))
+    source = opened(fake.nvml, FakeClock())
+    got = polled(source)
+    down_gpu, down_link = generate.DOWN_LINK
+    for gpu in range(GPUS):
+        links = {k[2] for k in got if k[1] == str(gpu) and k[0] == "gpumon_nvlink_up"}
+        want = set(map(str, range(generate.LINKS))) - ({str(down_link)} if gpu == down_gpu else set())
+        assert links == want, gpu
+    assert not [k for k in got if k[1:3] == (str(down_gpu), str(down_link))]
+    source.close()
+
+
+def test_traffic_rises_in_compute_and_utilisation_stays_below_one(fake: Fake) -> None:
+    by_phase = {}
+    for phase in ("idle", "compute"):
+        fake.configure(capture=CAPTURE_DIR, speed=0, start=middle_of(phase))
+        source = opened(fake.nvml, FakeClock())
+        by_phase[phase] = polled(source)
+        source.close()
+    capacity = CAPTURE.probe["devices"][0]["fields"]["by_id"]["90"]["value"] * 1e6  # bytes/s per direction
+    for phase, got in by_phase.items():
+        ratios = [v / capacity for k, v in got.items() if k[0].endswith("_bytes_per_second")]
+        assert len(ratios) == 2 * (GPUS * generate.LINKS - 1)
+        assert all(0 <= r < 1 for r in ratios), phase
+        # The ratio gpumon's per-link rate gives against link capacity is the generator's load.
+        assert sum(ratios) / len(ratios) == pytest.approx(
+            max(generate.PHASE_LOAD[phase], generate.IDLE_MIBPS * MIB / capacity), rel=0.02)
+
+
+def test_error_counters_rise_on_the_marginal_link(fake: Fake) -> None:
+    gpu, link = generate.ERROR_LINK
+    seen = []
+    for position in (middle_of("idle"), middle_of("compute"), middle_of("idle2")):
+        fake.configure(capture=CAPTURE_DIR, speed=0, start=position)
+        source = opened(fake.nvml, FakeClock())
+        got = polled(source)
+        source.close()
+        seen.append({name: got[("gpumon_nvlink_errors_total", str(gpu), str(link), name)]
+                     for name in NVLINK_ERRORS.values()})
+        others = {k: v for k, v in got.items()
+                  if k[0] == "gpumon_nvlink_errors_total" and k[1:3] != (str(gpu), str(link))}
+        assert set(others.values()) == {0.0}
+    assert seen[0]["replay"] < seen[1]["replay"] < seen[2]["replay"]
+    assert seen[0]["crc_flit"] < seen[2]["crc_flit"]
+    assert all(seen[0][n] <= seen[1][n] <= seen[2][n] for n in seen[0])
+
+
+# --- `gpumon run --backend nvml`, scraped -----------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_gpumon_run_exports_nvlink_and_passes_promtool(libfakenvml: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.integration.processes import Gpumon, need
+
+    position = middle_of("compute")
+    for name, value in environment(libfakenvml, capture=CAPTURE_DIR, speed=0, start=position).items():
+        monkeypatch.setenv(name, value)
+    with Gpumon(tmp_path, backend="nvml") as g:
+        time.sleep(1.3)  # one more fast round, so GPM series are present
+        status, body = g.get("/metrics")
+        log = g.log
+    assert status == 200
+    got: Series = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for s in family.samples:
+            if s.name.startswith("gpumon_nvlink_"):
+                got[(s.name, s.labels["gpu"], s.labels["link"], s.labels.get("type", ""))] = s.value
+    want = expected(position)
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, rel=1e-9), key
+    assert '"level": "error"' not in log, log
+    check = subprocess.run([need("promtool"), "check", "metrics"], input=body, capture_output=True)
+    assert check.returncode == 0, check.stdout + check.stderr
