@@ -114,6 +114,14 @@ def footprint(p: Process, seconds: float, scrape_every: float = 15.0) -> dict[st
             "rss_mib": mem.get("VmRSS", 0) / 1024, "peak_rss_mib": mem.get("VmHWM", 0) / 1024}
 
 
+# What Prometheus 2.x sends with every scrape: it prefers OpenMetrics, and takes gzip.
+PROMETHEUS_SCRAPE_HEADERS = {
+    "Accept": "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
+              "text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+    "Accept-Encoding": "gzip",
+}
+
+
 async def _scrapers(url: str, concurrency: int, requests_each: int, every_s: float = 0.0
                     ) -> tuple[list[float], int, float]:
     """Each of `concurrency` clients scrapes `requests_each` times, back to back (every_s 0) or
@@ -140,7 +148,7 @@ async def _scrapers(url: str, concurrency: int, requests_each: int, every_s: flo
 
     rng = random.Random(8)
     connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector, headers={"Accept-Encoding": "gzip"},
+    async with aiohttp.ClientSession(connector=connector, headers=PROMETHEUS_SCRAPE_HEADERS,
                                      auto_decompress=False) as session:
         k, requests_each = requests_each, 1
         await one(session)  # warm up: connection set up and first render
@@ -154,7 +162,7 @@ async def _scrapers(url: str, concurrency: int, requests_each: int, every_s: flo
 
 def scrape_latency(url: str, concurrency: int = 20, requests_each: int = 50, paced_s: float = 10.0
                    ) -> dict[str, float]:
-    """p50/p99 of GET url (keep-alive, gzip as Prometheus asks for it): `concurrency` clients
+    """p50/p99 of GET url (keep-alive, OpenMetrics and gzip as Prometheus asks): `concurrency` clients
     scraping back to back (the worst case: every request queues behind the others), the same
     clients each scraping once a second from random phases for `paced_s` (a fleet of aggressive
     Prometheus servers), and one client alone (the service time)."""

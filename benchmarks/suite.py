@@ -12,6 +12,7 @@ the budgets of issue 8 and writes every number as JSON. Reports; never fails on 
 from __future__ import annotations
 
 import argparse
+import compileall
 import ctypes
 import json
 import os
@@ -24,7 +25,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks import daemon, floor
+import gpumon
+from benchmarks import daemon, floor, interconnect, notify_backlog
 from gpumon.sources.replay import DEMO_CAPTURE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,6 +74,7 @@ class Settings:
     nvitop: bool = True
     alert: bool = True
     alert_lead_s: float = 8.0  # the replay reaches memory > 90% on GPU 0 this long after start
+    interconnect_rounds: int = 500  # InfiniBand polls over 8 fake NICs (benchmarks.interconnect)
 
 
 def fake_library(work: Path) -> Path:
@@ -185,6 +188,10 @@ def run(s: Settings, work: Path) -> dict[str, Any]:
             raise SystemExit(f"bench-gpu: {why}. Run `make bench` for the fake-NVML benchmark.")
     else:
         library = fake_library(work)
+    # An installed gpumon has its bytecode compiled (pip does it); a checkout run with
+    # PYTHONDONTWRITEBYTECODE compiles every module at each start, which alone adds ~10 MB to the
+    # peak RSS measured below. Compile it first, as an install would.
+    compileall.compile_dir(str(Path(gpumon.__file__).parent), quiet=1)
     fl = floor.compute(DEMO_CAPTURE)
     results["floor"] = asdict(fl)
     sizes = (0,) if s.gpu else s.sizes  # 0: every GPU the machine has
@@ -231,6 +238,18 @@ def run(s: Settings, work: Path) -> dict[str, Any]:
         except (RuntimeError, OSError) as exc:
             results["alert_error"] = str(exc)
         _progress(f"alert: {results.get('alert') or results.get('alert_error')}")
+    if library:
+        # The notification issue's item: a dead receiver's backlog must not slow polling. Half the
+        # footprint window per run (baseline and backlog), so `make bench` grows by about a minute.
+        nb = notify_backlog.Settings(gpus=s.daemon_gpus, window_s=s.footprint_s / 2,
+                                     warmup_s=min(5.0, s.footprint_s / 4))
+        try:
+            results["notify_backlog"] = notify_backlog.run(nb, work, library)
+        except (RuntimeError, OSError) as exc:
+            results["notify_backlog_error"] = str(exc)
+    # Issue 7: InfiniBand collection over 8 fake NICs (no NVML involved, so also with --gpu).
+    results["interconnect"] = interconnect.run(rounds=s.interconnect_rounds)
+    _progress(f"interconnect: {results['interconnect']['connectx']['poll_us_median']:.0f} us per poll, 8 NICs")
     results["machine"]["loadavg_end"] = os.getloadavg()
     return results
 
@@ -309,6 +328,12 @@ def table(r: dict[str, Any]) -> str:
                      "never received" if to_hook is None else f"{to_hook:.0f} ms",
                      f"<= {b['alert_ms_after_firing']:.0f} ms",
                      _verdict(None if to_hook is None else to_hook <= b["alert_ms_after_firing"])))
+    if "interconnect" in r:
+        rows.append(interconnect.table_row(r["interconnect"]))
+    if "notify_backlog" in r:
+        rows.extend(notify_backlog.table_rows(r["notify_backlog"]))
+    elif "notify_backlog_error" in r:
+        rows.append(("notify backlog", "failed: " + r["notify_backlog_error"].splitlines()[0], "", ""))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |" for row in rows]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")

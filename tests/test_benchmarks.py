@@ -60,3 +60,33 @@ def test_bench_gpu_says_clearly_when_nvml_is_missing() -> None:
         pytest.skip("this machine has NVML")
     with pytest.raises(SystemExit, match=r"bench-gpu: .*make bench"):
         suite.main(["--gpu", "--out", "/nonexistent/never-written.json"])
+
+
+def test_notify_backlog_benchmark_runs_at_tiny_size(tmp_path: Path) -> None:
+    """Baseline and backlog daemons on 2 fake GPUs, 2 s windows, 20 notifications queued for a dead
+    receiver: the backlog must really be in the outbox (the notifier's own queue-length metric)."""
+    from benchmarks import notify_backlog
+
+    settings = notify_backlog.Settings(notifications=20, gpus=2, window_s=2.5, warmup_s=1.0,
+                                       rule_evaluation_interval="1s")
+    result = notify_backlog.run(settings, tmp_path)
+    assert result["backlog_present"] and result["backlog_queue_min"] >= 20
+    assert [r["queued_before_start"] for r in result["runs"]["backlog"]] == [20]
+    assert result["runs"]["baseline"][0]["queue_max"] == 0
+    assert result["baseline"]["polls"] >= 1 and result["backlog"]["polls"] >= 1
+    assert result["ratio_mean"] > 0 and result["baseline"]["cpu_percent"] > 0
+    assert "notify backlog: fast poll round, 20 queued" in notify_backlog.table_rows(result)[0][0]
+
+
+def test_interconnect_benchmark_runs_at_tiny_size() -> None:
+    """Two fake NICs of each kind, a few polls: every port polled, every series there, no read errors."""
+    from benchmarks import interconnect
+
+    result = interconnect.run(nics=2, rounds=3)
+    cx, plain = result["connectx"], result["plain"]
+    assert cx["ports"] == plain["ports"] == 2 and cx["rounds"] == 3
+    assert cx["series_per_poll"] > plain["series_per_poll"] > 0  # hw_counters only on ConnectX
+    assert cx["read_errors"] == plain["read_errors"] == 0
+    assert 0 < cx["poll_us_median"] <= cx["poll_us_p90"] <= cx["poll_us_max"]
+    assert result["connectx_us_per_8_nics"] == cx["poll_us_median"] * 4
+    assert "InfiniBand poll, 2 NICs" in interconnect.table_row(result)[0]
