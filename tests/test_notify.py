@@ -277,3 +277,25 @@ def test_silences_mute_matching_alerts_and_persist(tmp_path: Path) -> None:
         with pytest.raises(ValueError):
             parse_request(bad, now)
     svc.outbox.close()
+
+
+def test_a_retry_holds_back_its_receivers_later_entries_and_touches_one_row(tmp_path: Path) -> None:
+    from gpumon.notify.outbox import Outbox
+
+    box = Outbox(tmp_path / "outbox.sqlite")
+    ids = [box.put("dead", f"{i}".encode(), now=100.0) for i in range(1000)]  # same created: order by insertion
+    other = box.put("alive", b"x", now=100.0)
+    first = box.due(200.0, limit=1)[0]
+    assert first.id == ids[0]
+    before = box._db.total_changes
+    box.retry(first, at=300.0, error="HTTP 503")
+    assert box._db.total_changes - before == 1  # not 1000 rewritten rows
+    assert [e.id for e in box.due(200.0)] == [other]  # "dead" waits behind its first entry
+    box.delivered(other)
+    assert box.next_due() == 300.0  # not the later entries' own (past) times
+    assert [e.id for e in box.due(300.0, limit=3)] == ids[:3]
+    box.retry(box.due(300.0, limit=2)[1], at=400.0, error="HTTP 503")  # the second one fails now
+    assert [e.id for e in box.due(300.0)] == ids[:1]
+    box.delivered(ids[0])
+    assert box.due(300.0) == [] and box.next_due() == 400.0
+    assert [e.id for e in box.due(400.0, limit=2)] == ids[1:3]

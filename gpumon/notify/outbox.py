@@ -27,7 +27,12 @@ CREATE TABLE IF NOT EXISTS outbox (
     last_error TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_attempt);
+CREATE INDEX IF NOT EXISTS outbox_order ON outbox (receiver, state);
 """
+# A receiver's notifications go in insertion order (the rowid: unique, unlike `created`): nothing
+# queued after an entry that waits for a retry may go first. Every query below walks the
+# (receiver, state) index, which holds the rowid, up to such an entry, so neither a retry (one row
+# updated) nor finding what is due costs in proportion to a dead receiver's backlog.
 BACKOFF_BASE_S = 1.0
 BACKOFF_MAX_S = 300.0
 
@@ -64,26 +69,47 @@ class Outbox:
         return entry_id
 
     def due(self, now: float, limit: int = 100) -> list[Entry]:
-        rows = self._db.execute(
-            "SELECT id, receiver, body, created, attempts FROM outbox WHERE state='queued' AND next_attempt<=? "
-            "ORDER BY created LIMIT ?", (now, limit))
-        return [Entry(*row) for row in rows]
+        """Up to `limit` entries to send now, oldest first: per receiver, its queued entries in order
+        up to the first that is not due yet (so each receiver gets its notifications in order)."""
+        found: list[tuple[int, Entry]] = []
+        for receiver, head in self._heads():
+            rows = self._db.execute(
+                "SELECT rowid, id, next_attempt, created, attempts, body FROM outbox "
+                "WHERE receiver=? AND state='queued' AND rowid>=? ORDER BY rowid LIMIT ?", (receiver, head, limit))
+            for rowid, entry_id, next_attempt, created, attempts, body in rows:
+                if next_attempt > now:
+                    break
+                found.append((rowid, Entry(entry_id, receiver, body, created, attempts)))
+        return [entry for _, entry in sorted(found, key=lambda f: f[0])[:limit]]
 
     def next_due(self) -> float | None:
-        row = self._db.execute("SELECT MIN(next_attempt) FROM outbox WHERE state='queued'").fetchone()
-        return row[0] if row and row[0] is not None else None
+        """When something can next be sent: the earliest retry time of any receiver's first queued
+        entry (the entries after it wait for it, whatever their own times)."""
+        times = [self._db.execute("SELECT next_attempt FROM outbox WHERE rowid=?", (head,)).fetchone()[0]
+                 for _, head in self._heads()]
+        return min(times, default=None)
+
+    def _heads(self) -> list[tuple[str, int]]:
+        """(receiver, rowid of its first queued entry) for every receiver with something queued: a
+        few index seeks per receiver (a GROUP BY would read the whole backlog)."""
+        heads: list[tuple[str, int]] = []
+        receiver = ""
+        while (row := self._db.execute("SELECT receiver FROM outbox WHERE receiver>? ORDER BY receiver LIMIT 1",
+                                       (receiver,)).fetchone()) is not None:
+            receiver = row[0]
+            head = self._db.execute("SELECT rowid FROM outbox WHERE receiver=? AND state='queued' "
+                                    "ORDER BY rowid LIMIT 1", (receiver,)).fetchone()
+            if head is not None:
+                heads.append((receiver, head[0]))
+        return heads
 
     def delivered(self, entry_id: str) -> None:
         self._db.execute("DELETE FROM outbox WHERE id=?", (entry_id,))
 
     def retry(self, entry: Entry, at: float, error: str) -> None:
-        """Try this entry again at `at`; the receiver's later entries wait too, so order is kept."""
-        with self._db:
-            self._db.execute("BEGIN")
-            self._db.execute("UPDATE outbox SET attempts=attempts+1, next_attempt=?, last_error=? WHERE id=?",
-                             (at, error, entry.id))
-            self._db.execute("UPDATE outbox SET next_attempt=MAX(next_attempt, ?) WHERE receiver=? AND "
-                             "state='queued' AND created>=? AND id!=?", (at, entry.receiver, entry.created, entry.id))
+        """Try this entry again at `at`; the receiver's later entries wait for it (see `due`)."""
+        self._db.execute("UPDATE outbox SET attempts=attempts+1, next_attempt=?, last_error=? WHERE id=?",
+                         (at, error, entry.id))
 
     def fail(self, entry: Entry, state: str, error: str) -> None:
         """Stop trying: `failed` (permanent error) or `dead` (too old). Kept for inspection."""
@@ -92,9 +118,13 @@ class Outbox:
 
     def stats(self, now: float) -> dict[str, tuple[int, float]]:
         """Per receiver: queued count and the age of the oldest queued entry."""
-        rows = self._db.execute(
-            "SELECT receiver, COUNT(*), MIN(created) FROM outbox WHERE state='queued' GROUP BY receiver")
-        return {r: (n, now - oldest) for r, n, oldest in rows}
+        stats = {}
+        for receiver, head in self._heads():
+            (n,) = self._db.execute("SELECT COUNT(*) FROM outbox WHERE receiver=? AND state='queued'",
+                                    (receiver,)).fetchone()
+            (oldest,) = self._db.execute("SELECT created FROM outbox WHERE rowid=?", (head,)).fetchone()
+            stats[receiver] = (n, now - oldest)
+        return stats
 
     def close(self) -> None:
         self._db.close()
