@@ -18,6 +18,8 @@ PERCENT = 0.01  # NVML percent -> ratio 0..1
 MILLI = 1e-3  # mW -> W, mJ -> J
 MHZ = 1e6  # MHz -> Hz
 MIB = 1048576.0  # MiB/s -> bytes/s
+KIB = 1024.0  # KiB -> bytes
+MEGA = 1e6  # MB/s (decimal, as NVML's NVLink speed field) -> bytes/s
 NANO = 1e-9  # ns -> s
 
 
@@ -160,6 +162,25 @@ METRICS: tuple[Metric, ...] = (
     _m("gpumon_nvlink_tx_bytes_per_second", GAUGE, "bytes_per_second",
        "NVLink bytes sent per second on a link (GPM per-link rate).",
        reading="gpm", key="nvlink_tx", scale=MIB, labels=("link",)),
+    _m("gpumon_nvlink_utilization_ratio", GAUGE, "ratio",
+       "Per-link NVLink rate as a fraction of the link's speed, by direction (rx, tx): the GPM per-link "
+       "rate over gpumon_nvlink_speed_bytes_per_second; no series while the speed is unknown.",
+       reading="gpm", key="nvlink_utilization", labels=("link", "direction")),
+    _m("gpumon_nvlink_total_rx_bytes_per_second", GAUGE, "bytes_per_second",
+       "NVLink bytes received per second over all of the GPU's links (GPM NVLINK_TOTAL_RX_PER_SEC).",
+       reading="gpm", key="nvlink_rx_total", scale=MIB),
+    _m("gpumon_nvlink_total_tx_bytes_per_second", GAUGE, "bytes_per_second",
+       "NVLink bytes sent per second over all of the GPU's links (GPM NVLINK_TOTAL_TX_PER_SEC).",
+       reading="gpm", key="nvlink_tx_total", scale=MIB),
+    _m("gpumon_nvlink_rx_bytes_total", COUNTER, "bytes",
+       "NVLink data bytes received over all of the GPU's links (field 139 NVLINK_THROUGHPUT_DATA_RX, "
+       "KiB); needs no GPM.", reading="fields", key="139", scale=KIB),
+    _m("gpumon_nvlink_tx_bytes_total", COUNTER, "bytes",
+       "NVLink data bytes sent over all of the GPU's links (field 138 NVLINK_THROUGHPUT_DATA_TX, "
+       "KiB); needs no GPM.", reading="fields", key="138", scale=KIB),
+    _m("gpumon_nvlink_speed_bytes_per_second", GAUGE, "bytes_per_second",
+       "Speed of each of the GPU's active NVLink links, per direction (field 90 NVLINK_SPEED_MBPS_COMMON: "
+       "one value common to all active links).", tier=S, reading="nvlink_speed", scale=MEGA),
     # --- memory errors -------------------------------------------------------------------------
     _m("gpumon_ecc_volatile_errors_total", COUNTER, "",
        "ECC errors since the driver was loaded, by severity (corrected, uncorrected).",

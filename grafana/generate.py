@@ -403,12 +403,27 @@ def nvlink_panels(b: Board) -> None:
     b.add(timeseries("NVLink transmit, per link", [target(g("gpumon_nvlink_tx_bytes_per_second"),
                                                          "{{instance}} GPU {{gpu}} link {{link}}")],
                      "Bps", "Bytes per second sent on each active link (GPM per-link rate)."))
+    b.add(timeseries("NVLink utilisation, per link", [target(g("gpumon_nvlink_utilization_ratio"),
+                                                            "{{instance}} GPU {{gpu}} link {{link}} {{direction}}")],
+                     "percentunit", "Each active link's rate as a fraction of its speed, per direction (GPM per-link "
+                     "rate / NVLink speed). Empty without GPM or where NVML gives no link speed.", max_=1))
+    rx_total = (f'{g("gpumon_nvlink_total_rx_bytes_per_second")} '
+                f'or rate({g("gpumon_nvlink_rx_bytes_total")}[$__rate_interval])')
+    tx_total = (f'{g("gpumon_nvlink_total_tx_bytes_per_second")} '
+                f'or rate({g("gpumon_nvlink_tx_bytes_total")}[$__rate_interval])')
+    b.add(timeseries("NVLink throughput, per GPU", [target(rx_total, "{{instance}} GPU {{gpu}} rx"),
+                                                    target(tx_total, "{{instance}} GPU {{gpu}} tx")],
+                     "Bps", "All of a GPU's links together: the GPM total rate where the GPU has GPM, the rate of "
+                     "the NVLink throughput counters (fields 138/139) otherwise."))
     b.add(timeseries("NVLink errors", [target(f'increase({g("gpumon_nvlink_errors_total")}[$__rate_interval])',
                                               "{{instance}} GPU {{gpu}} link {{link}} {{type}}")],
                      "none", "Data-link replays, recoveries and CRC errors per interval; a steady rate points at a "
                      "failing link.", bars=True))
     b.add(table("NVLink links up", [target(g("gpumon_nvlink_up"))], "none",
-                "1 for each link that was active at initialisation and is still up; 0 for one that went down."))
+                "1 for each link that was active at initialisation and is still up; 0 for one that went down."), 6, 8)
+    b.add(table("NVLink link speed", [target(g("gpumon_nvlink_speed_bytes_per_second"))], "Bps",
+                "Speed of each active link, per direction (NVML's one value common to the GPU's active links)."),
+          6, 8)
 
 
 def infiniband_panels(b: Board) -> None:

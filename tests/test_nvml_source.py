@@ -16,7 +16,8 @@ from gpumon.sources.nvml import NvmlSource
 from tests.conftest import FakeClock
 
 # The H200 capture has no NVLink: its NVLink metrics are unsupported on every GPU.
-NO_NVLINK = sum(1 for m in catalog.METRICS if "nvlink" in m.reading or "nvlink" in m.key)
+# Counted by name: NVLink fields (90, 138, 139) and GPM totals have no "nvlink" in their reading or key.
+NO_NVLINK = sum(1 for m in catalog.METRICS if m.source == "nvml" and m.name.startswith("gpumon_nvlink_"))
 
 NOT_SUPPORTED = {"err": "NVMLError_NotSupported(3)", "us_first": 1.0, "us_med": 1.0, "us_p90": 1.0}
 
@@ -167,7 +168,7 @@ def test_without_gpm_sm_activity_is_absent_not_faked(capture: Capture, clock: Fa
     assert "gpumon_sm_active_ratio" not in got
     assert "gpumon_gpu_utilization_ratio" in got
     assert source.unsupported_count(0) == NO_NVLINK + sum(1 for m in catalog.METRICS if m.reading == "gpm"
-                                                               and "nvlink" not in m.key)
+                                                               and not m.name.startswith("gpumon_nvlink_"))
 
 
 def test_memory_info_v1_fallback_on_old_driver(capture: Capture, clock: FakeClock) -> None:
@@ -283,15 +284,76 @@ def test_nvlink_active_links_only(capture: Capture, clock: FakeClock) -> None:
     params["nvmlDeviceGetNvLinkState(3)"] = {"err": "NVMLError_InvalidArgument(2)"}  # ends the scan
     gpm = capture.probe["devices"][0]["gpm"]["metrics"]
     gpm["64"] = {"ret": 0, "value": 2.0}  # link 1 RX, MiB/s
-    source, _ = opened(capture, clock)
+    with_nvlink_speed_and_totals(capture, speed_mbps=25000)
+    source, fake = opened(capture, clock)
     clock.advance(1.0)
-    fast, slow = values(source.poll(0, Tier.FAST)), values(source.poll(0, Tier.SLOW))
+    slow = values(source.poll(0, Tier.SLOW))  # the speed is read in the slow tier, before the ratio
+    fast = values(source.poll(0, Tier.FAST))
     assert fast[("gpumon_nvlink_rx_bytes_per_second", (("link", "1"),))] == 2.0 * 1048576
     assert ("gpumon_nvlink_rx_bytes_per_second", (("link", "2"),)) not in fast  # inactive: no series
     assert slow[("gpumon_nvlink_up", (("link", "0"),))] == 1.0
     assert slow[("gpumon_nvlink_errors_total", (("link", "1"), ("type", "crc_flit")))] == 12
     assert {k[1][0][1] for k in slow if k[0] == "gpumon_nvlink_up"} == {"0", "1"}
+    # Speed (MB/s, decimal) once per GPU; utilisation per active link and direction = rate / speed.
+    assert slow[("gpumon_nvlink_speed_bytes_per_second", ())] == 25000e6
+    assert fast[("gpumon_nvlink_utilization_ratio", (("link", "1"), ("direction", "rx")))] == pytest.approx(
+        2.0 * 1048576 / 25000e6)
+    assert fast[("gpumon_nvlink_utilization_ratio", (("link", "0"), ("direction", "tx")))] == 0.0
+    assert {k[1] for k in fast if k[0] == "gpumon_nvlink_utilization_ratio"} == {
+        (("link", link), ("direction", d)) for link in ("0", "1") for d in ("rx", "tx")}
+    rec = fake._record(0)
+    assert fast[("gpumon_nvlink_total_rx_bytes_per_second", ())] == rec["gpm"]["nvlink_rx_mibps"] * 1048576
+    assert fast[("gpumon_nvlink_total_tx_bytes_per_second", ())] == rec["gpm"]["nvlink_tx_mibps"] * 1048576
+    assert fast[("gpumon_nvlink_rx_bytes_total", ())] == rec["fields"]["nvlink_rx_kib"] * 1024
+    assert fast[("gpumon_nvlink_tx_bytes_total", ())] == rec["fields"]["nvlink_tx_kib"] * 1024
     assert source.unsupported_count(0) == 0
+    assert source.error_counts() == {}
+
+
+def with_nvlink_speed_and_totals(capture: Capture, speed_mbps: int | None) -> None:
+    """Give the (NVLink-less) H200 capture field 90, fields 138/139 and GPM totals; speed None: refused."""
+    by_id = capture.probe["devices"][0]["fields"]["by_id"]
+    by_id["90"] = {"ret": 0, "type": 1, "value": speed_mbps} if speed_mbps else {"ret": 3, "type": 1}
+    for i, rec in enumerate(capture.traces[0]):
+        rec["fields"]["nvlink_rx_kib"], rec["fields"]["nvlink_tx_kib"] = 1000 + 7 * i, 2000 + 9 * i
+        rec["gpm"]["nvlink_rx_mibps"], rec["gpm"]["nvlink_tx_mibps"] = 3.0, 4.0
+
+
+def test_nvlink_without_speed_has_no_utilisation_and_no_error(capture: Capture, clock: FakeClock) -> None:
+    params = capture.probe["devices"][0]["parametrized"]
+    for link in (0, 1):
+        params[f"nvmlDeviceGetNvLinkState({link})"] = {"ok": 1}
+        for counter in range(4):
+            params[f"nvmlDeviceGetNvLinkErrorCounter({link},{counter})"] = {"ok": 0}
+    params["nvmlDeviceGetNvLinkState(2)"] = {"err": "NVMLError_InvalidArgument(2)"}
+    capture.probe["devices"][0]["gpm"]["metrics"]["62"] = {"ret": 0, "value": 5.0}  # link 0 RX, MiB/s
+    with_nvlink_speed_and_totals(capture, speed_mbps=None)  # field 90 answers NotSupported
+    source, _ = opened(capture, clock)
+    for _ in range(2):
+        clock.advance(1.0)
+        slow, fast = names(source.poll(0, Tier.SLOW)), values(source.poll(0, Tier.FAST))
+    assert "gpumon_nvlink_speed_bytes_per_second" not in slow
+    assert fast[("gpumon_nvlink_rx_bytes_per_second", (("link", "0"),))] == 5.0 * 1048576  # rates stay
+    assert ("gpumon_nvlink_rx_bytes_total", ()) in fast
+    assert not [k for k in fast if k[0] == "gpumon_nvlink_utilization_ratio"]
+    assert source.error_counts() == {}
+    assert source.unsupported_count(0) == 2  # the speed, and the ratio that needs it
+
+
+def test_nvlink_speed_of_zero_gives_no_ratio(capture: Capture, clock: FakeClock) -> None:
+    params = capture.probe["devices"][0]["parametrized"]
+    params["nvmlDeviceGetNvLinkState(0)"] = {"ok": 1}
+    params["nvmlDeviceGetNvLinkState(1)"] = {"err": "NVMLError_InvalidArgument(2)"}
+    for counter in range(4):
+        params[f"nvmlDeviceGetNvLinkErrorCounter(0,{counter})"] = {"ok": 0}
+    with_nvlink_speed_and_totals(capture, speed_mbps=0)
+    capture.probe["devices"][0]["fields"]["by_id"]["90"] = {"ret": 0, "type": 1, "value": 0}
+    source, _ = opened(capture, clock)
+    clock.advance(1.0)
+    slow, fast = names(source.poll(0, Tier.SLOW)), names(source.poll(0, Tier.FAST))
+    assert "gpumon_nvlink_rx_bytes_per_second" in fast
+    assert "gpumon_nvlink_speed_bytes_per_second" not in slow and "gpumon_nvlink_utilization_ratio" not in fast
+    assert source.error_counts() == {}
 
 
 def test_one_refused_nvlink_error_counter_leaves_the_others(capture: Capture, clock: FakeClock) -> None:

@@ -112,5 +112,6 @@ async def test_errors_are_exported_by_call(build: Build) -> None:
     got = scraped(s.exporter)
     key = ("gpumon_nvml_errors_total", (("call", "nvmlDeviceGetUtilizationRates"), ("error", "NVMLError_Timeout")))
     assert got[key] == 1.0
-    nvlink = sum(1 for m in catalog.METRICS if "nvlink" in m.reading or "nvlink" in m.key)  # none in the capture
+    nvlink = sum(1 for m in catalog.METRICS  # none in the capture
+                 if m.source == "nvml" and m.name.startswith("gpumon_nvlink_"))
     assert got[("gpumon_unsupported_metrics", (("gpu", "0"),))] == nvlink

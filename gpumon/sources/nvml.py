@@ -40,11 +40,16 @@ ARCHITECTURES = {2: "kepler", 3: "maxwell", 4: "pascal", 5: "volta", 6: "turing"
 # GPM metric ids (NVML_GPM_METRIC_*) keyed as the catalog's `key`.
 GPM_METRICS = {"graphics_util": 1, "sm_util": 2, "sm_occupancy": 3, "any_tensor_util": 5,
                "dram_bw_util": 10, "fp64_util": 11, "fp32_util": 12, "fp16_util": 13,
-               "pcie_tx": 20, "pcie_rx": 21}
+               "pcie_tx": 20, "pcie_rx": 21, "nvlink_rx_total": 60, "nvlink_tx_total": 61}
 GPM_MIN_INTERVAL_S = 0.1  # NVML needs two GPM samples at least this far apart
 NVLINK_MAX_LINKS = 36
 LABEL_CACHE_MAX = 4096
 NVLINK_ERRORS = {0: "replay", 1: "recovery", 2: "crc_flit", 3: "crc_data"}
+NVLINK_SPEED_FIELD = 90  # NVML_FI_DEV_NVLINK_SPEED_MBPS_COMMON: MB/s per active link and direction
+# What a GPU without an active NVLink lacks, as `_Gpu.absent` names it: every gpumon_nvlink_* metric
+# (GPM answers its NVLink ids with 0 on such a GPU, so asking is not enough).
+NVLINK_ABSENT = frozenset(f"{m.reading}:{m.key}" if m.key else m.reading for m in catalog.METRICS
+                          if m.source == "nvml" and m.name.startswith("gpumon_nvlink_"))
 
 
 def gpm_nvlink_ids(link: int) -> tuple[int, int]:
@@ -78,6 +83,7 @@ READING_CALLS = {
     "ecc_aggregate": "nvmlDeviceGetTotalEccErrors", "remapped_rows": "nvmlDeviceGetRemappedRows",
     "processes": "nvmlDeviceGetComputeRunningProcesses",
     "nvlink_state": "nvmlDeviceGetNvLinkState", "nvlink_errors": "nvmlDeviceGetNvLinkErrorCounter",
+    "nvlink_speed": "nvmlDeviceGetFieldValues",
 }
 
 Reading = Iterable[tuple[str, tuple[str, ...], float]]
@@ -113,10 +119,12 @@ class _Gpu:
     gpm_prev_t: float | None = None
     gpm_get: Any = None
     gpm_results: Any = None  # gpm_get.metrics, read through plain ctypes (see _plain_view)
-    gpm_wanted: list[tuple[str, tuple[str, ...], int]] = field(default_factory=list)
+    # (catalog key, label values, GPM metric id, utilisation label values or None) per requested metric
+    gpm_wanted: list[tuple[str, tuple[str, ...], int, tuple[str, ...] | None]] = field(default_factory=list)
     gpm_wanted_for: tuple[int, int] = (-1, -1)  # (id of the plan, len(absent)) gpm_wanted was made for
     memory_v2: bool = True
     nvlinks: tuple[int, ...] = ()  # links active at (re)initialisation
+    nvlink_ratio: float = 0.0  # GPM MiB/s -> fraction of link speed; 0 while the speed is unknown
     label_cache: dict[tuple[str, tuple[str, ...]], Labels] = field(default_factory=dict)
 
 
@@ -269,7 +277,7 @@ class NvmlSource:
             gpu.reasons_legacy = _code(exc) == FUNCTION_NOT_FOUND
             gpu.reasons_supported = self._static(lambda: int(n.nvmlDeviceGetSupportedClocksThrottleReasons(handle)), 0)
         if not gpu.nvlinks:  # no NVLink (or none active): those metrics are simply absent
-            gpu.absent.update({"nvlink_state", "nvlink_errors", "gpm:nvlink_rx", "gpm:nvlink_tx"})
+            gpu.absent.update(NVLINK_ABSENT)
         if device.gpm_supported:
             try:
                 gpu.gpm_prev, gpu.gpm_next = n.nvmlGpmSampleAlloc(), n.nvmlGpmSampleAlloc()
@@ -468,6 +476,21 @@ class NvmlSource:
                 self._failed(gpu, f"nvlink_errors:{name}", READING_CALLS["nvlink_errors"], exc)
         return out
 
+    def _read_nvlink_speed(self, gpu: _Gpu, plan: _Plan) -> Reading:
+        # Its own call rather than a row of `fields`: the value is also kept for the utilisation ratio.
+        (v,) = _plain_view(self.nvml.nvmlDeviceGetFieldValues(gpu.handle, [NVLINK_SPEED_FIELD]))
+        if v.nvmlReturn != 0:
+            err = self.nvml.NVMLError(v.nvmlReturn)
+            if _code(err) in ABSENT_CODES:  # no speed, no ratio: both count as unsupported
+                self._mark_absent(gpu, "gpm:nvlink_utilization", err)
+            raise err
+        speed = _field_value(v)
+        if not (math.isfinite(speed) and speed > 0):
+            gpu.nvlink_ratio = 0.0
+            return ()
+        gpu.nvlink_ratio = catalog.MIB / (speed * catalog.MEGA)
+        return (("", (), speed),)
+
     def _read_processes(self, gpu: _Gpu, plan: _Plan) -> Reading:
         procs = self.nvml.nvmlDeviceGetComputeRunningProcesses(gpu.handle)
         used = [(p.pid, p.usedGpuMemory) for p in procs]
@@ -508,29 +531,36 @@ class NvmlSource:
         gpu.gpm_prev, gpu.gpm_next, gpu.gpm_prev_t = gpu.gpm_next, gpu.gpm_prev, now
         out = []
         isfinite = math.isfinite
-        for j, (key, label_values, _) in enumerate(wanted):
+        ratio = gpu.nvlink_ratio
+        for j, (key, label_values, _, ratio_labels) in enumerate(wanted):
             metric = results[j]
             if metric.nvmlReturn != 0:
                 self._failed(gpu, f"gpm:{key}", "nvmlGpmMetricsGet", n.NVMLError(metric.nvmlReturn))
             elif isfinite(value := metric.value):  # NVML can return NaN with success
                 out.append((key, label_values, value))
+                if ratio_labels is not None and ratio:
+                    out.append(("nvlink_utilization", ratio_labels, value * ratio))
         return out
 
     def _plan_gpm(self, gpu: _Gpu, plan: _Plan) -> None:
         """Which GPM metrics to ask for, written into the request once: NVML leaves the ids alone."""
-        # (catalog key, label values, GPM metric id): one entry per metric, per link for NVLink rates
-        wanted: list[tuple[str, tuple[str, ...], int]] = []
+        # One entry per metric, per link for NVLink rates; a per-link rate also carries the labels of
+        # its utilisation ratio (computed from it in `_read_gpm`), or None when that is not exported.
+        wanted: list[tuple[str, tuple[str, ...], int, tuple[str, ...] | None]] = []
+        ratios = "nvlink_utilization" in plan.readings["gpm"] and "gpm:nvlink_utilization" not in gpu.absent
         for key in plan.readings["gpm"]:
-            if f"gpm:{key}" in gpu.absent:
+            if f"gpm:{key}" in gpu.absent or key == "nvlink_utilization":
                 continue
             if key in ("nvlink_rx", "nvlink_tx"):
-                wanted.extend((key, (str(link),), gpm_nvlink_ids(link)[key == "nvlink_tx"]) for link in gpu.nvlinks)
+                direction = key.removeprefix("nvlink_")
+                wanted.extend((key, (str(link),), gpm_nvlink_ids(link)[key == "nvlink_tx"],
+                               (str(link), direction) if ratios else None) for link in gpu.nvlinks)
             else:
-                wanted.append((key, (), GPM_METRICS[key]))
+                wanted.append((key, (), GPM_METRICS[key], None))
         mg = gpu.gpm_get
         mg.version = self.nvml.NVML_GPM_METRICS_GET_VERSION
         mg.numMetrics = len(wanted)
-        for j, (_, _, metric_id) in enumerate(wanted):
+        for j, (_, _, metric_id, _) in enumerate(wanted):
             gpu.gpm_results[j].metricId = metric_id
         gpu.gpm_wanted, gpu.gpm_wanted_for = wanted, (id(plan), len(gpu.absent))
 

@@ -3,7 +3,8 @@ tests/fixtures/nvlink8 (generated, not recorded: see its README.md).
 
 Every expected number is read from the capture files here, never typed in: per-link state and
 error counters from probe.json and the playing trace record, per-link rates from the record's GPM
-lists, and the totals from the GPM totals and the fields 138/139 KiB counters.
+lists, the totals from the GPM totals and the fields 138/139 KiB counters, the link speed from field 90
+(MB/s) and the utilisation ratio from the per-link rates over that speed.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ CAPTURE = load_capture(CAPTURE_DIR)
 T0 = CAPTURE.traces[0][0]["t"]
 MIB = 2**20
 GPUS = len(CAPTURE.traces)
-Series = dict[tuple[str, str, str, str], float]  # (metric, gpu, link, type) -> value
+Series = dict[tuple[str, str, str, str], float]  # (metric, gpu, link, type or direction) -> value
 
 
 def middle_of(phase: str) -> float:
@@ -65,7 +66,7 @@ def series(sample: Sample, gpu: int) -> Series:
     for name, labels, value in sample.values:
         d = dict(labels)
         if "nvlink" in name:
-            out[(name, str(gpu), d.get("link", ""), d.get("type", ""))] = value
+            out[(name, str(gpu), d.get("link", ""), d.get("type", d.get("direction", "")))] = value
     return out
 
 
@@ -97,11 +98,22 @@ def polled(source: NvmlSource) -> Series:
     return got
 
 
+def speed(gpu: int) -> float:
+    """Field 90, NVLINK_SPEED_MBPS_COMMON, in bytes per second (MB is 10^6 bytes)."""
+    return float(CAPTURE.probe["devices"][gpu]["fields"]["by_id"]["90"]["value"]) * 1e6
+
+
 def expected(position: float) -> Series:
     """What gpumon must export at `position`, from the capture files alone."""
     want: Series = {}
     for gpu in range(GPUS):
         rec = record_at(gpu, position)
+        want[("gpumon_nvlink_speed_bytes_per_second", str(gpu), "", "")] = speed(gpu)
+        for direction in ("rx", "tx"):
+            want[(f"gpumon_nvlink_total_{direction}_bytes_per_second", str(gpu), "", "")] = (
+                rec["gpm"][f"nvlink_{direction}_mibps"] * MIB)
+            want[(f"gpumon_nvlink_{direction}_bytes_total", str(gpu), "", "")] = (
+                rec["fields"][f"nvlink_{direction}_kib"] * 1024.0)
         for link in active_links(gpu):
             want[("gpumon_nvlink_up", str(gpu), str(link), "")] = 1.0
             counts = rec.get("nvlink_errors", {}).get(str(link))
@@ -111,6 +123,7 @@ def expected(position: float) -> Series:
             for direction in ("rx", "tx"):
                 rate = rec["gpm"][f"nvlink_{direction}_mibps_per_link"][link] * MIB
                 want[(f"gpumon_nvlink_{direction}_bytes_per_second", str(gpu), str(link), "")] = rate
+                want[("gpumon_nvlink_utilization_ratio", str(gpu), str(link), direction)] = rate / speed(gpu)
     return want
 
 
@@ -174,7 +187,10 @@ def test_down_link_has_no_series_and_the_others_do(fake: Fake) -> None:
         links = {k[2] for k in got if k[1] == str(gpu) and k[0] == "gpumon_nvlink_up"}
         want = set(map(str, range(generate.LINKS))) - ({str(down_link)} if gpu == down_gpu else set())
         assert links == want, gpu
-    assert not [k for k in got if k[1:3] == (str(down_gpu), str(down_link))]
+    assert not [k for k in got if k[1:3] == (str(down_gpu), str(down_link))]  # no rate, no utilisation
+    ratios = {k[1:] for k in got if k[0] == "gpumon_nvlink_utilization_ratio"}
+    assert len(ratios) == 2 * (GPUS * generate.LINKS - 1)
+    assert (str(down_gpu), str((down_link + 1) % generate.LINKS), "rx") in ratios
     source.close()
 
 
@@ -185,9 +201,14 @@ def test_traffic_rises_in_compute_and_utilisation_stays_below_one(fake: Fake) ->
         source = opened(fake.nvml, FakeClock())
         by_phase[phase] = polled(source)
         source.close()
-    capacity = CAPTURE.probe["devices"][0]["fields"]["by_id"]["90"]["value"] * 1e6  # bytes/s per direction
+    capacity = speed(0)  # bytes/s per link and direction
     for phase, got in by_phase.items():
-        ratios = [v / capacity for k, v in got.items() if k[0].endswith("_bytes_per_second")]
+        rates = {(*k[1:3], k[0].split("_")[2]): v for k, v in got.items()
+                 if k[0] in ("gpumon_nvlink_rx_bytes_per_second", "gpumon_nvlink_tx_bytes_per_second")}
+        exported = {k[1:]: v for k, v in got.items() if k[0] == "gpumon_nvlink_utilization_ratio"}
+        assert exported.keys() == rates.keys()
+        assert all(exported[k] == pytest.approx(rate / capacity, rel=1e-9) for k, rate in rates.items())
+        ratios = list(exported.values())
         assert len(ratios) == 2 * (GPUS * generate.LINKS - 1)
         assert all(0 <= r < 1 for r in ratios), phase
         # The ratio gpumon's per-link rate gives against link capacity is the generator's load.
@@ -233,7 +254,8 @@ def test_gpumon_run_exports_nvlink_and_passes_promtool(libfakenvml: Path, tmp_pa
     for family in text_string_to_metric_families(body.decode()):
         for s in family.samples:
             if s.name.startswith("gpumon_nvlink_"):
-                got[(s.name, s.labels["gpu"], s.labels["link"], s.labels.get("type", ""))] = s.value
+                got[(s.name, s.labels["gpu"], s.labels.get("link", ""),
+                     s.labels.get("type", s.labels.get("direction", "")))] = s.value
     want = expected(position)
     assert got.keys() == want.keys()
     for key, value in want.items():

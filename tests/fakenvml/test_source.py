@@ -31,7 +31,8 @@ from tests.fakenvml import edited_capture
 from tests.fakenvml.conftest import Fake
 
 # The H200 capture has no NVLink: its NVLink metrics are unsupported on every GPU.
-NO_NVLINK = sum(1 for m in catalog.METRICS if "nvlink" in m.reading or "nvlink" in m.key)
+# Counted by name: NVLink fields (90, 138, 139) and GPM totals have no "nvlink" in their reading or key.
+NO_NVLINK = sum(1 for m in catalog.METRICS if m.source == "nvml" and m.name.startswith("gpumon_nvlink_"))
 
 CAPTURE = load_capture(DEMO_CAPTURE)
 TRACE = CAPTURE.traces[0]
@@ -212,7 +213,7 @@ def test_without_gpm_sm_activity_is_absent(fake: Fake, tmp_path: Path) -> None:
     fast = names(source.poll(0, Tier.FAST))
     assert "gpumon_sm_active_ratio" not in fast and "gpumon_gpu_utilization_ratio" in fast
     assert source.unsupported_count(0) == NO_NVLINK + sum(1 for m in catalog.METRICS if m.reading == "gpm"
-                                                               and "nvlink" not in m.key)
+                                                               and not m.name.startswith("gpumon_nvlink_"))
     source.close()
 
 

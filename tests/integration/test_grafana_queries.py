@@ -48,9 +48,12 @@ MAY_BE_EMPTY: dict[tuple[str, str, str], str] = {
                            "GPU to NIC (PCIe distance)": "A", "RAS answering": "A", "Ranks": "A",
                            "Collective stall": "A", "Lost ranks": "A", "Collectives per second": "A",
                            "Job health": "ABCDEFG", "RAS query time": "A"}.items() for ref in refs},
-    **{(board, title, "A"): "the H200 capture was recorded in a VM without NVLink peers"
+    **{(board, title, ref): "the H200 capture was recorded in a VM without NVLink peers"
        for board in ("gpumon-gpu-detail.json", "gpumon-interconnect.json")
-       for title in ("NVLink receive, per link", "NVLink transmit, per link", "NVLink errors", "NVLink links up")},
+       for title, refs in {"NVLink receive, per link": "A", "NVLink transmit, per link": "A",
+                           "NVLink utilisation, per link": "A", "NVLink throughput, per GPU": "AB",
+                           "NVLink errors": "A", "NVLink links up": "A", "NVLink link speed": "A"}.items()
+       for ref in refs},
     **{("gpumon-health.json", title, ref): "notification series are per receiver or Alertmanager; none is configured"
        for title, refs in [("Outbox queue", "A"), ("Oldest queued notification", "A"), ("Delivery latency", "A"),
                            ("Delivery outcomes", "ABCD"), ("Alertmanager pushes", "AB")] for ref in refs},
