@@ -7,6 +7,7 @@ rotated certificates are picked up) and keeps the running configuration if the n
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
 import os
 import signal
@@ -243,6 +244,11 @@ class Daemon:
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
         loop.add_signal_handler(signal.SIGINT, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        # Everything made so far (modules, catalog, config, open devices) lives as long as the daemon.
+        # Freezing it keeps the cyclic GC from walking it all again: a full collection over those
+        # objects took 12+ ms on the event loop, every so often, which scrapes waited out.
+        gc.collect()
+        gc.freeze()
         log.info("gpumon started", backend=built.source.backend, gpus=len(self.sampler.devices),
                  rule_groups=len(groups), rules=sum(len(g.rules) for g in groups),
                  listen=[f"{h}:{p}" for h, p in self.web.bound], tls=security.ssl_context is not None)
