@@ -148,3 +148,17 @@ def edited_capture(directory: Path, edit: Callable[[dict[str, Any], list[dict[st
     (directory / "probe.json").write_text(json.dumps(probe))
     (directory / "trace.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     return directory
+
+
+class StartAt:
+    """A clock for CaptureNvml that holds its trace at `position` from nvmlInit on, as
+    FAKENVML_SPEED=0 FAKENVML_START=position does for the C library: nvmlInit reads 0, every later
+    call `position`."""
+
+    def __init__(self, position: float) -> None:
+        self.position = position
+        self.calls = 0
+
+    def __call__(self) -> float:
+        self.calls += 1
+        return 0.0 if self.calls == 1 else self.position

@@ -22,7 +22,7 @@ from gpumon.model import Sample, Tier
 from gpumon.sources.capture import CaptureNvml, load_capture
 from gpumon.sources.nvml import NVLINK_ERRORS, NvmlSource
 from tests.conftest import FakeClock
-from tests.fakenvml import environment
+from tests.fakenvml import StartAt, environment
 from tests.fakenvml.conftest import Fake
 from tests.fixtures.nvlink8 import generate
 
@@ -68,19 +68,6 @@ def series(sample: Sample, gpu: int) -> Series:
         if "nvlink" in name:
             out[(name, str(gpu), d.get("link", ""), d.get("type", d.get("direction", "")))] = value
     return out
-
-
-class StartAt:
-    """A clock for CaptureNvml that holds its trace at `position`, as FAKENVML_SPEED=0
-    FAKENVML_START=position does for the C library: nvmlInit reads 0, every later call `position`."""
-
-    def __init__(self, position: float) -> None:
-        self.position = position
-        self.calls = 0
-
-    def __call__(self) -> float:
-        self.calls += 1
-        return 0.0 if self.calls == 1 else self.position
 
 
 def opened(nvml: Any, clock: FakeClock) -> NvmlSource:

@@ -27,7 +27,7 @@ from gpumon.sources.nvml import NvmlSource
 from gpumon.sources.replay import DEMO_CAPTURE
 from gpumon.store import Store
 from tests.conftest import FakeClock
-from tests.fakenvml import edited_capture
+from tests.fakenvml import StartAt, edited_capture
 from tests.fakenvml.conftest import Fake
 
 # The H200 capture has no NVLink: its NVLink metrics are unsupported on every GPU.
@@ -61,19 +61,6 @@ def opened(fake: Fake, *, opt_ins: frozenset[str] = frozenset(), **settings: Any
     source = NvmlSource(fake.nvml, clock=clock, opt_ins=opt_ins)
     source.open()
     return source, clock
-
-
-class StartAt:
-    """A clock for CaptureNvml that holds its trace at `position` from nvmlInit on, as
-    FAKENVML_SPEED=0 FAKENVML_START=position does: nvmlInit reads 0, every later call `position`."""
-
-    def __init__(self, position: float) -> None:
-        self.position = position
-        self.calls = 0
-
-    def __call__(self) -> float:
-        self.calls += 1
-        return 0.0 if self.calls == 1 else self.position
 
 
 @pytest.fixture
