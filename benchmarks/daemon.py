@@ -242,9 +242,11 @@ def alert_latency(p: Process, alertname: str, gpu: str, metric_line_prefix: str,
             mine = labels.get("alertname") == alertname and labels.get("gpu") == gpu
             if mine and a["state"] == "firing" and result is None:
                 fired = time.time()
+                if seen is None:  # the condition showed and the alert fired within one watch period
+                    seen = now
                 active = datetime.fromisoformat(a["activeAt"].replace("Z", "+00:00")).timestamp()
                 result = {"condition_seen": seen, "active_at": active, "firing_seen": fired,
-                          "seen_to_firing_ms": None if seen is None else (fired - seen) * 1e3,
+                          "seen_to_firing_ms": (fired - seen) * 1e3,
                           "active_to_firing_seen_ms": (fired - active) * 1e3}
         if result is not None:
             hook = webhook.received.get((alertname, gpu)) if webhook else None
