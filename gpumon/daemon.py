@@ -14,7 +14,7 @@ import signal
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -23,7 +23,6 @@ from gpumon.config import Config, load_config
 from gpumon.exporter import Exporter
 from gpumon.model import BackendUnavailable
 from gpumon.notify.alertmanager import AlertmanagerPusher
-from gpumon.notify.mqtt import MqttPublisher, default_prefix
 from gpumon.notify.routing import build_inhibit_rules, build_route
 from gpumon.notify.service import NotifyService, Receiver, SlackStyle
 from gpumon.notify.silences import Silences
@@ -40,6 +39,9 @@ from gpumon.store import Store
 from gpumon.web import ListenError, WebServer
 from gpumon.webconfig import WebSecurity, load_web_config
 from gpumon.yamlfile import ConfigError
+
+if TYPE_CHECKING:  # imported when MQTT is configured: aiomqtt and paho cost ~1 MiB of RSS otherwise
+    from gpumon.notify.mqtt import MqttPublisher
 
 log = structlog.get_logger("gpumon")
 
@@ -206,6 +208,8 @@ class Daemon:
             self.notify = build_notify(self.config, self.silences)
             mq = self.config.notify.mqtt
             if mq is not None:
+                from gpumon.notify.mqtt import MqttPublisher, default_prefix
+
                 password = _secret(mq.password_file, "mqtt", "password_file") if mq.password_file else None
                 self.mqtt = MqttPublisher(mq.broker.host, mq.broker.port, prefix=mq.topic_prefix or default_prefix(),
                                           store=self.sampler.store, telemetry_interval=mq.telemetry_interval,
