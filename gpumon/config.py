@@ -10,10 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import pydantic
-from pydantic import BaseModel, BeforeValidator, ConfigDict
+import msgspec
 
-from gpumon.yamlfile import ConfigError, KeyPath, load_yaml, validate
+from gpumon.yamlfile import After, Before, ConfigError, FieldError, KeyPath, load_yaml, validate
 
 DEFAULT_PORT = 9948  # clear of dcgm-exporter (9400), nvidia_gpu_exporter (9835), node_exporter (9100)
 DEFAULT_LISTEN = f":{DEFAULT_PORT}"
@@ -49,8 +48,8 @@ def parse_duration_or_zero(value: Any) -> float:
     return parse_duration(value)
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-DurationOrZero = Annotated[float, BeforeValidator(parse_duration_or_zero)]
+Duration = Annotated[float, Before(parse_duration)]
+DurationOrZero = Annotated[float, Before(parse_duration_or_zero)]
 
 
 @dataclass(frozen=True)
@@ -87,46 +86,59 @@ def _check_backend(value: Any) -> str:
     raise ValueError(f"{text!r} is not nvml, auto or replay:PATH[,loop][,speed=X][,gpus=N]")
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+def _matchers_parse(matchers: list[str]) -> list[str]:
+    from gpumon.notify.routing import parse_matcher
+
+    for m in matchers:
+        parse_matcher(m)
+    return matchers
 
 
-class WebConfig(_Section):
-    listen: Annotated[Listen, BeforeValidator(parse_listen)] = parse_listen(DEFAULT_LISTEN)
+ListenAddress = Annotated[Listen, Before(parse_listen)]
+Matchers = Annotated[list[str], After(_matchers_parse)]
+
+
+class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A section of the file: immutable, unknown keys rejected (validated by gpumon.yamlfile.validate).
+
+    Subclasses repeat `frozen=True`: msgspec inherits it, mypy's dataclass_transform needs it said.
+    """
+
+
+class WebConfig(_Section, frozen=True):
+    listen: ListenAddress = parse_listen(DEFAULT_LISTEN)
     config_file: Path | None = None  # exporter-toolkit web-config: TLS and basic auth
 
 
-class SamplerConfig(_Section):
+class SamplerConfig(_Section, frozen=True):
     fast_interval: Duration = 1.0
-    slow_interval: Duration = pydantic.Field(default=30.0, validate_default=True)  # checked against fast_interval
+    slow_interval: Duration = 30.0  # checked against fast_interval, also when left at its default
     deadline: Duration | None = None  # per poll; default 80% of the tier's interval (max 10 s)
 
-    @pydantic.field_validator("slow_interval")
-    @classmethod
-    def _slow_not_faster(cls, slow: float, info: pydantic.ValidationInfo) -> float:
-        # A field validator (not a model one) so the error names sampler.slow_interval and its line
-        # or flag; fast_interval is validated first and is absent from info.data if it was invalid.
-        fast = info.data.get("fast_interval")
-        if fast is not None and slow < fast:
-            raise ValueError(f"must not be shorter than sampler.fast_interval ({fast:g}s)")
-        return slow
+    def __post_init__(self) -> None:
+        # A FieldError so the problem names sampler.slow_interval and its line or flag; reported when
+        # both intervals are valid, so an invalid fast_interval is not reported as a comparison too.
+        if self.slow_interval < self.fast_interval:
+            raise FieldError("slow_interval",
+                             f"must not be shorter than sampler.fast_interval ({self.fast_interval:g}s)",
+                             uses=("fast_interval",))
 
 
-class MetricsConfig(_Section):
+class MetricsConfig(_Section, frozen=True):
     process_pids: bool = False  # per-process memory series with a pid label (high cardinality)
 
 
-class StoreConfig(_Section):
+class StoreConfig(_Section, frozen=True):
     retention: Duration = 600.0
 
 
-class RulesConfig(_Section):
+class RulesConfig(_Section, frozen=True):
     files: list[str] = []  # globs; empty: the bundled rules
     evaluation_interval: Duration = 10.0  # for groups without their own `interval`
     external_labels: dict[str, str] = {}  # $externalLabels in templates
 
 
-class WebhookConfig(_Section):
+class WebhookConfig(_Section, frozen=True):
     url: str | None = None
     url_file: Path | None = None  # the URL often embeds a token: keep it out of the config
     signing_secret_file: Path | None = None  # Standard Webhooks secret (whsec_...)
@@ -134,77 +146,52 @@ class WebhookConfig(_Section):
     headers: dict[str, str] = {}
     send_resolved: bool = True
 
-    @pydantic.model_validator(mode="after")
-    def _one_url(self) -> WebhookConfig:
+    def __post_init__(self) -> None:
         if (self.url is None) == (self.url_file is None):
             raise ValueError("a webhook needs exactly one of url or url_file")
-        return self
 
 
-class SlackConfig(_Section):
+class SlackConfig(_Section, frozen=True):
     url: str | None = None
     url_file: Path | None = None  # Slack webhook URLs are secrets
     channel: str | None = None
     username: str | None = None
     send_resolved: bool = True
 
-    @pydantic.model_validator(mode="after")
-    def _one_url(self) -> SlackConfig:
+    def __post_init__(self) -> None:
         if (self.url is None) == (self.url_file is None):
             raise ValueError("a slack receiver needs exactly one of url or url_file")
-        return self
 
 
-class ReceiverConfig(_Section):
+class ReceiverConfig(_Section, frozen=True):
     name: str
     webhook: WebhookConfig | None = None
     slack: SlackConfig | None = None
 
-    @pydantic.model_validator(mode="after")
-    def _one_kind(self) -> ReceiverConfig:
+    def __post_init__(self) -> None:
         if (self.webhook is None) == (self.slack is None):
             raise ValueError(f"receiver {self.name!r} needs exactly one of webhook or slack")
-        return self
 
 
-class RouteConfig(_Section):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+class RouteConfig(_Section, frozen=True):
     receiver: str | None = None
-    matchers: list[str] = []
+    matchers: Matchers = []
     group_by: list[str] | None = None
     group_wait: DurationOrZero | None = None
     group_interval: Duration | None = None
     repeat_interval: Duration | None = None
-    continue_: bool = pydantic.Field(default=False, alias="continue")
+    continue_: bool = msgspec.field(default=False, name="continue")
     routes: list[RouteConfig] = []
 
-    @pydantic.field_validator("matchers")
-    @classmethod
-    def _matchers_parse(cls, matchers: list[str]) -> list[str]:
-        from gpumon.notify.routing import parse_matcher
 
-        for m in matchers:
-            parse_matcher(m)
-        return matchers
-
-
-class InhibitRuleConfig(_Section):
-    source_matchers: list[str]
-    target_matchers: list[str]
+class InhibitRuleConfig(_Section, frozen=True):
+    source_matchers: Matchers
+    target_matchers: Matchers
     equal: list[str] = []
 
-    @pydantic.field_validator("source_matchers", "target_matchers")
-    @classmethod
-    def _matchers_parse(cls, matchers: list[str]) -> list[str]:
-        from gpumon.notify.routing import parse_matcher
 
-        for m in matchers:
-            parse_matcher(m)
-        return matchers
-
-
-class MqttConfig(_Section):
-    broker: Annotated[Listen, BeforeValidator(parse_listen)]  # HOST:PORT, e.g. localhost:1883
+class MqttConfig(_Section, frozen=True):
+    broker: ListenAddress  # HOST:PORT, e.g. localhost:1883
     topic_prefix: str | None = None  # default gpumon/<hostname>
     telemetry_interval: Duration = 10.0
     username: str | None = None
@@ -213,19 +200,18 @@ class MqttConfig(_Section):
     client_id: str | None = None
 
 
-class NotifyConfig(_Section):
+class NotifyConfig(_Section, frozen=True):
     receivers: list[ReceiverConfig] = []
     route: RouteConfig | None = None
     # Default: a lost GPU does not also page for everything else about it.
-    inhibit_rules: list[InhibitRuleConfig] = [InhibitRuleConfig(
-        source_matchers=['alertname="GpuLost"'], target_matchers=['alertname!="GpuLost"'], equal=["uuid"])]
+    inhibit_rules: list[InhibitRuleConfig] = msgspec.field(default_factory=lambda: [InhibitRuleConfig(
+        source_matchers=['alertname="GpuLost"'], target_matchers=['alertname!="GpuLost"'], equal=["uuid"])])
     max_age: Duration = 86400.0  # undelivered notifications older than this are dead-lettered
     alertmanagers: list[str] = []  # base URLs; alerts are pushed to /api/v2/alerts of each
     mqtt: MqttConfig | None = None
     external_url: str = ""  # externalURL in webhook payloads (a link to this host's gpumon)
 
-    @pydantic.model_validator(mode="after")
-    def _receivers_exist(self) -> NotifyConfig:
+    def __post_init__(self) -> None:
         names = [r.name for r in self.receivers]
         if len(set(names)) != len(names):
             raise ValueError("receiver names must be unique")
@@ -242,35 +228,34 @@ class NotifyConfig(_Section):
                 check(child)
         if self.route is not None:
             check(self.route)
-        return self
 
 
-class InfinibandConfig(_Section):
+class InfinibandConfig(_Section, frozen=True):
     enabled: bool = True  # reads nothing on a host without /sys/class/infiniband
     root: Path = Path("/sys/class/infiniband")
     pci_root: Path = Path("/sys/bus/pci/devices")  # GPU PCI functions, for gpumon_ib_gpu_affinity_info
     rescan_interval: Duration = 60.0
 
 
-class NcclRasConfig(_Section):
+class NcclRasConfig(_Section, frozen=True):
     enabled: bool = False  # opt-in: each query is a collective over the job's RAS network
-    address: Annotated[Listen, BeforeValidator(parse_listen)] = parse_listen("localhost:28028")  # NCCL_RAS_ADDR
+    address: ListenAddress = parse_listen("localhost:28028")  # NCCL_RAS_ADDR
     timeout: Duration = 5.0
     interval: Duration | None = None  # default: sampler.slow_interval
 
 
-class InterconnectConfig(_Section):
+class InterconnectConfig(_Section, frozen=True):
     infiniband: InfinibandConfig = InfinibandConfig()
     nccl_ras: NcclRasConfig = NcclRasConfig()
 
 
-class LogConfig(_Section):
+class LogConfig(_Section, frozen=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
 
 
-class Config(_Section):
-    backend: Annotated[str, BeforeValidator(_check_backend)] = "nvml"
+class Config(_Section, frozen=True):
+    backend: Annotated[str, Before(_check_backend)] = "nvml"
     state_dir: Path = Path("/var/lib/gpumon")
     web: WebConfig = WebConfig()
     sampler: SamplerConfig = SamplerConfig()
@@ -283,11 +268,11 @@ class Config(_Section):
 
     @property
     def opt_ins(self) -> frozenset[str]:
-        return frozenset(k for k, v in self.metrics.model_dump().items() if v is True)
+        return frozenset(k for k, v in msgspec.structs.asdict(self.metrics).items() if v is True)
 
 
-SECTIONS = frozenset(name for name, f in Config.model_fields.items()
-                     if isinstance(f.annotation, type) and issubclass(f.annotation, _Section))
+SECTIONS = frozenset(f.encode_name for f in msgspec.structs.fields(Config)
+                     if isinstance(f.type, type) and issubclass(f.type, _Section))
 # Paths in the file that are relative to the file's directory (flags stay relative to the cwd).
 FILE_RELATIVE: tuple[KeyPath, ...] = (("state_dir",), ("web", "config_file"), ("rules", "files"),
                                       ("interconnect", "infiniband", "root"),

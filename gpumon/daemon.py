@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import structlog
 
 from gpumon import logs
@@ -296,14 +297,14 @@ class Daemon:
         for key in RESTART_ONLY:
             if getattr(new, key) != getattr(old, key):
                 log.warning("setting changed but needs a restart; keeping the running value", key=key)
-        new = new.model_copy(update={k: getattr(old, k) for k in RESTART_ONLY})
+        new = msgspec.structs.replace(new, **{k: getattr(old, k) for k in RESTART_ONLY})
         if new.web.listen != old.web.listen or new.web.config_file or old.web.config_file:
             await self.web.stop()
             try:
                 await self.web.start(new.web.listen, security)
             except ListenError as exc:
                 log.error("reload: new listen address failed; keeping the old one", problem=str(exc))
-                new = new.model_copy(update={"web": old.web})
+                new = msgspec.structs.replace(new, web=old.web)
                 try:
                     await self.web.start(old.web.listen, self.web.security)
                 except ListenError as again:  # the old address was taken meanwhile: a fault, not a crash

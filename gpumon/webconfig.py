@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import bcrypt
-from pydantic import AfterValidator, BaseModel, ConfigDict
+import msgspec
 
-from gpumon.yamlfile import ConfigError, load_yaml, validate
+from gpumon.yamlfile import After, ConfigError, load_yaml, validate
 
 # Python's ssl verifies every client certificate it receives against client_ca_file; it cannot accept
 # one unverified as Go can. So RequestClientCert (Go: ask, accept anything) does not ask at all, which
@@ -59,11 +59,11 @@ def _bcrypt_only(hashed: str) -> str:
     return hashed
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Strict(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pass
 
 
-class TlsServerConfig(_Strict):
+class TlsServerConfig(_Strict, frozen=True):
     cert_file: Path
     key_file: Path
     client_ca_file: Path | None = None
@@ -72,13 +72,13 @@ class TlsServerConfig(_Strict):
     max_version: Literal["TLS12", "TLS13"] | None = None
 
 
-class HttpServerConfig(_Strict):
+class HttpServerConfig(_Strict, frozen=True):
     headers: dict[str, str] = {}
 
 
-class WebConfigFile(_Strict):
+class WebConfigFile(_Strict, frozen=True):
     tls_server_config: TlsServerConfig | None = None
-    basic_auth_users: dict[str, Annotated[str, AfterValidator(_bcrypt_only)]] = {}
+    basic_auth_users: dict[str, Annotated[str, After(_bcrypt_only)]] = {}
     http_server_config: HttpServerConfig = HttpServerConfig()
 
 

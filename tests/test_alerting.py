@@ -174,6 +174,10 @@ groups:
      "          gpumon_no_data: sometimes\n", "r.yml:7: groups[0].rules[0].annotations.gpumon_no_data"),
     ("groups:\n  - name: g\n    rules:\n      - record: 'bad name'\n        expr: x\n",
      "r.yml:4: groups[0].rules[0].record: invalid metric name"),
+    ("groups:\n  - name: g\n    limit: many\n    rules:\n      - alert: A\n        expr: x\n        labels: {a: [1]}\n",
+     "r.yml:3: groups.0.limit: Expected `int`, got `str`\nr.yml:7: groups.0.rules.0.labels.a: "
+     "Expected `bool | int | float | str`, got `list`"),
+    ("groups:\n  - rules: []\n", "r.yml:2: groups.0.name: required key is missing"),
 ])
 def test_load_errors_name_file_line_and_key(tmp_path: Path, rules: str, message: str) -> None:
     path = tmp_path / "r.yml"

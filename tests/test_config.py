@@ -90,8 +90,24 @@ def test_full_file(tmp_path: Path) -> None:
 
 def test_config_is_frozen() -> None:
     config = load_config(None)
-    with pytest.raises(Exception):  # noqa: B017 - pydantic's ValidationError for a frozen model
+    with pytest.raises(AttributeError):  # msgspec's frozen structs
         config.backend = "auto"  # type: ignore[misc]
+
+
+def test_nested_sections_are_frozen_too() -> None:
+    config = load_config(None)
+    with pytest.raises(AttributeError):
+        config.sampler.fast_interval = 2.0  # type: ignore[misc]
+
+
+def test_pydantic_is_not_imported() -> None:
+    """msgspec validates the files; pydantic (~9 MiB of RSS) must not come back through an import."""
+    import subprocess
+    import sys
+
+    code = "import sys, gpumon.cli, gpumon.daemon; print(sorted(m for m in sys.modules if 'pydantic' in m))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_section_with_every_setting_commented_out_is_empty(tmp_path: Path) -> None:
@@ -145,6 +161,40 @@ def test_every_problem_is_reported(tmp_path: Path) -> None:
     assert lines[0].startswith(f"{path}:2: sampler.fast_interval: ")
     assert lines[1].startswith(f"{path}:4: log.level: ")
     assert lines[2] == f"{path}:5: log.colour: unknown key"
+
+
+def test_every_problem_in_nested_lists_is_reported(tmp_path: Path) -> None:
+    path = write(tmp_path, """\
+state_dir: 7
+rules:
+  files: x.yml
+  external_labels: {a: [1], b: ok}
+notify:
+  receivers:
+    - name: a
+      webhook: {url: http://x, url_file: /y}
+    - name: b
+    - webhook: {url: http://x}
+  route:
+    continue: maybe
+  mqtt: {}
+""")
+    assert error_of(path).splitlines() == [
+        f"{path}:1: state_dir: Expected a path (`str`), got `int`",
+        f"{path}:3: rules.files: Expected `list`, got `str`",
+        f"{path}:4: rules.external_labels.a: Expected `str`, got `list`",
+        f"{path}:8: notify.receivers.0.webhook: a webhook needs exactly one of url or url_file",
+        f"{path}:9: notify.receivers.1: receiver 'b' needs exactly one of webhook or slack",
+        f"{path}:10: notify.receivers.2.name: required key is missing",
+        f"{path}:12: notify.route.continue: Expected `bool`, got `str`",
+        f"{path}:13: notify.mqtt.broker: required key is missing",
+    ]
+
+
+def test_a_section_that_is_not_a_mapping_or_list(tmp_path: Path) -> None:
+    path = write(tmp_path, "sampler: []\nnotify:\n  receivers: {a: 1}\n")
+    assert error_of(path).splitlines() == [f"{path}:1: sampler: Expected `mapping`, got `list`",
+                                           f"{path}:3: notify.receivers: Expected `list`, got `mapping`"]
 
 
 def test_bad_duration_names_line_and_key(tmp_path: Path) -> None:
@@ -260,6 +310,11 @@ def test_slow_interval_check_with_defaults_and_flags(tmp_path: Path) -> None:
     assert error_of(path, {"slow_interval": "500ms"}).startswith("--slow-interval: sampler.slow_interval: ")
     # an invalid fast interval is reported once, not as a comparison too
     assert error_of(None, {"fast_interval": "x"}).count("\n") == 0
+    # another invalid setting in the section does not hide the comparison
+    path = write(tmp_path, "sampler:\n  fast_interval: 10s\n  slow_interval: 5s\n  deadline: 0s\n")
+    assert error_of(path).splitlines() == [
+        f"{path}:4: sampler.deadline: must be greater than zero",
+        f"{path}:3: sampler.slow_interval: must not be shorter than sampler.fast_interval (10s)"]
 
 
 # --- flags ---------------------------------------------------------------------------------------
@@ -307,7 +362,7 @@ def test_invalid_flag_value_is_reported_as_the_flag(tmp_path: Path) -> None:
 def test_file_error_and_flag_error_together(tmp_path: Path) -> None:
     path = write(tmp_path, "log:\n  level: loud\n")
     lines = error_of(path, {"retention": "0s"}).splitlines()
-    assert sorted(lines) == sorted([f"{path}:2: log.level: Input should be 'debug', 'info', 'warning' or 'error'",
+    assert sorted(lines) == sorted([f"{path}:2: log.level: 'loud' is not 'debug', 'info', 'warning' or 'error'",
                                     "--retention: store.retention: must be greater than zero"])
 
 
@@ -486,3 +541,14 @@ def test_fuzz_parse_listen(text: str) -> None:
     assert 0 < listen.port < 65536
     assert listen.host
     assert parse_listen(str(listen)) == listen
+
+
+def test_validation_deeper_than_the_stack_is_an_error_not_a_crash() -> None:
+    from gpumon.config import RouteConfig
+    from gpumon.yamlfile import validate
+
+    route: dict[str, Any] = {}
+    for _ in range(5000):
+        route = {"routes": [route]}
+    with pytest.raises(ConfigError, match=r"^routes\.yml: nested too deeply$"):
+        validate(RouteConfig, route, "routes.yml")

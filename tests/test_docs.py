@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pydantic import BaseModel
+import msgspec
 
 from gpumon.config import Config
 from gpumon.rules.service import load_groups
@@ -14,13 +14,13 @@ from gpumon.rules.service import load_groups
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
-def keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+def keys(model: type[msgspec.Struct], prefix: str = "") -> list[str]:
     out = []
-    for name, field in model.model_fields.items():
-        key = field.alias or name
+    for field in msgspec.structs.fields(model):
+        key = field.encode_name  # the name in the file (`continue`, not `continue_`)
         out.append(prefix + key)
-        sub = field.annotation
-        if isinstance(sub, type) and issubclass(sub, BaseModel):
+        sub = field.type
+        if isinstance(sub, type) and issubclass(sub, msgspec.Struct):
             out.extend(keys(sub, prefix + key + "."))
     return out
 

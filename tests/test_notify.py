@@ -23,6 +23,7 @@ from gpumon.notify.routing import build_route, parse_matcher
 from gpumon.notify.service import NotifyService, Receiver
 from gpumon.notify.webhook import WebhookTarget
 from gpumon.rules.alerting import Alert, State
+from gpumon.yamlfile import validate
 from tests.conftest import free_port
 
 SECRET = b"0123456789abcdef0123456789abcdef"
@@ -159,10 +160,10 @@ def test_group_wait_interval_and_repeat(tmp_path: Path) -> None:
 
 
 def test_routes_matchers_and_continue(tmp_path: Path) -> None:
-    route = build_route(RouteConfig.model_validate({
+    route = build_route(validate(RouteConfig, {
         "receiver": "default", "routes": [
             {"matchers": ['severity="critical"'], "receiver": "pager", "continue": True},
-            {"matchers": ["alertname=~\"Gpu.*\""], "receiver": "gpu-team"}]}))
+            {"matchers": ["alertname=~\"Gpu.*\""], "receiver": "gpu-team"}]}, "(test)"))
     names = [r.receiver for r in route.match({"alertname": "GpuLost", "severity": "critical"})]
     assert names == ["pager", "gpu-team"]
     assert [r.receiver for r in route.match({"alertname": "Other"})] == ["default"]

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+import msgspec
 
 from gpumon.rules.promql import PromQLError, compile_expr, parse_prom_duration
 from gpumon.rules.templates import Template, TemplateError, compile_template
@@ -35,27 +35,24 @@ _METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
 
-class _Rule(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+class _Rule(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     alert: str | None = None
     record: str | None = None
     expr: str | int | float
-    for_: str | None = Field(default=None, alias="for")
+    for_: str | None = msgspec.field(default=None, name="for")
     keep_firing_for: str | None = None
     labels: dict[str, str | int | float | bool] = {}
     annotations: dict[str, str | int | float | bool] = {}
 
 
-class _Group(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _Group(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     name: str
     interval: str | None = None
     limit: int | None = None
     rules: list[_Rule] = []
 
 
-class _File(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _File(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     groups: list[_Group] = []
 
 
