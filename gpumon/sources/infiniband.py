@@ -125,9 +125,13 @@ class _PortState:
 
     port: IbPort
     info: Labels = ()
-    counter_files: list[tuple[str, str, str, float, int]] = field(default_factory=list)  # key, path, metric
-    hw_files: list[tuple[str, str, str]] = field(default_factory=list)  # key, path, counter name
-    counters: dict[str, WrapCounter] = field(default_factory=dict)
+    # (sysfs path, its running total, metric, series labels, scale) per counter file, built once at
+    # discovery so that a poll is a pread, an int() and an add per counter
+    reads: list[tuple[str, WrapCounter, str, Labels, float]] = field(default_factory=list)
+    counters: dict[str, WrapCounter] = field(default_factory=dict)  # by counter key, kept across rescans
+    state_path: str = ""
+    phys_state_path: str = ""
+    rate_path: str = ""
 
 
 class InfinibandSource:
@@ -218,21 +222,34 @@ class InfinibandSource:
 
     def _describe(self, port: IbPort, counters: dict[str, WrapCounter]) -> _PortState:
         dev_dir = port.path.parent.parent
-        state = _PortState(port, counters=counters)
+        state = _PortState(port, counters=counters, state_path=str(port.path / "state"),
+                           phys_state_path=str(port.path / "phys_state"), rate_path=str(port.path / "rate"))
         state.info = (*port.labels, ("link_layer", _read(port.path / "link_layer") or ""),
                       ("fw_ver", _read(dev_dir / "fw_ver") or ""),
                       ("hca_type", _read(dev_dir / "hca_type") or ""),
                       ("pci_bus_id", pci_bus_id_of(dev_dir / "device") or ""))
-        for name, (metric, scale, _bits) in COUNTERS.items():
+        ids = port.labels
+        for name, (metric, scale, bits) in COUNTERS.items():
             path = port.path / "counters" / name
             if path.exists():
-                state.counter_files.append((name, str(path), metric, scale, _bits))
+                total = self._total(state, name, bits, name in WIDENING)
+                state.reads.append((str(path), total, metric, ids, scale))
         try:
             hw_names = sorted(p.name for p in (port.path / "hw_counters").iterdir() if p.name not in HW_COUNTER_SKIP)
         except OSError:
             hw_names = []
-        state.hw_files = [("hw:" + n, str(port.path / "hw_counters" / n), n) for n in hw_names]
+        for n in hw_names:
+            total = self._total(state, "hw:" + n, HW_COUNTER_BITS.get(n, 64), False)
+            state.reads.append((str(port.path / "hw_counters" / n), total, "gpumon_ib_port_hw_events_total",
+                                (*ids, ("counter", n)), 1))
         return state
+
+    @staticmethod
+    def _total(state: _PortState, key: str, bits: int, widening: bool) -> WrapCounter:
+        c = state.counters.get(key)
+        if c is None:
+            c = state.counters[key] = WrapCounter(bits, widening)
+        return c
 
     def _read_fast(self, path: str) -> str | None:
         """One sysfs attribute as text. The file stays open and is re-read with pread(offset 0),
@@ -249,27 +266,12 @@ class InfinibandSource:
                 self._fds.pop(path, None)
             return None
 
-    def _int(self, path: str) -> int | None:
-        text = self._read_fast(path)
-        if text is None:
-            return None
-        try:
-            return int(text)
-        except ValueError:
-            self._read_errors += 1
-            return None
-
-    def _count(self, state: _PortState, key: str, bits: int, widening: bool, raw: int) -> int:
-        c = state.counters.get(key)
-        if c is None:
-            c = state.counters[key] = WrapCounter(bits, widening)
-        return c.update(raw)
-
     def _poll_port(self, state: _PortState, now: float) -> Sample:
         port = state.port
         sample = Sample(port.unit, self.tier.value, now)
         ids = port.labels
-        state_text = self._read_fast(str(port.path / "state"))
+        read = self._read_fast
+        state_text = read(state.state_path)
         if state_text is None:  # the port went away (driver unloaded, HCA reset): look again next poll
             self._scanned_at = None
             return sample
@@ -277,25 +279,27 @@ class InfinibandSource:
         if code is not None:
             sample.add("gpumon_ib_port_state", ids, code)
             sample.add("gpumon_ib_port_up", ids, 1.0 if code == 4 else 0.0)
-        phys = _parse_code(self._read_fast(str(port.path / "phys_state")))
+        phys = _parse_code(read(state.phys_state_path))
         if phys is not None:
             sample.add("gpumon_ib_port_physical_state", ids, phys)
-        rate = parse_rate(self._read_fast(str(port.path / "rate")))
+        rate = parse_rate(read(state.rate_path))
         if rate is not None:
             bits_per_s, width = rate
             sample.add("gpumon_ib_port_rate_bytes_per_second", ids, bits_per_s / 8)
             if width is not None:
                 sample.add("gpumon_ib_port_width_lanes", ids, width)
         sample.add("gpumon_ib_port_info", state.info, 1.0)
-        for key, path, metric, scale, bits in state.counter_files:
-            raw = self._int(path)
-            if raw is not None:
-                sample.add(metric, ids, self._count(state, key, bits, key in WIDENING, raw) * scale)
-        for key, path, name in state.hw_files:
-            raw = self._int(path)
-            if raw is not None:
-                total = self._count(state, key, HW_COUNTER_BITS.get(name, 64), False, raw)
-                sample.add("gpumon_ib_port_hw_events_total", (*ids, ("counter", name)), total)
+        add = sample.add
+        for path, total, metric, labels, scale in state.reads:
+            text = read(path)
+            if text is None:
+                continue
+            try:
+                raw = int(text)
+            except ValueError:
+                self._read_errors += 1
+                continue
+            add(metric, labels, total.update(raw) * scale)
         return sample
 
 
