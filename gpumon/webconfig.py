@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import re
 import ssl
@@ -26,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
-import bcrypt
 import msgspec
 
 from gpumon.yamlfile import After, ConfigError, load_yaml, validate
@@ -44,11 +44,18 @@ CLIENT_AUTH = {
 }
 _NEEDS_CA = ("RequireAnyClientCert", "VerifyClientCertIfGiven", "RequireAndVerifyClientCert")
 TLS_VERSIONS = {"TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
-# Checked against unknown users so a wrong user name costs as long as a wrong password.
-_DUMMY_HASH = bcrypt.hashpw(b"gpumon-dummy", bcrypt.gensalt(rounds=10))
 _AUTH_CACHE_SIZE = 64
 # $2a$, $2b$ or $2y$, a cost of 04-31, then 22 characters of salt and 31 of hash in bcrypt's base64.
 _BCRYPT_HASH = re.compile(r"\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}")
+
+
+@functools.cache
+def _dummy_hash() -> bytes:
+    """Checked against unknown users so a wrong user name costs as long as a wrong password. Made on
+    first use, with bcrypt imported then: most daemons configure no users and need neither."""
+    import bcrypt
+
+    return bcrypt.hashpw(b"gpumon-dummy", bcrypt.gensalt(rounds=10))
 
 
 def _bcrypt_only(hashed: str) -> str:
@@ -111,8 +118,10 @@ class WebSecurity:
         except UnicodeDecodeError:
             return False
         hashed = self.users.get(user)
+        import bcrypt
+
         try:
-            ok = bcrypt.checkpw(password.encode(), hashed if hashed is not None else _DUMMY_HASH)
+            ok = bcrypt.checkpw(password.encode(), hashed if hashed is not None else _dummy_hash())
         except ValueError:  # bcrypt 5 refuses passwords over 72 bytes; such a password is wrong
             ok = False
         ok = ok and hashed is not None

@@ -18,7 +18,6 @@ import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 
-from gpumon import webconfig
 from gpumon.config import Listen
 from gpumon.exporter import OPENMETRICS_TYPE, TEXT_TYPE, Exporter
 from gpumon.model import Tier
@@ -271,13 +270,13 @@ async def test_basic_auth(polled: tuple[Sampler, Exporter], serve: Serve, auth_s
 async def test_bcrypt_does_not_block_the_event_loop(polled: tuple[Sampler, Exporter], serve: Serve,
                                                     auth_security: WebSecurity,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    real = webconfig.bcrypt.checkpw
+    real = bcrypt.checkpw
 
     def slow_checkpw(password: bytes, hashed: bytes) -> bool:
         time.sleep(0.4)
         return bool(real(password, hashed))
 
-    monkeypatch.setattr(webconfig.bcrypt, "checkpw", slow_checkpw)
+    monkeypatch.setattr(bcrypt, "checkpw", slow_checkpw)
     _, url = await serve(*polled, security=auth_security)
     lags: list[float] = []
 

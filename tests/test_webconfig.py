@@ -310,7 +310,7 @@ def test_cache_hit_skips_bcrypt(security: WebSecurity, monkeypatch: pytest.Monke
     def fail(password: bytes, hashed: bytes) -> bool:
         raise AssertionError("bcrypt called on a cache hit")
 
-    monkeypatch.setattr(webconfig.bcrypt, "checkpw", fail)
+    monkeypatch.setattr(bcrypt, "checkpw", fail)
     assert security.check_authorization(header)
     assert security.check_authorization("basic " + header.split()[1])  # same credentials, other spelling
 
@@ -330,7 +330,7 @@ def test_cache_does_not_confuse_user_and_password(tmp_path: Path) -> None:
 
 
 def test_cache_is_bounded(security: WebSecurity, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(webconfig.bcrypt, "checkpw", lambda password, hashed: True)
+    monkeypatch.setattr(bcrypt, "checkpw", lambda password, hashed: True)
     for i in range(webconfig._AUTH_CACHE_SIZE * 3):
         assert security.check_authorization(basic("prometheus", f"pw{i}"))
         assert len(security._verified) <= webconfig._AUTH_CACHE_SIZE
