@@ -153,6 +153,18 @@ def measure_exporter(name: str, argv: list[str], env: dict[str, str], port: int,
     return result
 
 
+def measure_scrape_floor(body_bytes: int, s: Settings, work: Path) -> dict[str, Any]:
+    """Scrape latency of a server that only returns a fixed body of `body_bytes`: this machine's floor."""
+    port = daemon.free_port()
+    argv = [sys.executable, "-m", "benchmarks.scrape_floor", str(port), str(max(body_bytes, 1))]
+    p = daemon.Process.start("scrape-floor", argv, os.environ, f"http://127.0.0.1:{port}", "/metrics",
+                             work / "scrape-floor.log")
+    try:
+        return daemon.scrape_latency(p.base_url + "/metrics", s.scrapers, s.scrape_each, s.paced_s)
+    finally:
+        p.stop()
+
+
 def measure_alert(library: Path, s: Settings, work: Path) -> dict[str, Any]:
     """gpumon with one rule (memory > 90%, no `for`, evaluated every 1 s) on a replay that reaches
     the memfull phase `alert_lead_s` after start on GPU 0, notifying a local webhook (group_wait 1 ms,
@@ -218,6 +230,7 @@ def run(s: Settings, work: Path) -> dict[str, Any]:
     port = daemon.free_port()
     results["gpumon"] = measure_exporter("gpumon", gpumon_argv(port, work / "state"), env, port, "/-/ready", s, work)
     results["gpumon"]["gpus"] = s.daemon_gpus if library else results["poll"][0]["gpus"]
+    results["scrape_floor"] = measure_scrape_floor(results["gpumon"]["scrape"]["body_bytes_gzip"], s, work)
     _progress(f"gpumon: {results['gpumon']}")
     if s.nvitop and library:
         exe = NVITOP_VENV / "bin" / "nvitop-exporter"
@@ -312,6 +325,12 @@ def table(r: dict[str, Any]) -> str:
         rows.append(("vs nvitop-exporter: scrape p99", f"nvitop-exporter's is {p99_ratio:.2f}x gpumon's",
                      "gpumon ahead", _verdict(p99_ratio > 1)))
         rows.append(("vs nvitop-exporter: peak RSS", f"nvitop-exporter's is {rss_ratio:.2f}x gpumon's", "", ""))
+    fl_sc = r.get("scrape_floor")
+    if fl_sc:
+        rows.append(("scrape floor: a server returning a fixed body of that size (p50; p99)",
+                     f"{fl_sc['p50_ms']:.2f}; {fl_sc['p99_ms']:.2f} ms back to back ({fl_sc['requests_per_s']:.0f}/s); "
+                     f"{fl_sc['paced_p50_ms']:.2f}; {fl_sc['paced_p99_ms']:.2f} ms at 1/s each; alone "
+                     f"{fl_sc['alone_p50_ms']:.2f}; {fl_sc['alone_p99_ms']:.2f} ms", "", ""))
     if g:
         smi = NVIDIA_SMI_QUERY_MS / g["scrape"]["alone_p50_ms"]
         rows.append(("vs nvidia-smi --query-gpu per scrape (117 ms, recorded)",

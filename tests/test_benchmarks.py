@@ -50,6 +50,7 @@ def test_benchmark_suite_runs_at_tiny_size(tmp_path: Path) -> None:
     assert results["gpumon"]["scrape"]["requests"] == 4
     assert results["alert"]["firing_seen"] >= results["alert"]["active_at"]
     assert "| poll, 2 GPU(s)" in suite.table(results)
+    assert results["scrape_floor"]["requests"] == 4 and "| scrape floor" in suite.table(results)
 
 
 def test_bench_gpu_says_clearly_when_nvml_is_missing() -> None:
