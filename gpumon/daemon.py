@@ -25,7 +25,7 @@ from gpumon.exporter import Exporter
 from gpumon.model import BackendUnavailable
 from gpumon.notify.alertmanager import AlertmanagerPusher
 from gpumon.notify.routing import build_inhibit_rules, build_route
-from gpumon.notify.service import NotifyService, Receiver, SlackStyle
+from gpumon.notify.service import NotifyService, NotifySetup, Receiver, SlackStyle
 from gpumon.notify.silences import Silences
 from gpumon.notify.webhook import WebhookTarget, decode_secret
 from gpumon.rules.alerting import Alert
@@ -48,7 +48,9 @@ log = structlog.get_logger("gpumon")
 
 EXIT_OK, EXIT_CONFIG, EXIT_BACKEND = 0, 1, 2
 SILENCES_FILE = "silences.sqlite"
-RESTART_ONLY = ("backend", "state_dir", "store", "notify", "interconnect")  # settings a reload cannot change in place
+RESTART_ONLY = ("backend", "state_dir", "store", "interconnect")  # settings a reload cannot change in place
+# Parts of `notify` a reload cannot change in place (receivers, routes and the rest can).
+NOTIFY_RESTART_ONLY = ("alertmanagers", "mqtt")
 
 
 @dataclass
@@ -129,6 +131,16 @@ async def open_sampler(config: Config, exporter: Exporter,
 
 def build_notify(config: Config, silences: Silences) -> NotifyService | None:
     """The notification service for config.notify, secrets read from their files. Raises ConfigError."""
+    setup = notify_setup(config)
+    if setup is None:
+        return None
+    return NotifyService(setup.route, setup.receivers, config.state_dir, max_age_s=setup.max_age_s,
+                         external_url=setup.external_url, inhibit_rules=setup.inhibit_rules, silences=silences)
+
+
+def notify_setup(config: Config) -> NotifySetup | None:
+    """Routes, receivers (secrets read from their files) and policies of config.notify, or None when
+    no receiver is configured. Raises ConfigError."""
     if not config.notify.receivers or config.notify.route is None:
         return None
     receivers = {}
@@ -147,9 +159,8 @@ def build_notify(config: Config, silences: Silences) -> NotifyService | None:
         token = _secret(w.bearer_token_file, r.name, "webhook.bearer_token_file") if w.bearer_token_file else None
         receivers[r.name] = Receiver(WebhookTarget(r.name, url, secret, tuple(w.headers.items()), token),
                                      w.send_resolved)
-    return NotifyService(build_route(config.notify.route), receivers, config.state_dir,
-                         max_age_s=config.notify.max_age, external_url=config.notify.external_url,
-                         inhibit_rules=build_inhibit_rules(config.notify.inhibit_rules), silences=silences)
+    return NotifySetup(build_route(config.notify.route), receivers, config.notify.max_age,
+                       config.notify.external_url, build_inhibit_rules(config.notify.inhibit_rules))
 
 
 def _secret(path: Path | None, receiver: str, key: str) -> str:
@@ -290,6 +301,7 @@ class Daemon:
             new = load_config(self.config_path, self.overrides)
             security = load_security(new)
             groups = load_groups(new.rules.files)
+            notify = notify_setup(new)  # reads the secret files: a missing one fails the whole reload
         except ConfigError as exc:
             log.error("reload failed; keeping the running configuration and rules", problem=str(exc))
             return
@@ -297,7 +309,11 @@ class Daemon:
         for key in RESTART_ONLY:
             if getattr(new, key) != getattr(old, key):
                 log.warning("setting changed but needs a restart; keeping the running value", key=key)
-        new = msgspec.structs.replace(new, **{k: getattr(old, k) for k in RESTART_ONLY})
+        for key in NOTIFY_RESTART_ONLY:
+            if getattr(new.notify, key) != getattr(old.notify, key):
+                log.warning("setting changed but needs a restart; keeping the running value", key=f"notify.{key}")
+        kept_notify = msgspec.structs.replace(new.notify, **{k: getattr(old.notify, k) for k in NOTIFY_RESTART_ONLY})
+        new = msgspec.structs.replace(new, notify=kept_notify, **{k: getattr(old, k) for k in RESTART_ONLY})
         if new.web.listen != old.web.listen or new.web.config_file or old.web.config_file:
             await self.web.stop()
             try:
@@ -315,10 +331,30 @@ class Daemon:
         self.rules.default_interval_s = new.rules.evaluation_interval
         self.rules.external_labels = new.rules.external_labels
         await self.rules.reload(groups)
+        await self._reload_notify(notify)
         self.sampler.source.configure(new.opt_ins)
         logs.configure(new.log.level, new.log.format)
         self.config = new
         log.info("configuration reloaded", config=str(self.config_path))
+
+
+    async def _reload_notify(self, setup: NotifySetup | None) -> None:
+        """Receivers, routes, inhibition and the rest of `notify` in place: queued notifications and
+        the state of groups whose route is unchanged carry over (see NotifyService.reconfigure)."""
+        assert self.rules is not None and self.silences is not None
+        if setup is None:
+            if self.notify is not None:
+                await self.notify.stop()
+                self.notify = None
+        elif self.notify is None:
+            self.notify = NotifyService(setup.route, setup.receivers, self.config.state_dir,
+                                        max_age_s=setup.max_age_s, external_url=setup.external_url,
+                                        inhibit_rules=setup.inhibit_rules, silences=self.silences)
+            self.notify.start()
+        else:
+            self.notify.reconfigure(setup)
+        active = self.notify is not None or self.alertmanagers is not None or self.mqtt is not None
+        self.rules.on_evaluated = self._notify if active else None
 
 
 async def run_daemon(config: Config, config_path: Path | None, overrides: dict[str, Any]) -> int:

@@ -300,3 +300,24 @@ def test_a_retry_holds_back_its_receivers_later_entries_and_touches_one_row(tmp_
     box.delivered(ids[0])
     assert box.due(300.0) == [] and box.next_due() == 400.0
     assert [e.id for e in box.due(400.0, limit=2)] == ids[1:3]
+
+
+def test_reconfigure_keeps_groups_of_unchanged_routes_and_drops_regrouped_ones(tmp_path: Path) -> None:
+    from gpumon.notify.service import NotifySetup
+
+    svc = service(tmp_path, free_port())
+    svc.update([alert("Hot", "0"), alert("Up", "1")], now=100.0)
+    assert svc.flush(100.5) == 2
+    svc.disabled.add("ops")  # as after a 410
+    same = service(tmp_path, free_port())
+    svc.reconfigure(NotifySetup(same.route, same.receivers, 3600.0, "", []))
+    assert len(svc.groups) == 2 and not svc.disabled and svc.max_age_s == 3600.0
+    svc.update([alert("Hot", "0"), alert("Up", "1")], now=101.0)
+    assert svc.flush(102.0) == 0  # nothing new for kept groups: no second notification
+    by_gpu = service(tmp_path, free_port(), group_by=["gpu"])
+    svc.reconfigure(NotifySetup(by_gpu.route, by_gpu.receivers, 3600.0, "", []))
+    assert svc.groups == {}  # regrouped: the next evaluation's alerts form the new groups
+    svc.update([alert("Hot", "0"), alert("Up", "1")], now=103.0)
+    assert svc.flush(104.0) == 2
+    for s in (svc, same, by_gpu):
+        s.outbox.close()

@@ -47,6 +47,17 @@ class SlackStyle:
     bucket: TokenBucket = field(default_factory=TokenBucket)
 
 
+@dataclass
+class NotifySetup:
+    """What the `notify` configuration builds: the route tree, receivers and delivery policies."""
+
+    route: Route
+    receivers: dict[str, Receiver]
+    max_age_s: float
+    external_url: str
+    inhibit_rules: list[InhibitRule]
+
+
 class NotifyService:
     def __init__(self, route: Route, receivers: dict[str, Receiver], state_dir: Path, *,
                  max_age_s: float = 86400.0, external_url: str = "",
@@ -65,6 +76,26 @@ class NotifyService:
         self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
+
+    def reconfigure(self, setup: NotifySetup) -> None:
+        """Take a reloaded configuration without losing what is in flight: the outbox (queued
+        notifications, also for receivers that are gone: those fail as removed when due) and the
+        groups whose route is still there with the same grouping, which keep their timers and what
+        they last sent, so a reload re-notifies nothing. Groups of a removed or regrouped route are
+        dropped; their alerts form the new groups at the next evaluation. Receivers disabled by a
+        410 are enabled again."""
+        routes = {r.key: r for r in _walk(setup.route)}
+        kept: dict[tuple[str, str], Group] = {}
+        for key, group in self.groups.items():
+            route = routes.get(group.route.key)
+            if route is not None and route.group_by == group.route.group_by:
+                group.route = route
+                kept[key] = group
+        self.groups = kept
+        self.route, self.receivers, self.inhibit_rules = setup.route, setup.receivers, setup.inhibit_rules
+        self.max_age_s, self.external_url = setup.max_age_s, setup.external_url
+        self.disabled.clear()
+        self._wake.set()
 
     # --- alerts in -----------------------------------------------------------------------------
 
@@ -202,3 +233,8 @@ class NotifyService:
                 s.add("gpumon_notification_delivery_latency_seconds", r, self.latency[name])
             s.add("gpumon_notification_receiver_enabled", r, 0.0 if name in self.disabled else 1.0)
         return s
+
+
+def _walk(route: Route) -> list[Route]:
+    """A route and all routes below it."""
+    return [route, *(r for child in route.routes for r in _walk(child))]

@@ -166,3 +166,68 @@ notify:
         server.shutdown()
     (payload,) = Hook.received
     assert payload["alerts"][0]["labels"]["alertname"] == "Up"
+
+
+def test_reload_changes_receivers_and_routes_without_renotifying(tmp_path: Path) -> None:
+    """SIGHUP: a new receiver on a new route gets its alerts; the unchanged route's group is not
+    notified again; a reload whose secret file is missing keeps the running receivers."""
+    import signal
+
+    received: dict[str, list[dict[str, Any]]] = {"a": [], "b": []}
+
+    def hook(name: str) -> type[BaseHTTPRequestHandler]:
+        class One(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                received[name].append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+        return One
+
+    servers = {n: HTTPServer(("127.0.0.1", free_port()), hook(n)) for n in received}
+    for server in servers.values():
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    (tmp_path / "r.yml").write_text(
+        "groups:\n  - name: g\n    rules:\n      - alert: Up\n        expr: gpumon_gpu_up == 1\n"
+        "      - alert: Hot\n        expr: gpumon_gpu_temperature_celsius > 0\n")
+    (tmp_path / "a").write_text(f"http://127.0.0.1:{servers['a'].server_port}/\n")
+    (tmp_path / "b").write_text(f"http://127.0.0.1:{servers['b'].server_port}/\n")
+    config = tmp_path / "gpumon.yaml"
+    common = ('rules: {files: ["r.yml"], evaluation_interval: 250ms}\nnotify:\n  receivers:\n'
+              '    - {name: a, webhook: {url_file: a}}\n')
+    config.write_text(common + "  route: {receiver: a, group_by: [alertname], group_wait: 100ms, "
+                               "group_interval: 200ms, repeat_interval: 4h}\n")
+
+    def wait(name: str, count: int, g: Gpumon) -> None:
+        deadline = time.monotonic() + 15
+        while len(received[name]) < count:
+            assert time.monotonic() < deadline, (received, g.log)
+            time.sleep(0.1)
+
+    try:
+        with Gpumon(tmp_path, "--config", str(config)) as g:
+            wait("a", 2, g)  # Up and Hot, a group each
+            assert {p["groupLabels"]["alertname"] for p in received["a"]} == {"Up", "Hot"}
+            config.write_text(common + "    - {name: b, webhook: {url_file: b}}\n"
+                              "  route:\n    receiver: a\n    group_by: [alertname]\n    group_wait: 100ms\n"
+                              "    group_interval: 200ms\n    repeat_interval: 4h\n"
+                              '    routes: [{receiver: b, matchers: [alertname="Hot"]}]\n')
+            g.signal(signal.SIGHUP)
+            wait("b", 1, g)  # Hot now goes to b
+            assert received["b"][0]["groupLabels"] == {"alertname": "Hot"}
+            (tmp_path / "b").unlink()
+            g.signal(signal.SIGHUP)  # b's URL file is gone: the reload fails, b stays
+            deadline = time.monotonic() + 10
+            while "reload failed" not in g.log:
+                assert time.monotonic() < deadline, g.log
+                time.sleep(0.1)
+            time.sleep(1.0)  # several group intervals
+            _, metrics = g.get("/metrics")
+    finally:
+        for server in servers.values():
+            server.shutdown()
+    assert len(received["a"]) == 2  # Up's group kept its state across both reloads: not notified again
+    assert len(received["b"]) == 1
+    assert b'gpumon_notifications_sent_total{receiver="b"} 1.0' in metrics
