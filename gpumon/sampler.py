@@ -256,7 +256,8 @@ class Sampler:
     async def next_round(self) -> None:
         """Return once the next poll round is in the store (rules evaluate on fresh data)."""
         waiter = asyncio.get_running_loop().create_future()
-        self._round_waiters.append(waiter)
+        # waiters given up on (timed out) go now, so a sampler that stops publishing keeps no pile
+        self._round_waiters = [w for w in self._round_waiters if not w.done()] + [waiter]
         await waiter
 
     def _stale_after(self, tier: str) -> float:
