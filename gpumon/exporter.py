@@ -40,17 +40,17 @@ format_value = cast(Callable[[float], str], floatToGoString)  # how both formats
 Points = dict[Labels, float]  # one family's series (labels sorted) and values
 
 
-def snapshot(samples: Iterable[Sample]) -> Iterator[tuple[catalog.Metric, Points]]:
+Families = list[tuple[catalog.Metric, Points]]
+
+
+def snapshot(samples: Iterable[Sample]) -> Families:
     """The samples' series by catalog metric, in catalog order. A series two samples both carry is
     exposed once, with the later value: an exposition must not repeat a series."""
     by_metric: dict[str, Points] = {}
     for sample in samples:
         for name, label_pairs, value in sample.values:
             by_metric.setdefault(name, {})[tuple(sorted(label_pairs))] = value
-    for metric in catalog.METRICS:
-        points = by_metric.get(metric.name)
-        if points:
-            yield metric, points
+    return [(metric, points) for metric in catalog.METRICS if (points := by_metric.get(metric.name))]
 
 
 def family(metric: catalog.Metric, points: Points) -> Family:
@@ -80,7 +80,7 @@ class _Lines:
         self._headers: dict[str, str] = {}
         self._prefixes: dict[tuple[str, Labels], str] = {}
 
-    def render(self, families: Iterable[tuple[catalog.Metric, Points]]) -> list[str]:
+    def render(self, families: Families) -> list[str]:
         out: list[str] = []
         prefixes = self._prefixes
         for metric, points in families:
@@ -119,7 +119,7 @@ class _Lines:
 class Rendered:
     """One poll's exposition, with the variants scrapers ask for cached on first use."""
 
-    samples: list[Sample]
+    families: Families  # the snapshot both formats are rendered from
     text: bytes
     created: float = field(default_factory=time.time)
     variants: dict[tuple[bool, bool], bytes] = field(default_factory=dict)
@@ -138,11 +138,11 @@ class Exporter:
         self.current: Rendered | None = None
 
     def render(self, samples: list[Sample]) -> Rendered:
-        lines = self._text.render(snapshot(samples))
-        text = "".join(lines).encode()
+        families = snapshot(samples)
+        text = "".join(self._text.render(families)).encode()
         if self._process is not None:
             text += generate_text(self._process)
-        self.current = Rendered(samples, text)
+        self.current = Rendered(families, text)
         return self.current
 
     def body(self, openmetrics: bool, gzipped: bool) -> bytes:
@@ -154,7 +154,7 @@ class Exporter:
         if variant is not None:
             return variant
         if openmetrics:
-            plain = rendered.variants.get((True, False)) or self._render_openmetrics(rendered.samples)
+            plain = rendered.variants.get((True, False)) or self._render_openmetrics(rendered.families)
             rendered.variants[(True, False)] = plain
         else:
             plain = rendered.text
@@ -163,8 +163,8 @@ class Exporter:
             rendered.variants[(openmetrics, True)] = plain
         return plain
 
-    def _render_openmetrics(self, samples: list[Sample]) -> bytes:
-        body = "".join(self._openmetrics.render(snapshot(samples))).encode()
+    def _render_openmetrics(self, families: Families) -> bytes:
+        body = "".join(self._openmetrics.render(families)).encode()
         if self._process is not None:
             return body + generate_openmetrics(self._process)  # type: ignore[no-untyped-call,no-any-return]
         return body + OPENMETRICS_EOF.encode()
