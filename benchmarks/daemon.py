@@ -27,6 +27,8 @@ from typing import Any
 
 import aiohttp
 
+from benchmarks.report import percentile
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -171,16 +173,11 @@ def scrape_latency(url: str, concurrency: int = 20, requests_each: int = 50, pac
     alone, _, _ = asyncio.run(_scrapers(url, 1, requests_each))
     return {"concurrency": concurrency, "requests": len(together), "body_bytes_gzip": size,
             "requests_per_s": len(together) / wall,
-            "p50_ms": statistics.median(together) * 1e3, "p99_ms": _pct(together, 0.99) * 1e3,
+            "p50_ms": statistics.median(together) * 1e3, "p99_ms": percentile(together, 0.99) * 1e3,
             "max_ms": max(together) * 1e3,
             "paced_requests": len(paced), "paced_p50_ms": statistics.median(paced) * 1e3,
-            "paced_p99_ms": _pct(paced, 0.99) * 1e3,
-            "alone_p50_ms": statistics.median(alone) * 1e3, "alone_p99_ms": _pct(alone, 0.99) * 1e3}
-
-
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+            "paced_p99_ms": percentile(paced, 0.99) * 1e3,
+            "alone_p50_ms": statistics.median(alone) * 1e3, "alone_p99_ms": percentile(alone, 0.99) * 1e3}
 
 
 class Webhook:

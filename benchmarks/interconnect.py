@@ -22,17 +22,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.report import percentile
 from gpumon.sources.infiniband import InfinibandSource
 from tests.ibsysfs import IbSysfs
 
 BUDGET_US = 500.0  # issue 7: interconnect collection adds <= 0.5 ms per poll for 8 NICs
 BUDGET_NICS = 8
 DATA_COUNTERS = ("port_xmit_data", "port_rcv_data", "port_xmit_packets", "port_rcv_packets")
-
-
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def build_nics(root: Path, nics: int, *, connectx: bool) -> IbSysfs:
@@ -65,7 +61,7 @@ def measure(fs: IbSysfs, rounds: int) -> dict[str, Any]:
         series = sum(len(s.values) for s in samples)
     source.close()
     return {"ports": len(ports), "series_per_poll": series, "rounds": rounds,
-            "poll_us_median": statistics.median(times), "poll_us_p90": _pct(times, 0.9),
+            "poll_us_median": statistics.median(times), "poll_us_p90": percentile(times, 0.9),
             "poll_us_max": max(times), "discovery_us": discovery_us,
             "read_errors": source.read_errors}
 

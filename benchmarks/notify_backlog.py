@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import daemon, suite
+from benchmarks.report import percentile, progress
 from gpumon.notify.outbox import Outbox
 from gpumon.notify.payload import AlertEvent, webhook_payload
 from gpumon.notify.service import OUTBOX_FILE
@@ -107,17 +108,12 @@ def _values(body: str, names: tuple[str, ...]) -> dict[str, float]:
     return out
 
 
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def _summary(polls_s: list[float]) -> dict[str, float]:
     ms = [v * 1e3 for v in polls_s]
     if not ms:
         return {"polls": 0}
     return {"polls": len(ms), "mean_ms": statistics.fmean(ms), "median_ms": statistics.median(ms),
-            "p90_ms": _pct(ms, 0.9), "p99_ms": _pct(ms, 0.99), "max_ms": max(ms)}
+            "p90_ms": percentile(ms, 0.9), "p99_ms": percentile(ms, 0.99), "max_ms": max(ms)}
 
 
 def measure(p: daemon.Process, s: Settings) -> dict[str, Any]:
@@ -212,7 +208,7 @@ def run(s: Settings, work: Path, library: Path | None = None) -> dict[str, Any]:
         for name in order:
             r = run_once(library, s, work, f"{name}-{k}", s.notifications if name == "backlog" else 0)
             runs[name].append(r)
-            _progress(f"{name} {k}: {_summary(r['poll_s'])}, CPU {r['cpu_percent']:.2f} %, "
+            progress(f"{name} {k}: {_summary(r['poll_s'])}, CPU {r['cpu_percent']:.2f} %, "
                       f"queue {r['queue_min']}..{r['queue_max']}")
     machine["loadavg_end"] = os.getloadavg()
     out: dict[str, Any] = {"machine": machine, "settings": asdict(s), "budget_ratio": BUDGET_RATIO, "runs": runs}
@@ -261,10 +257,6 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             f"({r['ratio_mean_without_retry_rounds']:.3f}x)" if "ratio_mean_without_retry_rounds" in r else "n/a"),
          "", ""),
     ]
-
-
-def _progress(line: str) -> None:
-    print(f"  .. {line}", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

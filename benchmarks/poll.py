@@ -20,13 +20,9 @@ import statistics
 import time
 from typing import Any
 
+from benchmarks.report import percentile
 from gpumon.model import Tier
 from gpumon.sources.nvml import NvmlSource
-
-
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 class Bare:
@@ -101,7 +97,7 @@ def measure(nvml: Any, *, rounds: int, spacing_s: float, mode: str, bare: bool =
         "values_per_round": values,
         "gpu_poll_us_median": statistics.median(per_gpu) * 1e6,
         "gpu_poll_us_mean": statistics.fmean(per_gpu) * 1e6,
-        "gpu_poll_us_p90": _pct(per_gpu, 0.9) * 1e6,
+        "gpu_poll_us_p90": percentile(per_gpu, 0.9) * 1e6,
         "round_us_median": statistics.median(walls) * 1e6,
         "round_us_per_gpu": statistics.median(walls) * 1e6 / n,
         "cpu_us_per_gpu_poll": cpu / (rounds * n) * 1e6,

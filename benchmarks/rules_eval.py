@@ -70,8 +70,8 @@ def run(gpus: int, minutes: int, rounds: int) -> dict[str, float]:
     result = {"gpus": gpus, "series": sum(1 for _ in store.series()),
               "eval_ms_median": statistics.median(totals) * 1000,
               "eval_ms_p90": sorted(totals)[int(0.9 * len(totals))] * 1000}
-    for name, spent in per_group.items():
-        result[f"group_ms_median[{name}]"] = statistics.median(spent) * 1000
+    for name, times in per_group.items():
+        result[f"group_ms_median[{name}]"] = statistics.median(times) * 1000
     return result
 
 

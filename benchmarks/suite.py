@@ -27,6 +27,7 @@ from typing import Any
 
 import gpumon
 from benchmarks import daemon, floor, interconnect, notify_backlog
+from benchmarks.report import progress
 from gpumon.sources.replay import DEMO_CAPTURE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -216,7 +217,7 @@ def run(s: Settings, work: Path) -> dict[str, Any]:
         r["vs_replay_floor"] = r["gpu_poll_us_median"] / fl.replay_median_us
         r["vs_bare"] = r["gpu_poll_us_median"] / r["bare"]["gpu_poll_us_median"]
         results["poll"].append(r)
-        _progress(f"poll {r['gpus']} GPUs: {r['gpu_poll_us_median']:.0f} us per GPU poll, "
+        progress(f"poll {r['gpus']} GPUs: {r['gpu_poll_us_median']:.0f} us per GPU poll, "
                   f"bare pynvml {r['bare']['gpu_poll_us_median']:.0f} us")
     # Latency off (fake) or real (hardware: then this is the whole serial poll, NVML included).
     n_over = s.daemon_gpus if library else 0
@@ -224,14 +225,14 @@ def run(s: Settings, work: Path) -> dict[str, Any]:
     results["overhead"]["bare"] = run_poll(library, n_over, 0, s, "serial", bare=True)
     results["overhead"]["gpumon_own_us"] = (results["overhead"]["gpu_poll_us_median"]
                                             - results["overhead"]["bare"]["gpu_poll_us_median"])
-    _progress(f"overhead: {results['overhead']['gpu_poll_us_median']:.0f} us per GPU poll")
+    progress(f"overhead: {results['overhead']['gpu_poll_us_median']:.0f} us per GPU poll")
 
     env = nvml_env(library, gpus=s.daemon_gpus, latency=1)
     port = daemon.free_port()
     results["gpumon"] = measure_exporter("gpumon", gpumon_argv(port, work / "state"), env, port, "/-/ready", s, work)
     results["gpumon"]["gpus"] = s.daemon_gpus if library else results["poll"][0]["gpus"]
     results["scrape_floor"] = measure_scrape_floor(results["gpumon"]["scrape"]["body_bytes_gzip"], s, work)
-    _progress(f"gpumon: {results['gpumon']}")
+    progress(f"gpumon: {results['gpumon']}")
     if s.nvitop and library:
         exe = NVITOP_VENV / "bin" / "nvitop-exporter"
         if not exe.exists():
@@ -244,13 +245,13 @@ def run(s: Settings, work: Path) -> dict[str, Any]:
                 results["nvitop"]["gpus"] = s.daemon_gpus
             except (RuntimeError, OSError) as exc:  # a partial table beats none
                 results["nvitop"] = {"skipped": f"failed: {exc}"}
-        _progress(f"nvitop: {results['nvitop']}")
+        progress(f"nvitop: {results['nvitop']}")
     if s.alert and library:
         try:
             results["alert"] = measure_alert(library, s, work)
         except (RuntimeError, OSError) as exc:
             results["alert_error"] = str(exc)
-        _progress(f"alert: {results.get('alert') or results.get('alert_error')}")
+        progress(f"alert: {results.get('alert') or results.get('alert_error')}")
     if library:
         # The notification issue's item: a dead receiver's backlog must not slow polling. Half the
         # footprint window per run (baseline and backlog), so `make bench` grows by about a minute.
@@ -262,13 +263,9 @@ def run(s: Settings, work: Path) -> dict[str, Any]:
             results["notify_backlog_error"] = str(exc)
     # Issue 7: InfiniBand collection over 8 fake NICs (no NVML involved, so also with --gpu).
     results["interconnect"] = interconnect.run(rounds=s.interconnect_rounds)
-    _progress(f"interconnect: {results['interconnect']['connectx']['poll_us_median']:.0f} us per poll, 8 NICs")
+    progress(f"interconnect: {results['interconnect']['connectx']['poll_us_median']:.0f} us per poll, 8 NICs")
     results["machine"]["loadavg_end"] = os.getloadavg()
     return results
-
-
-def _progress(line: str) -> None:
-    print(f"  .. {line}", file=sys.stderr, flush=True)
 
 
 def _verdict(ok: bool | None) -> str:
