@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # Real servers the integration tests talk to, and what the fake libnvidia-ml.so.1 (tests/fakenvml)
 # is compiled with: a C compiler and cJSON. From Debian's packages.
 TEST_PACKAGES := prometheus prometheus-alertmanager mosquitto systemd gcc libc6-dev libcjson-dev
-TEST_COMMANDS := prometheus promtool prometheus-alertmanager mosquitto systemd-analyze systemd-sysusers cc nm
+TEST_COMMANDS := prometheus promtool prometheus-alertmanager amtool mosquitto systemd-analyze systemd-sysusers cc nm
 TEST_FILES := /usr/include/cjson/cJSON.h
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 

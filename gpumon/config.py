@@ -87,10 +87,10 @@ def _check_backend(value: Any) -> str:
 
 
 def _matchers_parse(matchers: list[str]) -> list[str]:
-    from gpumon.notify.routing import parse_matcher
+    from gpumon.notify.routing import parse_matchers
 
     for m in matchers:
-        parse_matcher(m)
+        parse_matchers(m)
     return matchers
 
 

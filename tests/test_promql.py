@@ -167,3 +167,20 @@ def test_expanding_notation() -> None:
         expand_values("1+x3")
     assert parse_prom_duration("1h30m") == 5_400_000
     assert parse_prom_duration("0s") == 0
+
+
+def test_an_evaluator_never_mixes_up_the_selectors_of_freed_expressions() -> None:
+    """`gpumon rules test` runs every test of a file on one evaluator: an expression freed after its
+    test must not lend its selector to the next one that happens to reuse its memory address."""
+    from gpumon.rules import promql
+    from gpumon.rules.ruletest import MemoryStorage, parse_series
+
+    storage = MemoryStorage()
+    for i in range(10):
+        storage.add(parse_series('a_metric{x="a"}'), i * 60_000, 1.0)
+        storage.add(parse_series('b_total{x="b"}'), i * 60_000, float(i % 3))
+    evaluator = promql.Evaluator(storage)
+    for _ in range(200):
+        assert [dict(s.labels)["x"] for s in evaluator.instant(compile_expr("a_metric"), 540_000)] == ["a"]
+        got = evaluator.instant(compile_expr("resets(b_total[5m])"), 540_000)
+        assert [(dict(s.labels)["x"], s.value) for s in got] == [("b", 2.0)]

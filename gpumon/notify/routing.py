@@ -9,30 +9,102 @@ most every `group_interval`, and an unchanged group is repeated every `repeat_in
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from gpumon.notify.payload import AlertEvent, label_set
+from gpumon.regex import RegexError, anchored
 from gpumon.rules.promql import Matcher
 
-_MATCHER = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*(?:"((?:[^"\\]|\\.)*)"|(\S*))\s*')
+# Alertmanager 0.25's classic matcher syntax (pkg/labels/parse.go), which its configuration, amtool
+# and silences read. Go's \s is ASCII whitespace; the value's trailing whitespace is cut beforehand
+# (Go's lazy `(?s).*?\s*$` does that), which keeps this pattern free of backtracking.
+_WS = "\t\n\f\r "
+_MATCHER = re.compile(f"[{_WS}]*([a-zA-Z_:][a-zA-Z0-9_:]*)[{_WS}]*(=~|=|!=|!~)[{_WS}]*(.*)", re.DOTALL)
+_OP_ORDER = {"=": 0, "!=": 1, "=~": 2, "!~": 3}  # Alertmanager's MatchType values, for sorting
+
+
+def parse_matchers(text: str) -> list[Matcher]:
+    """Alertmanager's ParseMatchers: `a="b"`, `a=b, c!~"d.*"` or `{a="b", c=~"d"}`, split on commas
+    outside double quotes. Raises ValueError with Alertmanager's message."""
+    text = text.removeprefix("{").removesuffix("}")
+    tokens: list[str] = []
+    token: list[str] = []
+    inside_quotes = escaped = False
+    for c in text:
+        if c == ",":
+            if not inside_quotes:
+                tokens.append("".join(token))
+                token = []
+                continue
+        elif c == '"':
+            if not escaped:
+                inside_quotes = not inside_quotes
+            else:
+                escaped = False
+        elif c == "\\":
+            escaped = not escaped
+        else:
+            escaped = False
+        token.append(c)
+    if last := "".join(token).strip():
+        tokens.append(last)
+    return [parse_matcher(t) for t in tokens]
 
 
 def parse_matcher(text: str) -> Matcher:
-    """Alertmanager matcher syntax: name="value", name!=value, name=~"re", name!~"re"."""
-    m = _MATCHER.fullmatch(text)
+    """One matcher: a label name, one of = != =~ !~, and a value that may be double-quoted, with
+    OpenMetrics escapes (\\" \\n \\\\; any other backslash is literal)."""
+    m = _MATCHER.fullmatch(text.rstrip(_WS))
     if not m:
-        raise ValueError(f"{text!r} is not a matcher like severity=\"critical\"")
-    value = m.group(3) if m.group(3) is not None else (m.group(4) or "")
-    value = value.replace('\\"', '"').replace("\\\\", "\\")
+        raise ValueError(f"bad matcher format: {text}")
+    name, op, raw = m.groups()
+    body, quoted = (raw[1:], True) if raw.startswith('"') else (raw, False)
+    value: list[str] = []
+    escaped = False
+    for i, c in enumerate(body):
+        if escaped:
+            escaped = False
+            value.append("\n" if c == "n" else c if c in '"\\' else "\\" + c)
+        elif c == "\\" and i < len(body) - 1:
+            escaped = True
+        elif c == '"':
+            if not quoted or i < len(body) - 1:
+                raise ValueError(f"matcher value contains unescaped double quote: {raw}")
+            quoted = False
+        else:
+            value.append(c)
+    if quoted:
+        raise ValueError(f"matcher value contains unescaped double quote: {raw}")
+    return new_matcher(name, op, "".join(value))
+
+
+def new_matcher(name: str, op: str, value: str) -> Matcher:
+    """A matcher; a regex is anchored at both ends and run by RE2, as Alertmanager's (Go) is."""
+    if any("\ud800" <= c <= "\udfff" for c in value):
+        raise ValueError(f"matcher value not valid UTF-8: {value!r}")
     regex = None
-    if m.group(2) in ("=~", "!~"):
+    if op in ("=~", "!~"):
         try:
-            regex = re.compile(f"(?:{value})", re.DOTALL)  # anchored by fullmatch, as Alertmanager anchors
-        except re.error as exc:
-            raise ValueError(f"{text!r}: invalid regular expression: {exc}") from None
-    return Matcher(m.group(1), m.group(2), value, regex)
+            regex = anchored(value)
+        except RegexError as exc:
+            raise ValueError(str(exc)) from None
+    return Matcher(name, op, value, regex)
+
+
+def matchers_of(texts: Iterable[str]) -> tuple[Matcher, ...]:
+    """A configuration's `matchers:` list: each entry may hold several comma-separated matchers."""
+    return tuple(m for text in texts for m in parse_matchers(text))
+
+
+def matchers_key(matchers: Iterable[Matcher]) -> str:
+    """Alertmanager's Matchers.String() of a route's sorted matchers: `{a="b",c=~"d"}`. (Values are
+    quoted as JSON; Go's %q differs only for control characters other than \\n \\t \\r.)"""
+    ordered = sorted(matchers, key=lambda m: (m.name, m.value, _OP_ORDER[m.op]))
+    return "{" + ",".join(f"{m.name}{m.op}{json.dumps(m.value, ensure_ascii=False)}" for m in ordered) + "}"
 
 
 @dataclass
@@ -45,7 +117,8 @@ class Route:
     matchers: tuple[Matcher, ...] = ()
     continue_: bool = False
     routes: list[Route] = field(default_factory=list)
-    key: str = "{}"  # Alertmanager's route key, the prefix of group keys
+    key: str = "{}"  # Alertmanager's route key, the prefix of group keys (siblings may share it)
+    id: str = "{}"  # Alertmanager's route ID: the key with each route's position, unique in the tree
 
     def match(self, labels: dict[str, str]) -> list[Route]:
         """The routes an alert ends at: deepest matching children, or this route itself."""
@@ -65,19 +138,21 @@ class Route:
         return {k: labels[k] for k in self.group_by if k in labels}
 
 
-def build_route(cfg: Any, parent: Route | None = None) -> Route:
+def build_route(cfg: Any, parent: Route | None = None, position: int = 0) -> Route:
     """A Route tree from the config model (fields may be None: inherited from the parent)."""
     def pick(name: str, default: Any) -> Any:
         value = getattr(cfg, name)
         return value if value is not None else (getattr(parent, name) if parent is not None else default)
-    matchers = tuple(parse_matcher(m) for m in cfg.matchers)
-    key = "{}" if parent is None else parent.key + "/" + "{" + ",".join(
-        f'{m.name}{m.op}"{m.value}"' for m in matchers) + "}"
-    route = Route(receiver=pick("receiver", ""), group_by=tuple(pick("group_by", ("alertname",))),
+    matchers = matchers_of(cfg.matchers)
+    own = matchers_key(matchers)
+    key = own if parent is None else f"{parent.key}/{own}"
+    ident = own if parent is None else f"{parent.id}/{own}/{position}"
+    # No group_by anywhere up the tree: Alertmanager puts all of the route's alerts in one group.
+    route = Route(receiver=pick("receiver", ""), group_by=tuple(pick("group_by", ())),
                   group_wait=pick("group_wait", 30.0), group_interval=pick("group_interval", 300.0),
                   repeat_interval=pick("repeat_interval", 4 * 3600.0), matchers=matchers,
-                  continue_=bool(cfg.continue_), key=key)
-    route.routes = [build_route(child, route) for child in cfg.routes]
+                  continue_=bool(cfg.continue_), key=key, id=ident)
+    route.routes = [build_route(child, route, i) for i, child in enumerate(cfg.routes)]
     return route
 
 
@@ -137,5 +212,5 @@ class InhibitRule:
 
 
 def build_inhibit_rules(cfgs: list[Any]) -> list[InhibitRule]:
-    return [InhibitRule(tuple(parse_matcher(m) for m in c.source_matchers),
-                        tuple(parse_matcher(m) for m in c.target_matchers), tuple(c.equal)) for c in cfgs]
+    return [InhibitRule(matchers_of(c.source_matchers), matchers_of(c.target_matchers), tuple(c.equal))
+            for c in cfgs]

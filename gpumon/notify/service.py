@@ -84,10 +84,10 @@ class NotifyService:
         they last sent, so a reload re-notifies nothing. Groups of a removed or regrouped route are
         dropped; their alerts form the new groups at the next evaluation. Receivers disabled by a
         410 are enabled again."""
-        routes = {r.key: r for r in _walk(setup.route)}
+        routes = {r.id: r for r in _walk(setup.route)}
         kept: dict[tuple[str, str], Group] = {}
         for key, group in self.groups.items():
-            route = routes.get(group.route.key)
+            route = routes.get(group.route.id)
             if route is not None and route.group_by == group.route.group_by:
                 group.route = route
                 kept[key] = group
@@ -118,7 +118,7 @@ class NotifyService:
                 if resolved and not self.receivers[route.receiver].send_resolved:
                     continue
                 group_labels = route.group_labels(labels)
-                key = (route.key, json.dumps(group_labels, sort_keys=True))
+                key = (route.id, json.dumps(group_labels, sort_keys=True))
                 group = self.groups.get(key)
                 if group is None:
                     if resolved:

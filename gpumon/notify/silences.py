@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from gpumon.notify.payload import rfc3339
-from gpumon.notify.routing import parse_matcher
+from gpumon.notify.routing import matchers_of
 from gpumon.rules.promql import Matcher
 
 SCHEMA = """
@@ -39,7 +39,7 @@ class Silence:
 
     @functools.cached_property
     def parsed(self) -> tuple[Matcher, ...]:
-        return tuple(parse_matcher(m) for m in self.matchers)
+        return matchers_of(self.matchers)
 
     def active(self, now: float) -> bool:
         return self.starts_at <= now < self.ends_at
@@ -59,8 +59,7 @@ def parse_request(body: Any, now: float) -> tuple[tuple[str, ...], float, float,
     matchers = body.get("matchers")
     if not isinstance(matchers, list) or not matchers or not all(isinstance(m, str) for m in matchers):
         raise ValueError('"matchers" must be a non-empty list of strings like "alertname=\\"GpuLost\\""')
-    for m in matchers:
-        parse_matcher(m)
+    matchers_of(matchers)
     starts = _time(body.get("startsAt"), now)
     if "duration" in body:
         from gpumon.config import parse_duration

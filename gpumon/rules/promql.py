@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import promql_parser as pp
 
 from gpumon.model import STALE_NAN
+from gpumon.regex import Regex, RegexError, anchored, expand
 
 LOOKBACK_MS = 5 * 60 * 1000
 _STALE_BITS = struct.pack("<d", STALE_NAN)
@@ -125,7 +126,7 @@ class Matcher:
     name: str
     op: str  # "=", "!=", "=~", "!~"
     value: str
-    regex: re.Pattern[str] | None = None
+    regex: Regex | None = None  # anchored, for =~ and !~
 
     def matches(self, labels: dict[str, str]) -> bool:
         v = labels.get(self.name, "")
@@ -134,8 +135,7 @@ class Matcher:
         if self.op == "!=":
             return v != self.value
         assert self.regex is not None
-        found = self.regex.fullmatch(v) is not None
-        return found if self.op == "=~" else not found
+        return self.regex.matches(v) == (self.op == "=~")
 
 
 class Storage(Protocol):
@@ -227,10 +227,10 @@ def _has_fill(modifier: Any) -> bool:
     return any(getattr(fv, k, None) is not None for k in ("lhs", "rhs"))
 
 
-def _anchored(pattern: str, where: str) -> re.Pattern[str]:
+def _anchored(pattern: str, where: str) -> Regex:
     try:
-        return re.compile(f"(?:{pattern})", re.DOTALL)
-    except re.error as exc:
+        return anchored(pattern)
+    except RegexError as exc:
         raise PromQLError(f"{where}: invalid regular expression {pattern!r}: {exc}") from None
 
 
@@ -258,7 +258,9 @@ class Evaluator:
     def __init__(self, storage: Storage, lookback_ms: int = LOOKBACK_MS) -> None:
         self.storage = storage
         self.lookback = lookback_ms
-        self._matcher_cache: dict[int, list[Matcher]] = {}
+        # id(selector) -> (selector, its matchers). The entry keeps the selector alive: once an object
+        # is freed its id can be reused by another, which would then read this selector's series.
+        self._matcher_cache: dict[int, tuple[Any, list[Matcher]]] = {}
 
     def instant(self, expr: Any, t: int) -> Value:
         return self._eval(expr, t)
@@ -266,11 +268,10 @@ class Evaluator:
     # selectors
 
     def _selector_matchers(self, vs: Any) -> list[Matcher]:
-        key = id(vs)
-        cached = self._matcher_cache.get(key)
+        cached = self._matcher_cache.get(id(vs))
         if cached is None:
-            cached = self._matcher_cache[key] = _matchers(vs)
-        return cached
+            cached = self._matcher_cache[id(vs)] = (vs, _matchers(vs))
+        return cached[1]
 
     def _vector_selector(self, vs: Any, t: int, filters: Filters = ()) -> Vector:
         ref = t - _ms(vs.offset)
@@ -398,9 +399,9 @@ class Evaluator:
         out: Vector = []
         for s in vec:
             labels = dict(s.labels)
-            m = regex.fullmatch(labels.get(src, ""))
+            m = regex.search(labels.get(src, ""))
             if m is not None:
-                value = _expand(repl, m)
+                value = expand(repl, m, regex)
                 if value:
                     labels[dst] = value
                 else:
@@ -881,22 +882,6 @@ def _absent_labels(arg: Any) -> Labels:
         else:
             dropped.add(m.name)
     return tuple(sorted((k, v) for k, v in labels.items() if k not in dropped and v))
-
-
-_EXPAND = re.compile(r"\$(?:\{([a-zA-Z0-9_]+)\}|([a-zA-Z0-9_]+)|(\$))")
-
-
-def _expand(template: str, m: re.Match[str]) -> str:
-    """Go regexp.Expand: $1, ${1}, $name, ${name}; a missing group is empty; $$ is a dollar."""
-    def sub(g: re.Match[str]) -> str:
-        if g.group(3):
-            return "$"
-        ref = g.group(1) or g.group(2)
-        try:
-            return m.group(int(ref) if ref.isdigit() else ref) or ""
-        except IndexError:  # no such group
-            return ""
-    return _EXPAND.sub(sub, template)
 
 
 def _fmt(labels: Labels) -> str:

@@ -15,32 +15,31 @@ byte for byte where we could check it against promtool:
   checks, and its runtime error messages, which Prometheus renders as
   `<error expanding template: ...>` instead of the text;
 * Go's fmt (`print`, `printf`, and how values print) and strconv float formatting;
-* Prometheus's template functions, and Go regular expressions (RE2 syntax) translated to `re`.
+* Prometheus's template functions; regular expressions run by RE2 (`gpumon.regex`), as Go's do.
 
 Not supported, and rejected when the rule loads with a message that says so: `query` and the
 functions that only make sense on its results (gpumon cannot run PromQL from a template), links into
-the Prometheus UI, `toTime`, `args`/`call`, `{{define}}`/`{{template}}`/`{{block}}`, complex numbers,
-and Unicode script classes such as `\\p{Greek}` in literal regular expressions.
+the Prometheus UI, `toTime`, `args`/`call`, `{{define}}`/`{{template}}`/`{{block}}` and complex numbers.
 
-Known approximations: Unicode tables are Python's (case mapping, `\\pL`-style categories), not Go
-1.19's; a case-insensitive character class that mixes in negated groups (`(?i)[\\W\\d]`) folds as
-Python does; and runtime error texts name the template "__alert_" plus the `alert_name` given to
+Known approximations: case mapping uses Python's Unicode tables and regular expressions RE2's, not
+Go 1.19's; and runtime error texts name the template "__alert_" plus the `alert_name` given to
 `compile_template`, as Prometheus names it after the alert.
 """
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import math
 import re
 import struct
 import unicodedata
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Context, Decimal
 from typing import NoReturn
+
+from gpumon.regex import RegexError, compile_go, replace_all
 
 __all__ = ["FUNCTIONS", "Template", "TemplateError", "compile_template"]
 
@@ -1629,443 +1628,6 @@ def _fmt_g4(v: float) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Go regular expressions (regexp/syntax, Perl flags) translated to Python's `re`. Both use
-# leftmost-first semantics, so the translation is about syntax: Go's \d \w \s \b are ASCII, $ is
-# the end of the text, (?U) swaps greediness, \Q..\E quotes, {,n} is literal, and Go rejects
-# backreferences and lookaround. Errors carry Go's code and fragment, e.g. `missing closing ): (`.
-
-
-class _RegexpError(Exception):
-    def __init__(self, code: str, expr: str) -> None:
-        super().__init__(f"error parsing regexp: {code}: `{expr}`")
-
-
-class _RegexpUnsupported(Exception):
-    pass
-
-
-_MAX_RUNE = 0x10FFFF
-_Ranges = list[tuple[int, int]]
-_PERL_GROUPS: dict[str, tuple[bool, _Ranges]] = {
-    "d": (False, [(0x30, 0x39)]), "s": (False, [(9, 10), (12, 13), (32, 32)]),
-    "w": (False, [(0x30, 0x39), (0x41, 0x5A), (0x5F, 0x5F), (0x61, 0x7A)]),
-}
-_PERL_GROUPS.update({k.upper(): (True, r) for k, (_, r) in list(_PERL_GROUPS.items())})
-_POSIX_GROUPS: dict[str, _Ranges] = {
-    "alnum": [(0x30, 0x39), (0x41, 0x5A), (0x61, 0x7A)], "alpha": [(0x41, 0x5A), (0x61, 0x7A)],
-    "ascii": [(0, 0x7F)], "blank": [(9, 9), (32, 32)], "cntrl": [(0, 0x1F), (0x7F, 0x7F)],
-    "digit": [(0x30, 0x39)], "graph": [(0x21, 0x7E)], "lower": [(0x61, 0x7A)], "print": [(0x20, 0x7E)],
-    "punct": [(0x21, 0x2F), (0x3A, 0x40), (0x5B, 0x60), (0x7B, 0x7E)], "space": [(9, 13), (32, 32)],
-    "upper": [(0x41, 0x5A)], "word": [(0x30, 0x39), (0x41, 0x5A), (0x5F, 0x5F), (0x61, 0x7A)],
-    "xdigit": [(0x30, 0x39), (0x41, 0x46), (0x61, 0x66)],
-}
-_CATEGORIES = frozenset({"C", "Cc", "Cf", "Co", "Cs", "L", "Ll", "Lm", "Lo", "Lt", "Lu", "M", "Mc", "Me", "Mn",
-                         "N", "Nd", "Nl", "No", "P", "Pc", "Pd", "Pe", "Pf", "Pi", "Po", "Ps", "S", "Sc",
-                         "Sk", "Sm", "So", "Z", "Zl", "Zp", "Zs"})
-
-
-@functools.cache
-def _category_ranges(name: str) -> tuple[tuple[int, int], ...]:
-    """Code points of a Unicode general category (one scan per category, then cached)."""
-    out: _Ranges = []
-    for cp in range(_MAX_RUNE + 1):
-        cat = unicodedata.category(chr(cp))
-        if cat == name or (len(name) == 1 and cat[0] == name and cat != "Cn"):
-            if out and out[-1][1] == cp - 1:
-                out[-1] = (out[-1][0], cp)
-            else:
-                out.append((cp, cp))
-    return tuple(out)
-
-
-def _negate(ranges: _Ranges) -> _Ranges:
-    out, nxt = [], 0
-    for lo, hi in sorted(ranges):
-        if lo > nxt:
-            out.append((nxt, lo - 1))
-        nxt = max(nxt, hi + 1)
-    if nxt <= _MAX_RUNE:
-        out.append((nxt, _MAX_RUNE))
-    return out
-
-
-def _py_char(cp: int) -> str:
-    c = chr(cp)
-    return c if c.isascii() and c.isalnum() else f"\\U{cp:08x}"
-
-
-def _py_class(ranges: _Ranges, negated: bool) -> str:
-    if not ranges:
-        return "[\\U00000000-\\U0010ffff]" if negated else "(?!)"
-    body = "".join(_py_char(lo) if lo == hi else f"{_py_char(lo)}-{_py_char(hi)}" for lo, hi in ranges)
-    return f"[{'^' if negated else ''}{body}]"
-
-
-@dataclass
-class _Group:
-    capture: bool
-    flags: str  # the flags in force when the group opened, restored when it closes
-    alternatives: list[list[str]] = field(default_factory=lambda: [[]])
-
-
-class _RegexpTranslator:
-    """A port of regexp/syntax's parser that writes a Python pattern instead of a syntax tree."""
-
-    def __init__(self, pattern: str) -> None:
-        self.whole = pattern
-        self.flags = ""  # any of "i" (fold case), "m" (multi-line), "s" (. matches \n), "U" (ungreedy)
-        self.stack = [_Group(False, "")]
-        self.names: list[str] = [""]
-
-    def atom(self, text: str, literal_fold: bool = True) -> None:
-        if "i" in self.flags and literal_fold:
-            text = f"(?i:{text})"
-        self.stack[-1].alternatives[-1].append(text)
-
-    def translate(self) -> str:
-        t = self.whole
-        last_repeat = ""
-        while t:
-            repeat = ""
-            c = t[0]
-            if c == "(":
-                if len(t) >= 2 and t[1] == "?":
-                    t = self.perl_flags(t)
-                else:
-                    self.stack.append(_Group(True, self.flags))
-                    self.names.append("")
-                    t = t[1:]
-            elif c == "|":
-                self.stack[-1].alternatives.append([])
-                t = t[1:]
-            elif c == ")":
-                if len(self.stack) < 2:
-                    raise _RegexpError("unexpected )", self.whole)
-                group = self.stack.pop()
-                self.flags = group.flags
-                body = "|".join("".join(a) for a in group.alternatives)
-                self.atom(f"({body})" if group.capture else f"(?:{body})", literal_fold=False)
-                t = t[1:]
-            elif c == "^":
-                self.atom("(?m:^)" if "m" in self.flags else "\\A", literal_fold=False)
-                t = t[1:]
-            elif c == "$":
-                self.atom("(?m:$)" if "m" in self.flags else "\\Z", literal_fold=False)
-                t = t[1:]
-            elif c == ".":
-                self.atom("[\\U00000000-\\U0010ffff]" if "s" in self.flags else "[^\\n]", literal_fold=False)
-                t = t[1:]
-            elif c == "[":
-                t = self.char_class(t)
-            elif c in "*+?{":
-                before = t
-                if c == "{":
-                    parsed = self.parse_repeat(t)
-                    if parsed is None:  # not a repetition: a literal {
-                        self.atom(_py_char(ord("{")))
-                        t = t[1:]
-                        last_repeat = ""
-                        continue
-                    lo, hi, after = parsed
-                    if lo < 0 or lo > 1000 or hi > 1000 or 0 <= hi < lo:
-                        raise _RegexpError("invalid repeat count", before[:len(before) - len(after)])
-                    op = f"{{{lo}}}" if lo == hi else f"{{{lo},}}" if hi < 0 else f"{{{lo},{hi}}}"
-                else:
-                    op, after = c, t[1:]
-                t = self.repeat(op, before, after, last_repeat)
-                repeat = before
-            elif c == "\\":
-                t = self.escape_atom(t)
-            else:
-                self.atom(_py_char(ord(c)))
-                t = t[1:]
-            last_repeat = repeat
-        if len(self.stack) != 1:
-            raise _RegexpError("missing closing )", self.whole)
-        return "|".join("".join(a) for a in self.stack[0].alternatives)
-
-    def repeat(self, op: str, before: str, after: str, last_repeat: str) -> str:
-        lazy = after.startswith("?")
-        if lazy:
-            after = after[1:]
-        if last_repeat:  # a** is an error in Perl syntax, not a doubled star
-            raise _RegexpError("invalid nested repetition operator", last_repeat[:len(last_repeat) - len(after)])
-        current = self.stack[-1].alternatives[-1]
-        if not current:
-            raise _RegexpError("missing argument to repetition operator", before[:len(before) - len(after)])
-        if "U" in self.flags:
-            lazy = not lazy
-        current[-1] = f"(?:{current[-1]}){op}{'?' if lazy else ''}"
-        return after
-
-    @staticmethod
-    def parse_int(s: str) -> tuple[int, str] | None:
-        if not s or not "0" <= s[0] <= "9" or (len(s) >= 2 and s[0] == "0" and "0" <= s[1] <= "9"):
-            return None
-        n = len(s) - len(s.lstrip("0123456789"))
-        value = int(s[:n])
-        return (value if value < 10**8 else -1), s[n:]
-
-    def parse_repeat(self, s: str) -> tuple[int, int, str] | None:
-        first = self.parse_int(s[1:])
-        if first is None or not first[1]:
-            return None
-        lo, s = first
-        if s[0] != ",":
-            hi = lo
-        else:
-            s = s[1:]
-            if not s:
-                return None
-            if s[0] == "}":
-                hi = -1
-            else:
-                second = self.parse_int(s)
-                if second is None:
-                    return None
-                hi, s = second
-                if hi < 0:
-                    lo = -1
-        if not s or s[0] != "}":
-            return None
-        return lo, hi, s[1:]
-
-    def perl_flags(self, s: str) -> str:
-        t = s
-        if len(t) > 4 and t[2] == "P" and t[3] == "<":
-            end = t.find(">")
-            if end < 0:
-                raise _RegexpError("invalid named capture", s)
-            name = t[4:end]
-            if not name or not all(c == "_" or (c.isascii() and c.isalnum()) for c in name):
-                raise _RegexpError("invalid named capture", t[:end + 1])
-            self.stack.append(_Group(True, self.flags))
-            self.names.append(name)
-            return t[end + 1:]
-        t = t[2:]
-        flags, negated, saw_flag = set(self.flags), False, False
-        while t:
-            c, t = t[0], t[1:]
-            if c in "imsU":
-                (flags.discard if negated else flags.add)(c)
-                saw_flag = True
-            elif c == "-" and not negated:
-                negated, saw_flag = True, False
-            elif c in ":)" and (saw_flag or not negated):
-                if c == ":":
-                    self.stack.append(_Group(False, self.flags))
-                self.flags = "".join(sorted(flags))
-                return t
-            else:
-                break
-        raise _RegexpError("invalid or unsupported Perl syntax", s[:len(s) - len(t)])
-
-    def escape_atom(self, t: str) -> str:
-        if len(t) >= 2:
-            simple = {"A": "\\A", "z": "\\Z", "b": "(?a:\\b)", "B": "(?a:\\B)"}
-            if t[1] in simple:
-                self.atom(simple[t[1]], literal_fold=False)
-                return t[2:]
-            if t[1] == "C":
-                raise _RegexpError("invalid escape sequence", t[:2])
-            if t[1] == "Q":  # \Q...\E: literal text
-                lit, _, rest = t[2:].partition("\\E")
-                for ch in lit:
-                    self.atom(_py_char(ord(ch)))
-                return rest
-        group = self.unicode_class(t) or self.perl_class(t)
-        if group is not None:
-            self.class_atom(*group[:2])
-            return group[2]
-        r, rest = self.parse_escape(t)
-        self.atom(_py_char(r))
-        return rest
-
-    def class_atom(self, ranges: _Ranges, negated: bool) -> None:
-        """A character class. Under (?i) Go folds the class, then negates it; Python's (?i:[^...])
-        does the same, whereas negating first would let case variants back in."""
-        if "i" in self.flags:
-            self.atom(_py_class(ranges, negated))
-        else:
-            self.atom(_py_class(_negate(ranges) if negated else ranges, False), literal_fold=False)
-
-    @staticmethod
-    def perl_class(t: str) -> tuple[_Ranges, bool, str] | None:
-        """\\d \\s \\w and their negations: positive ASCII ranges, whether negated, the rest."""
-        if len(t) < 2 or t[0] != "\\" or t[1] not in _PERL_GROUPS:
-            return None
-        negated, ranges = _PERL_GROUPS[t[1]]
-        return list(ranges), negated, t[2:]
-
-    @staticmethod
-    def unicode_class(t: str) -> tuple[_Ranges, bool, str] | None:
-        if len(t) < 2 or t[0] != "\\" or t[1] not in "pP":
-            return None
-        negated = t[1] == "P"
-        if len(t) < 3:
-            raise _RegexpError("invalid character class range", t)
-        if t[2] != "{":
-            seq, rest = t[:3], t[3:]
-            name = seq[2:]
-        else:
-            end = t.find("}")
-            if end < 0:
-                raise _RegexpError("invalid character class range", t)
-            seq, rest, name = t[:end + 1], t[end + 1:], t[3:end]
-        if name.startswith("^"):
-            negated, name = not negated, name[1:]
-        if name == "Any":
-            ranges: _Ranges = [(0, _MAX_RUNE)]
-        elif name in _CATEGORIES:
-            ranges = list(_category_ranges(name))
-        else:
-            raise _RegexpUnsupported(f"the Unicode class {seq} is not supported by gpumon (only general "
-                                     "categories such as \\pL and \\p{Lu}, and \\p{Any})")
-        return ranges, negated, rest
-
-    def parse_escape(self, s: str) -> tuple[int, str]:
-        t = s[1:]
-        if not t:
-            raise _RegexpError("trailing backslash at end of expression", "")
-        c, t = t[0], t[1:]
-        if c.isascii() and not c.isalnum():
-            return ord(c), t
-        if c in "01234567" and (c == "0" or (t and "0" <= t[0] <= "7")):
-            digits = c
-            while len(digits) < 3 and t and "0" <= t[0] <= "7":
-                digits, t = digits + t[0], t[1:]
-            return int(digits, 8), t
-        if c == "x" and t:
-            if t[0] == "{":
-                end = t.find("}")
-                body = t[1:end] if end > 0 else ""
-                if body and all(d in "0123456789abcdefABCDEF" for d in body) and int(body, 16) <= _MAX_RUNE:
-                    return int(body, 16), t[end + 1:]
-            elif len(t) >= 2 and all(d in "0123456789abcdefABCDEF" for d in t[:2]):
-                return int(t[:2], 16), t[2:]
-            else:
-                t = t[2:]
-        named = {"a": 7, "f": 12, "n": 10, "r": 13, "t": 9, "v": 11}
-        if c in named:
-            return named[c], t
-        raise _RegexpError("invalid escape sequence", s[:len(s) - len(t)])
-
-    def char_class(self, s: str) -> str:
-        t = s[1:]
-        negated = t.startswith("^")
-        if negated:
-            t = t[1:]
-        ranges: _Ranges = []
-        first = True
-        while not t or t[0] != "]" or first:
-            first = False
-            if len(t) > 2 and t[0] == "[" and t[1] == ":":
-                end = t.find(":]", 2)
-                if end >= 0:
-                    name = t[:end + 2]
-                    posix = _POSIX_GROUPS.get(name[3:-2] if name[2:3] == "^" else name[2:-2])
-                    if posix is None:
-                        raise _RegexpError("invalid character class range", name)
-                    ranges += _negate(posix) if name[2:3] == "^" else posix
-                    t = t[end + 2:]
-                    continue
-            group = self.unicode_class(t) or self.perl_class(t)
-            if group is not None:
-                ranges += _negate(group[0]) if group[1] else group[0]
-                t = group[2]
-                continue
-            rng = t
-            lo, t = self.class_char(t, s)
-            hi = lo
-            if len(t) >= 2 and t[0] == "-" and t[1] != "]":
-                hi, t = self.class_char(t[1:], s)
-                if hi < lo:
-                    raise _RegexpError("invalid character class range", rng[:len(rng) - len(t)])
-            ranges.append((lo, hi))
-        self.class_atom(_merge(ranges), negated)
-        return t[1:]
-
-    def class_char(self, t: str, whole: str) -> tuple[int, str]:
-        if not t:
-            raise _RegexpError("missing closing ]", whole)
-        if t[0] == "\\":
-            return self.parse_escape(t)
-        return ord(t[0]), t[1:]
-
-
-def _merge(ranges: _Ranges) -> _Ranges:
-    out: _Ranges = []
-    for lo, hi in sorted(ranges):
-        if out and lo <= out[-1][1] + 1:
-            out[-1] = (out[-1][0], max(out[-1][1], hi))
-        else:
-            out.append((lo, hi))
-    return out
-
-
-@functools.lru_cache(maxsize=256)
-def _go_regexp(pattern: str) -> tuple[re.Pattern[str], tuple[str, ...]]:
-    """A Go regular expression compiled for Python, and its capture group names (index 0 unused)."""
-    translator = _RegexpTranslator(pattern)
-    python = translator.translate()
-    try:
-        return re.compile(python), tuple(translator.names)
-    except (re.error, RecursionError, OverflowError) as exc:  # e.g. too many nested repeats
-        raise _RegexpUnsupported(f"gpumon cannot run the regular expression {pattern!r}: {exc}") from None
-
-
-def _expand(template: str, m: re.Match[str], names: tuple[str, ...]) -> str:
-    """regexp.Expand: $1, ${1}, $name and ${name} in a replacement, $$ for a dollar."""
-    out = []
-    while True:
-        before, dollar, template = template.partition("$")
-        out.append(before)
-        if not dollar:
-            return "".join(out)
-        if template.startswith("$"):
-            out.append("$")
-            template = template[1:]
-            continue
-        brace = template.startswith("{")
-        s = template[1:] if brace else template
-        n = 0
-        while n < len(s) and (s[n] == "_" or s[n].isalpha() or unicodedata.category(s[n]) == "Nd"):
-            n += 1
-        if n == 0 or (brace and s[n:n + 1] != "}"):
-            out.append("$")  # malformed: the $ is literal
-            continue
-        name, template = s[:n], s[n + brace:]
-        num = int(name) if name.isascii() and name.isdigit() and len(name) <= 9 else -1
-        if name[0] == "0" and len(name) > 1:
-            num = -1
-        if num >= 0:
-            if num < len(names) and m.start(num) >= 0:
-                out.append(m.group(num))
-        else:
-            for i, group_name in enumerate(names):
-                if group_name == name and m.start(i) >= 0:
-                    out.append(m.group(i))
-                    break
-
-
-def _replace_all(rx: re.Pattern[str], names: tuple[str, ...], src: str, repl: str) -> str:
-    """Regexp.ReplaceAllString: an empty match right after a match is not replaced (unlike re.sub)."""
-    out, last_end, pos = [], 0, 0
-    while pos <= len(src):
-        m = rx.search(src, pos)
-        if m is None:
-            break
-        start, end = m.span()
-        out.append(src[last_end:start])
-        if end > last_end or start == 0:
-            out.append(_expand(repl, m, names))
-        last_end = end
-        pos = pos + 1 if pos + 1 > end or pos == len(src) else end
-    out.append(src[last_end:])
-    return "".join(out)
-
-
-# ---------------------------------------------------------------------------------------------
 # The functions: Go's builtins and Prometheus 2.42's, with Go's argument types. A function that
 # returns an error in Go raises _CallError, which becomes "error calling NAME: message".
 
@@ -2432,21 +1994,18 @@ def _parse_duration(s: str) -> float:
 
 def _match(pattern: str, s: str) -> bool:
     try:
-        rx, _ = _go_regexp(pattern)
-    except (_RegexpError, _RegexpUnsupported) as exc:
+        return compile_go(pattern).matches(s)
+    except RegexError as exc:
         raise _CallError(str(exc)) from None
-    return rx.search(s) is not None
 
 
 def _re_replace_all(pattern: str, repl: str, text: str) -> str:
     try:
-        rx, names = _go_regexp(pattern)
-    except _RegexpError as exc:  # Prometheus uses regexp.MustCompile, which panics with this
+        rx = compile_go(pattern)
+    except RegexError as exc:  # Prometheus uses regexp.MustCompile, which panics with this
         quoted = f"`{pattern}`" if _can_backquote(pattern) else _go_quote(pattern)
         raise _CallError(f"regexp: Compile({quoted}): {exc}") from None
-    except _RegexpUnsupported as exc:
-        raise _CallError(str(exc)) from None
-    return _replace_all(rx, names, text, repl)
+    return replace_all(rx, text, repl)
 
 
 def _short_circuit(*_: _Value) -> _Value:
@@ -2826,43 +2385,9 @@ def compile_template(text: str, alert_name: str = "") -> Template:
     ("__alert_<alertname>"), so that those match Prometheus's character for character."""
     try:
         root = _Parser(text).parse()
-        _check_regexps(text, root)
     except RecursionError:
         raise TemplateError("template nests too deeply") from None
     texts = [n.text for n in root.nodes if isinstance(n, _Text)]
     static = "".join(texts) if len(texts) == len(root.nodes) else None
     return Template(text, "__alert_" + alert_name, root, static)
 
-
-def _check_regexps(text: str, root: _Node) -> None:
-    """Literal patterns that gpumon cannot translate fail now, not when the alert fires. (Patterns
-    that Go rejects fail at run time, as in Prometheus.)"""
-    for node in _walk_nodes(root):
-        if (isinstance(node, _Command) and isinstance(node.args[0], _Identifier)
-                and node.args[0].name in ("match", "reReplaceAll") and len(node.args) > 1
-                and isinstance(node.args[1], _String)):
-            try:
-                _go_regexp(node.args[1].text)
-            except _RegexpUnsupported as exc:
-                raise _error_at(text, node.args[1].pos, str(exc)) from None
-            except _RegexpError:
-                pass
-
-
-def _walk_nodes(node: _Node) -> Iterator[_Node]:
-    yield node
-    children: list[_Node] = []
-    if isinstance(node, _List):
-        children = node.nodes
-    elif isinstance(node, _Action):
-        children = [node.pipe]
-    elif isinstance(node, _Control):
-        children = [node.pipe, node.list] + ([node.else_list] if node.else_list else [])
-    elif isinstance(node, _Pipe):
-        children = list(node.cmds)
-    elif isinstance(node, _Command):
-        children = node.args
-    elif isinstance(node, _Chain):
-        children = [node.node]
-    for child in children:
-        yield from _walk_nodes(child)
