@@ -107,16 +107,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, config: Config, overrides: dict[str, Any]) -> int:
     if args.check_config:
-        from gpumon.daemon import load_security
-        from gpumon.rules.service import load_groups
+        from gpumon.daemon import check_config
 
         try:
-            load_security(config)
-            groups = load_groups(config.rules.files)
+            lines = check_config(config)
         except ConfigError as exc:
             return _fail(f"invalid configuration:\n{exc}", EXIT_CONFIG)
-        rules = sum(len(g.rules) for g in groups)
-        print(f"gpumon: configuration OK ({args.config or 'defaults and flags'}; {rules} rules)")
+        print(f"gpumon: configuration OK ({args.config or 'defaults and flags'}; {lines[0]})")
+        for line in lines[1:]:
+            print(f"  {line}")
         return EXIT_OK
     logs.configure(config.log.level, config.log.format)
     return asyncio.run(run_daemon(config, args.config, overrides))

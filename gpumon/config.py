@@ -6,12 +6,14 @@ Unknown keys are errors, and every error names the file, line and key (or the fl
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import msgspec
 
+from gpumon.notify.urls import header_problem, redacted, url_problem
 from gpumon.yamlfile import After, Before, ConfigError, FieldError, KeyPath, load_yaml, validate
 
 DEFAULT_PORT = 9948  # clear of dcgm-exporter (9400), nvidia_gpu_exporter (9835), node_exporter (9100)
@@ -98,6 +100,19 @@ ListenAddress = Annotated[Listen, Before(parse_listen)]
 Matchers = Annotated[list[str], After(_matchers_parse)]
 
 
+def _at_least(low: int) -> Callable[[int], int]:
+    def check(value: int) -> int:
+        if value < low:
+            raise ValueError(f"must be at least {low}")
+        return value
+    return check
+
+
+def _check_url(url: str | None, key: str) -> None:
+    if url is not None and (problem := url_problem(url)):
+        raise FieldError(key, f"the URL {problem}")
+
+
 class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A section of the file: immutable, unknown keys rejected (validated by gpumon.yamlfile.validate).
 
@@ -108,6 +123,12 @@ class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 class WebConfig(_Section, frozen=True):
     listen: ListenAddress = parse_listen(DEFAULT_LISTEN)
     config_file: Path | None = None  # exporter-toolkit web-config: TLS and basic auth
+    # Endpoints that change state (silences). auto: allowed when basic auth is configured or gpumon
+    # listens on loopback only; enabled: allowed to anyone who can connect; disabled: never.
+    write_endpoints: Literal["auto", "enabled", "disabled"] = "auto"
+    max_connections: Annotated[int, After(_at_least(8))] = 512
+    read_header_timeout: Duration = 10.0  # a new connection must send its request headers within this
+    idle_timeout: Duration = 75.0  # an idle keep-alive connection is closed after this
 
 
 class SamplerConfig(_Section, frozen=True):
@@ -149,6 +170,10 @@ class WebhookConfig(_Section, frozen=True):
     def __post_init__(self) -> None:
         if (self.url is None) == (self.url_file is None):
             raise ValueError("a webhook needs exactly one of url or url_file")
+        _check_url(self.url, "url")
+        for name, value in self.headers.items():
+            if problem := header_problem(name, value):
+                raise FieldError("headers", problem)
 
 
 class SlackConfig(_Section, frozen=True):
@@ -161,6 +186,7 @@ class SlackConfig(_Section, frozen=True):
     def __post_init__(self) -> None:
         if (self.url is None) == (self.url_file is None):
             raise ValueError("a slack receiver needs exactly one of url or url_file")
+        _check_url(self.url, "url")
 
 
 class ReceiverConfig(_Section, frozen=True):
@@ -190,6 +216,13 @@ class InhibitRuleConfig(_Section, frozen=True):
     equal: list[str] = []
 
 
+class SilencesConfig(_Section, frozen=True):
+    max_duration: Duration = 7 * 86400.0
+    max_silences: Annotated[int, After(_at_least(1))] = 1000  # active or pending at once
+    max_size_bytes: Annotated[int, After(_at_least(64))] = 4096  # matchers, comment and author together
+    retention: Duration = 5 * 86400.0  # expired silences are purged after this
+
+
 class MqttConfig(_Section, frozen=True):
     broker: ListenAddress  # HOST:PORT, e.g. localhost:1883
     topic_prefix: str | None = None  # default gpumon/<hostname>
@@ -210,14 +243,15 @@ class NotifyConfig(_Section, frozen=True):
     alertmanagers: list[str] = []  # base URLs; alerts are pushed to /api/v2/alerts of each
     mqtt: MqttConfig | None = None
     external_url: str = ""  # externalURL in webhook payloads (a link to this host's gpumon)
+    silences: SilencesConfig = SilencesConfig()
 
     def __post_init__(self) -> None:
         names = [r.name for r in self.receivers]
         if len(set(names)) != len(names):
             raise ValueError("receiver names must be unique")
         for url in self.alertmanagers:
-            if not url.startswith(("http://", "https://")):
-                raise ValueError(f"alertmanagers: {url!r} is not an http(s) URL")
+            if problem := url_problem(url):
+                raise FieldError("alertmanagers", f"{redacted(url, keep_path=True)} {problem}")
         if self.receivers and (self.route is None or self.route.receiver is None):
             raise ValueError("route.receiver is required when receivers are configured")
 
@@ -275,6 +309,7 @@ SECTIONS = frozenset(f.encode_name for f in msgspec.structs.fields(Config)
                      if isinstance(f.type, type) and issubclass(f.type, _Section))
 # Paths in the file that are relative to the file's directory (flags stay relative to the cwd).
 FILE_RELATIVE: tuple[KeyPath, ...] = (("state_dir",), ("web", "config_file"), ("rules", "files"),
+                                      ("notify", "mqtt", "password_file"),
                                       ("interconnect", "infiniband", "root"),
                                       ("interconnect", "infiniband", "pci_root"))
 

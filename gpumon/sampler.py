@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -20,6 +21,7 @@ import structlog
 
 from gpumon import __version__
 from gpumon.exporter import Exporter
+from gpumon.health import Health, start
 from gpumon.model import Device, DeviceLost, Sample, Tier
 from gpumon.sources.infiniband import InfinibandSource, affinity_sample, gpu_affinity
 from gpumon.sources.nccl_ras import NcclRasSource
@@ -80,8 +82,9 @@ class Sampler:
     def __init__(self, source: Source, store: Store, exporter: Exporter, intervals: Intervals,
                  *, capture: str = "", infiniband: InfinibandSource | None = None,
                  pci_root: str | None = "/sys/bus/pci/devices", nccl_ras: NcclRasSource | None = None,
-                 nccl_ras_interval: float | None = None) -> None:
+                 nccl_ras_interval: float | None = None, health: Health | None = None) -> None:
         self.source = source
+        self.health = health or Health()
         self.infiniband = infiniband
         self.pci_root = pci_root
         self.nccl_ras = nccl_ras
@@ -137,10 +140,10 @@ class Sampler:
         if not self._gpus:
             await self.open()
         self.source.start_events(self._on_xid_threadsafe)
-        self._tasks = [asyncio.create_task(self._run_tier(Tier.FAST), name="gpumon-fast"),
-                       asyncio.create_task(self._run_tier(Tier.SLOW), name="gpumon-slow")]
+        self._tasks = [start("poll-fast", functools.partial(self._run_tier, Tier.FAST), self.health),
+                       start("poll-slow", functools.partial(self._run_tier, Tier.SLOW), self.health)]
         if self.nccl_ras is not None:
-            self._tasks.append(asyncio.create_task(self._run_nccl_ras(), name="gpumon-nccl-ras"))
+            self._tasks.append(start("nccl-ras", self._run_nccl_ras, self.health))
 
     async def _run_nccl_ras(self) -> None:
         """NCCL RAS on its own task: its timeout never delays a GPU round (it is network I/O)."""
@@ -243,8 +246,9 @@ class Sampler:
         return sample, time.perf_counter() - t0
 
     def publish(self) -> None:
-        """Refresh the self-metrics sample and render the exposition from fresh samples."""
+        """Refresh the self-metrics samples and render the exposition from fresh samples."""
         self.store.put(self.health_sample())
+        self.store.put(self.health.sample())
         now = time.time()
         fresh = [s for s in self.store.latest() if now - s.timestamp <= self._stale_after(s.tier)]
         self.exporter.render(fresh)
@@ -289,6 +293,10 @@ class Sampler:
                     sample, _ = await loop.run_in_executor(gpu.executor, self._timed_poll, index, Tier.STATIC)
                 except DeviceLost as exc:
                     log.info("GPU still lost", gpu=index, attempt=attempt, reason=exc.reason)
+                    continue
+                except Exception as exc:  # anything else: keep trying, never give the GPU up silently
+                    log.error("GPU re-initialisation failed; will try again", gpu=index, attempt=attempt,
+                              error=f"{type(exc).__name__}: {exc}")
                     continue
                 self.store.put(sample)
                 gpu.up = True

@@ -96,6 +96,8 @@ class WebSecurity:
     ssl_context: ssl.SSLContext | None = None
     users: dict[str, bytes] = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)
+    tls: TlsServerConfig | None = None  # the settings the context was made from (paths relative to base)
+    base: Path = Path()
     _verified: dict[bytes, bool] = field(default_factory=dict)
 
     def check_authorization(self, header: str | None) -> bool:
@@ -158,7 +160,8 @@ def load_web_config(path: Path) -> WebSecurity:
         data = {k: v for k, v in data.items() if v is not None}
     cfg = validate(WebConfigFile, data or {}, path, lines)
     security = WebSecurity(users={u: h.encode() for u, h in cfg.basic_auth_users.items()},
-                           headers=dict(cfg.http_server_config.headers))
+                           headers=dict(cfg.http_server_config.headers), tls=cfg.tls_server_config,
+                           base=path.parent)
     tls = cfg.tls_server_config
     if tls is not None:
         security.ssl_context = _ssl_context(tls, path, lines)

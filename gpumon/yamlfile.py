@@ -38,8 +38,11 @@ MAX_NODES = 100_000  # far beyond any real file; stops alias bombs ("billion lau
 
 
 def load_yaml(path: Path) -> tuple[Any, dict[KeyPath, int]]:
-    """Parse a YAML file into plain data plus the (1-based) line of every key path."""
+    """Parse a YAML file into plain data plus the (1-based) line of every key path. Only a regular
+    file is read: a FIFO or a device would block (or never end)."""
     try:
+        if path.exists() and not path.is_file():
+            raise ConfigError(f"{path}: not a regular file")
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None

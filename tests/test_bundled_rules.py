@@ -103,7 +103,7 @@ def test_capture_with_bundled_rules_notifies_low_sm_firing_then_resolved(tmp_pat
             engine.eval_group(g, i * MINUTE)
         notify.update(engine.alerts(), now=i * 60.0)
         notify.flush(i * 60.0)
-    payloads = [json.loads(e.body) for e in notify.outbox.due(1e12, limit=1000)]
+    payloads = [json.loads(e.body) for e in notify.outbox.due("ops", 1e12, limit=1000)]
     low_sm = [p for p in payloads if p["groupLabels"] == {"alertname": "GpuSmActivityLow"}]
     assert low_sm and low_sm[0]["status"] == "firing" and low_sm[0]["version"] == "4"
     a = low_sm[0]["alerts"][0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import tempfile
 from pathlib import Path
@@ -289,7 +290,10 @@ def test_aliases_are_expanded(tmp_path: Path) -> None:
 def test_missing_and_unreadable_files(tmp_path: Path) -> None:
     missing = tmp_path / "nope.yml"
     assert error_of(missing) == f"{missing}: file not found"
-    assert error_of(tmp_path).startswith(f"{tmp_path}: cannot read: ")
+    assert error_of(tmp_path) == f"{tmp_path}: not a regular file"
+    fifo = tmp_path / "fifo.yml"
+    os.mkfifo(fifo)
+    assert error_of(fifo) == f"{fifo}: not a regular file"  # would block for ever if it were read
     binary = tmp_path / "bin.yml"
     binary.write_bytes(b"backend: \xff\xfe\n")
     assert error_of(binary).startswith(f"{binary}: cannot read: ")

@@ -131,7 +131,7 @@ def test_payload_is_alertmanagers_schema(tmp_path: Path) -> None:
     svc = service(tmp_path, 1)
     svc.update([alert("GpuMemoryHigh", "0"), alert("GpuMemoryHigh", "1")], now=100.0)
     assert svc.flush(101.0) == 1
-    (entry,) = svc.outbox.due(200.0)
+    (entry,) = svc.outbox.due("ops", 200.0)
     body = json.loads(entry.body)
     assert set(body) == {"version", "groupKey", "truncatedAlerts", "status", "receiver", "groupLabels",
                          "commonLabels", "commonAnnotations", "externalURL", "alerts"}
@@ -218,7 +218,7 @@ def test_a_lost_gpu_inhibits_its_other_alerts(tmp_path: Path) -> None:
     low1 = Alert((("alertname", "GpuSmActivityLow"), ("gpu", "1"), ("uuid", "GPU-b")), (), {}, State.FIRING, 0, 0.0)
     svc.update([lost, low0, low1], now=0.0)
     assert svc.flush(1.0) == 2
-    bodies = [json.loads(e.body) for e in svc.outbox.due(2.0)]
+    bodies = [json.loads(e.body) for e in svc.outbox.due("ops", 2.0)]
     sent = sorted((b["groupLabels"]["alertname"], a["labels"]["uuid"]) for b in bodies for a in b["alerts"])
     assert sent == [("GpuLost", "GPU-a"), ("GpuSmActivityLow", "GPU-b")]
     svc.outbox.close()
@@ -258,7 +258,7 @@ async def test_slack_token_bucket_spaces_messages() -> None:
 def test_silences_mute_matching_alerts_and_persist(tmp_path: Path) -> None:
     from gpumon.notify.silences import Silences, parse_request
     silences = Silences(tmp_path / "silences.sqlite")
-    now = 1000.0
+    now = time.time()
     matchers, starts, ends, comment, by = parse_request(
         {"matchers": ['alertname="A"', 'gpu=~"0|1"'], "duration": "1h", "comment": "maintenance"}, now)
     s = silences.add(matchers, starts, ends, comment, by)
@@ -266,7 +266,7 @@ def test_silences_mute_matching_alerts_and_persist(tmp_path: Path) -> None:
     svc.silences = silences
     svc.update([alert("A", "0"), alert("A", "2"), alert("B", "0")], now=now)
     assert svc.flush(now + 1) == 2
-    bodies = [json.loads(e.body) for e in svc.outbox.due(now + 2)]
+    bodies = [json.loads(e.body) for e in svc.outbox.due("ops", now + 2)]
     sent = sorted((b["groupLabels"]["alertname"], a["labels"]["gpu"]) for b in bodies for a in b["alerts"])
     assert sent == [("A", "2"), ("B", "0")]
     assert s.to_json(now)["status"]["state"] == "active"
@@ -286,20 +286,22 @@ def test_a_retry_holds_back_its_receivers_later_entries_and_touches_one_row(tmp_
     box = Outbox(tmp_path / "outbox.sqlite")
     ids = [box.put("dead", f"{i}".encode(), now=100.0) for i in range(1000)]  # same created: order by insertion
     other = box.put("alive", b"x", now=100.0)
-    first = box.due(200.0, limit=1)[0]
+    first = box.due("dead", 200.0, limit=1)[0]
     assert first.id == ids[0]
     before = box._db.total_changes
     box.retry(first, at=300.0, error="HTTP 503")
     assert box._db.total_changes - before == 1  # not 1000 rewritten rows
-    assert [e.id for e in box.due(200.0)] == [other]  # "dead" waits behind its first entry
-    box.delivered(other)
-    assert box.next_due() == 300.0  # not the later entries' own (past) times
-    assert [e.id for e in box.due(300.0, limit=3)] == ids[:3]
-    box.retry(box.due(300.0, limit=2)[1], at=400.0, error="HTTP 503")  # the second one fails now
-    assert [e.id for e in box.due(300.0)] == ids[:1]
-    box.delivered(ids[0])
-    assert box.due(300.0) == [] and box.next_due() == 400.0
-    assert [e.id for e in box.due(400.0, limit=2)] == ids[1:3]
+    assert box.due("dead", 200.0) == []  # "dead" waits behind its first entry
+    (alive,) = box.due("alive", 200.0)
+    assert alive.id == other
+    box.delivered(alive)
+    assert box.next_due("dead") == 300.0  # not the later entries' own (past) times
+    assert [e.id for e in box.due("dead", 300.0, limit=3)] == ids[:3]
+    box.retry(box.due("dead", 300.0, limit=2)[1], at=400.0, error="HTTP 503")  # the second one fails now
+    assert [e.id for e in box.due("dead", 300.0)] == ids[:1]
+    box.delivered(box.due("dead", 300.0)[0])
+    assert box.due("dead", 300.0) == [] and box.next_due("dead") == 400.0
+    assert [e.id for e in box.due("dead", 400.0, limit=2)] == ids[1:3]
 
 
 def test_reconfigure_keeps_groups_of_unchanged_routes_and_drops_regrouped_ones(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ repeated at the next send (the state is re-sent in full each time, so nothing qu
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from collections import Counter
@@ -19,8 +20,10 @@ from typing import Any
 import aiohttp
 import structlog
 
+from gpumon.health import Health, start
 from gpumon.model import Sample
 from gpumon.notify.payload import rfc3339
+from gpumon.notify.urls import redacted
 from gpumon.rules.alerting import Alert, State
 
 log = structlog.get_logger("gpumon.alertmanager")
@@ -32,12 +35,16 @@ TIMEOUT_S = 10.0
 class AlertmanagerPusher:
     def __init__(self, urls: list[str], *, resend_s: float = RESEND_S, generator_url: str = "") -> None:
         self.urls = [u.rstrip("/") for u in urls]
+        # How each URL is shown in logs and labels: user:password@ and query strings are secrets.
+        self.shown = {u: redacted(u, keep_path=True) for u in self.urls}
         self.resend_s = resend_s
         self.generator_url = generator_url
         self.counts: Counter[tuple[str, str]] = Counter()
         self._sent: dict[tuple[tuple[str, str], ...], tuple[str, float]] = {}  # labels -> (state, at)
         self._session: aiohttp.ClientSession | None = None
-        self._pending: asyncio.Task[None] | None = None
+        self._outgoing: dict[str, list[dict[str, Any]]] = {u: [] for u in self.urls}
+        self._wakes = {u: asyncio.Event() for u in self.urls}
+        self._tasks: list[asyncio.Task[None]] = []
 
     def body(self, alerts: list[Alert], now: float) -> list[dict[str, Any]]:
         """The alerts to send now: new or changed ones, and all of them once per resend interval."""
@@ -61,16 +68,28 @@ class AlertmanagerPusher:
         return out
 
     def update(self, alerts: list[Alert]) -> None:
-        """Called after each rule evaluation; the push runs in the background, never blocking it."""
+        """Called after each rule evaluation; the pushes run in the background, never blocking it."""
         body = self.body(alerts, time.time())
         if not body:
             return
-        self._pending = asyncio.ensure_future(self._push(json.dumps(body).encode()))
+        for url in self.urls:
+            self._outgoing[url].extend(body)
+            self._wakes[url].set()
 
-    async def _push(self, data: bytes) -> None:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT_S))
-        await asyncio.gather(*(self._post(url, data) for url in self.urls))
+    def start(self, health: Health) -> None:
+        """One supervised task per Alertmanager: a slow one delays nobody else, and what piles up
+        while it is slow goes out in one push."""
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT_S))
+        self._tasks = [start(f"alertmanager-push:{self.shown[url]}", functools.partial(self._push_loop, url), health)
+                       for url in self.urls]
+
+    async def _push_loop(self, url: str) -> None:
+        while True:
+            await self._wakes[url].wait()
+            self._wakes[url].clear()
+            alerts, self._outgoing[url] = self._outgoing[url], []
+            if alerts:
+                await self._post(url, json.dumps(alerts).encode())
 
     async def _post(self, url: str, data: bytes) -> None:
         assert self._session is not None
@@ -80,25 +99,26 @@ class AlertmanagerPusher:
                 await r.read()
                 ok = 200 <= r.status < 300
                 detail = f"HTTP {r.status}"
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            ok, detail = False, type(exc).__name__
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+            ok, detail = False, type(exc).__name__  # not str(exc): it may quote the URL
         self.counts[(url, "sent" if ok else "failed")] += 1
         if not ok:
             # Forget what was "sent" so the next evaluation sends everything again.
             self._sent.clear()
-            log.warning("push to Alertmanager failed; will resend with the next evaluation", alertmanager=url,
-                        error=detail)
+            log.warning("push to Alertmanager failed; will resend with the next evaluation",
+                        alertmanager=self.shown[url], error=detail)
 
     async def stop(self) -> None:
-        if self._pending is not None:
-            self._pending.cancel()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
 
     def sample(self, now: float | None = None) -> Sample:
         s = Sample("alertmanager", "notify", time.time() if now is None else now)
         for url in self.urls:
-            labels = (("alertmanager", url),)
+            labels = (("alertmanager", self.shown[url]),)
             s.add("gpumon_alertmanager_pushes_total", labels, self.counts[(url, "sent")])
             s.add("gpumon_alertmanager_push_failures_total", labels, self.counts[(url, "failed")])
         return s

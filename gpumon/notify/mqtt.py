@@ -25,6 +25,7 @@ from typing import Any
 import aiomqtt
 import structlog
 
+from gpumon.health import Health, start
 from gpumon.notify.payload import AlertEvent
 from gpumon.rules.alerting import Alert, State
 from gpumon.store import Store
@@ -53,7 +54,9 @@ class MqttPublisher:
         self.connected = False
         self.published = 0
         self._alerts: dict[str, AlertEvent] = {}  # fingerprint -> firing alert (the retained state)
-        self._resolved: list[AlertEvent] = []  # to announce once, then clear the retained topic
+        # Not yet published: each alert's latest change only (firing, or resolved), oldest change
+        # first. A resolution overtaken by the alert firing again is never sent.
+        self._changes: dict[str, AlertEvent] = {}
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -65,15 +68,21 @@ class MqttPublisher:
                 event = AlertEvent(dict(a.labels), {k: v for k, v in a.annotations.items()
                                                     if not k.startswith("gpumon_")}, a.active_at / 1000, None)
                 firing[event.fingerprint] = event
+        for fp, event in firing.items():
+            if fp not in self._alerts:
+                self._change(event)
         for fp, old in self._alerts.items():
             if fp not in firing:
-                self._resolved.append(AlertEvent(old.labels, old.annotations, old.starts_at, time.time()))
-        if set(firing) != set(self._alerts) or self._resolved:
-            self._changed.set()
+                self._change(AlertEvent(old.labels, old.annotations, old.starts_at, time.time()))
         self._alerts = firing
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="gpumon-mqtt")
+    def _change(self, event: AlertEvent) -> None:
+        self._changes.pop(event.fingerprint, None)  # re-inserted last: changes stay in order
+        self._changes[event.fingerprint] = event
+        self._changed.set()
+
+    def start(self, health: Health) -> None:
+        self._task = start("mqtt", self._run, health)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -119,16 +128,22 @@ class MqttPublisher:
                 next_telemetry = time.monotonic() + self.telemetry_interval
 
     async def _publish_state(self, client: aiomqtt.Client, full: bool) -> None:
-        """Retained alert topics: every firing alert (all of them after a connect), resolutions once."""
-        for event in list(self._alerts.values()):
-            await client.publish(self._topic(event), json.dumps(event.to_json()), qos=self.qos, retain=True)
-            self.published += 1
-        while self._resolved:
-            event = self._resolved[0]
-            await client.publish(self._topic(event), json.dumps(event.to_json()), qos=self.qos)
-            await client.publish(self._topic(event), b"", qos=self.qos, retain=True)  # clears the retained state
-            self._resolved.pop(0)
-            self.published += 2
+        """Each alert's latest change, in order: a firing alert as its retained topic, a resolution
+        once and then the retained topic cleared. After a (re)connect, every firing alert again."""
+        if full:
+            for event in list(self._alerts.values()):
+                self._change(event)
+        while self._changes:
+            fp, event = next(iter(self._changes.items()))
+            if event.status == "firing":
+                await client.publish(self._topic(event), json.dumps(event.to_json()), qos=self.qos, retain=True)
+                self.published += 1
+            else:
+                await client.publish(self._topic(event), json.dumps(event.to_json()), qos=self.qos)
+                await client.publish(self._topic(event), b"", qos=self.qos, retain=True)  # clears the retained state
+                self.published += 2
+            if self._changes.get(fp) is event:  # not changed again while publishing
+                del self._changes[fp]
 
     def _topic(self, event: AlertEvent) -> str:
         return f"{self.prefix}/alerts/{event.fingerprint}"

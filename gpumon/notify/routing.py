@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -156,6 +156,12 @@ def build_route(cfg: Any, parent: Route | None = None, position: int = 0) -> Rou
     return route
 
 
+def group_id(route: Route, labels: dict[str, str]) -> str:
+    """A group's identity: unique among all groups, unlike its key, which sibling routes with equal
+    matchers share."""
+    return f"{route.id}:{label_set(labels)}"
+
+
 @dataclass
 class Group:
     route: Route
@@ -173,26 +179,68 @@ class Group:
             return
         self.alerts[event.fingerprint] = event
 
+    def forget_missing(self, present: set[str], reported: set[str], now: float) -> None:
+        """Alerts no longer in this group: one the rule engine still reports now routes elsewhere
+        (a reload changed the routes) and leaves quietly; one it no longer reports at all (its rule
+        was removed, or a restart lost its state) resolves now, as Alertmanager resolves an alert
+        nobody refreshes."""
+        for fp, event in list(self.alerts.items()):
+            if fp in present:
+                continue
+            if fp in reported:
+                del self.alerts[fp]
+            elif event.status == "firing":
+                self.alerts[fp] = AlertEvent(event.labels, event.annotations, event.starts_at, now,
+                                             event.generator_url)
+
     @property
     def key(self) -> str:
         return f"{self.route.key}:{label_set(self.labels)}"
 
-    def due(self, now: float) -> list[AlertEvent] | None:
-        """The alerts to notify now, or None when nothing is due (not yet, or nothing new)."""
+    @property
+    def id(self) -> str:
+        return group_id(self.route, self.labels)
+
+    def due(self, now: float, muted: Callable[[AlertEvent], bool] = lambda _: False) -> list[AlertEvent] | None:
+        """The alerts to notify now, or None when nothing is due (not yet, or nothing new). Firing
+        alerts that are `muted` (silenced, inhibited) are left out, as Alertmanager's mute stage does;
+        they stay in the group and show up again when the silence ends."""
         if now < self.next_flush or not self.alerts:
             return None
         self.next_flush = now + self.route.group_interval
-        current = frozenset((a.fingerprint, a.status) for a in self.alerts.values())
-        firing = any(a.status == "firing" for a in self.alerts.values())
+        visible = [a for a in self.alerts.values() if a.status == "resolved" or not muted(a)]
+        current = frozenset((a.fingerprint, a.status) for a in visible)
+        firing = any(a.status == "firing" for a in visible)
         changed = current != self.last_sent
         repeat = firing and now - self.last_sent_at >= self.route.repeat_interval
-        if not changed and not repeat:
+        if not visible or (not changed and not repeat):
             return None
-        events = sorted(self.alerts.values(), key=lambda a: a.fingerprint)
+        events = sorted(visible, key=lambda a: a.fingerprint)
         self.last_sent, self.last_sent_at = current, now
-        for fp in [fp for fp, a in self.alerts.items() if a.status == "resolved"]:
+        for fp in [a.fingerprint for a in visible if a.status == "resolved"]:
             self.resolved_sent[fp] = self.alerts.pop(fp).starts_at  # told once; not repeated
         return events
+
+    def log_state(self) -> str:
+        """What a restart needs to carry on where this group left off (the notification log)."""
+        return json.dumps({"route": self.route.id, "labels": self.labels, "created": self.created,
+                           "last_sent": sorted(self.last_sent), "last_sent_at": self.last_sent_at,
+                           "resolved_sent": self.resolved_sent,
+                           "alerts": [[a.labels, a.annotations, a.starts_at, a.ends_at, a.generator_url]
+                                      for a in self.alerts.values()]})
+
+    @classmethod
+    def from_log(cls, route: Route, state: str, now: float) -> Group:
+        """A group as `log_state` saved it. Raises ValueError (and KeyError, TypeError) on a bad row."""
+        doc = json.loads(state)
+        group = cls(route, dict(doc["labels"]), float(doc["created"]), next_flush=now,
+                    last_sent=frozenset((str(fp), str(st)) for fp, st in doc["last_sent"]),
+                    last_sent_at=float(doc["last_sent_at"]),
+                    resolved_sent={str(k): float(v) for k, v in doc["resolved_sent"].items()})
+        for labels, notes, starts, ends, url in doc["alerts"]:
+            group.add(AlertEvent(dict(labels), dict(notes), float(starts),
+                                 None if ends is None else float(ends), str(url)))
+        return group
 
 
 @dataclass(frozen=True)

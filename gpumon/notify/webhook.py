@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from gpumon.notify.urls import redacted
+
 TIMEOUT_S = 10.0
 RETRYABLE_STATUS = {408, 429}
 
@@ -43,16 +45,16 @@ class WebhookTarget:
 
     def redacted_url(self) -> str:
         """The URL without path, query or credentials: webhook URLs often embed a secret token."""
-        from urllib.parse import urlsplit
-
-        parts = urlsplit(self.url)
-        return f"{parts.scheme}://{parts.hostname}{':' + str(parts.port) if parts.port else ''}/..."
+        return redacted(self.url)
 
 
 def decode_secret(secret: str) -> bytes:
     """A Standard Webhooks signing secret: `whsec_` + base64, or raw text."""
     if secret.startswith("whsec_"):
-        return base64.b64decode(secret.removeprefix("whsec_"))
+        key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+        if not key:
+            raise ValueError("empty signing secret")
+        return key
     return secret.encode()
 
 

@@ -224,6 +224,8 @@ class RuleEngine:
                 state.health, state.last_error = "ok", ""
             except EvalError as exc:
                 state.health, state.last_error = "err", str(exc)
+            except Exception as exc:  # a bug in gpumon's evaluator: that rule's error, never the group's
+                state.health, state.last_error = "err", f"internal error: {type(exc).__name__}: {exc}"
             state.last_eval_ms = t
 
     def alerts(self) -> list[Alert]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -15,6 +16,7 @@ from typing import Any
 
 import structlog
 
+from gpumon.health import Health, start
 from gpumon.model import Labels
 from gpumon.model import Sample as StoreSample
 from gpumon.rules.alerting import Alert, RuleEngine, RuleState, State
@@ -50,18 +52,21 @@ class Evaluation:
 
 class RuleService:
     def __init__(self, groups: list[RuleGroup], store: Store, *, default_interval_s: float,
-                 state_dir: Path | None, external_labels: dict[str, str] | None = None) -> None:
+                 state_dir: Path | None, external_labels: dict[str, str] | None = None,
+                 health: Health | None = None, next_round: Callable[[], Awaitable[None]] | None = None,
+                 on_evaluated: Callable[[list[Alert]], None] | None = None) -> None:
         self.store = store
         self.default_interval_s = default_interval_s
         self.external_labels = external_labels or {}
-        self.db = AlertStateDB(state_dir / STATE_FILE) if state_dir is not None else None
+        self.health = health or Health()
+        self.db = AlertStateDB(state_dir / STATE_FILE, self.health) if state_dir is not None else None
         self._tasks: list[asyncio.Task[None]] = []
         self.evaluations: dict[tuple[str, str], Evaluation] = {}
-        self.on_evaluated: Callable[[list[Alert]], None] | None = None  # notifications hook here
+        self.on_evaluated = on_evaluated  # notifications hook here
         # Returns once the sampler's next poll round is in the store. Without it a group's timer,
         # started with the sampler's and as regular, can keep landing just before each round is
         # stored, so every alert would wait one extra interval for data that was already there.
-        self.next_round: Callable[[], Awaitable[None]] | None = None
+        self.next_round = next_round
         self._install(groups)
 
     def _install(self, groups: list[RuleGroup]) -> None:
@@ -83,7 +88,7 @@ class RuleService:
     # --- running -------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._run(g), name=f"gpumon-rules-{g.name}") for g in self.groups]
+        self._tasks = [start(f"rules:{g.name}", functools.partial(self._run, g), self.health) for g in self.groups]
 
     async def stop(self) -> None:
         for task in self._tasks:

@@ -12,7 +12,13 @@ import math
 import sqlite3
 from pathlib import Path
 
+import structlog
+
+from gpumon.health import Health
 from gpumon.rules.alerting import Alert, RuleState, State
+from gpumon.statefile import open_db
+
+log = structlog.get_logger("gpumon.rules")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS alerts (
@@ -37,15 +43,25 @@ def rule_key(state: RuleState) -> str:
 
 
 class AlertStateDB:
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(SCHEMA)
+    def __init__(self, path: Path, health: Health | None = None) -> None:
+        self.path = path
+        self._health = health
+        self._db = open_db(path, SCHEMA, health)
         self._saved: frozenset[tuple[object, ...]] | None = None  # what the file holds, once known
 
     def save(self, states: list[RuleState]) -> None:
+        """Write the state; when the disk refuses, report it and try again after the next evaluation
+        (alerts are still evaluated and notified meanwhile, only a restart would forget them)."""
+        try:
+            self._save(states)
+        except sqlite3.Error as exc:
+            if self._health is not None:
+                self._health.degraded(f"state:{self.path.name}", f"alert state not saved: {exc}")
+            return
+        if self._health is not None:
+            self._health.recovered(f"state:{self.path.name}")
+
+    def _save(self, states: list[RuleState]) -> None:
         # What a restart needs: which alerts exist, their state and its times. Values and annotations
         # change at every evaluation and are recomputed by the first one after a restart, so an
         # evaluation that changed nothing else writes nothing (this runs on the event loop).
@@ -70,12 +86,18 @@ class AlertStateDB:
             state = by_key.get(row[0])
             if state is None:
                 continue
-            labels = tuple(tuple(p) for p in json.loads(row[1]))
-            source = tuple(tuple(p) for p in json.loads(row[2]))
-            value = row[9] if row[9] is not None else math.nan  # SQLite stores NaN as NULL
-            state.active[labels] = Alert(labels, source, json.loads(row[3]), State(row[4]),
-                                         row[5], value, fired_at=row[6], resolved_at=row[7],
-                                         keep_firing_since=row[8])
+            try:
+                labels = tuple((str(k), str(v)) for k, v in json.loads(row[1]))
+                source = tuple((str(k), str(v)) for k, v in json.loads(row[2]))
+                annotations = {str(k): str(v) for k, v in json.loads(row[3]).items()}
+                value = float(row[9]) if row[9] is not None else math.nan  # SQLite stores NaN as NULL
+                alert = Alert(labels, source, annotations, State(row[4]), int(row[5]), value,
+                              fired_at=int(row[6]), resolved_at=int(row[7]), keep_firing_since=int(row[8]))
+            except (ValueError, TypeError, AttributeError) as exc:  # a damaged row: that alert starts afresh
+                log.error("unreadable alert state row; that alert starts afresh", file=str(self.path),
+                          rule=row[0].split("\0")[0], error=f"{type(exc).__name__}: {exc}")
+                continue
+            state.active[labels] = alert
             n += 1
         return n
 
