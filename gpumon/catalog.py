@@ -360,6 +360,23 @@ METRICS: tuple[Metric, ...] = (
     _m("gpumon_unsupported_metrics", GAUGE, "",
        "Metrics the GPU does not support (NotSupported); they have no series.", "self"),
     _m("gpumon_gpu_reinit_total", COUNTER, "", "Re-initialisations of a GPU after it was lost.", "self"),
+    _m("gpumon_component_healthy", GAUGE, "",
+       "0 while a part of gpumon is degraded (a state file the disk refuses, a background task that failed; "
+       "/-/ready names the problem), else 1.", "self", per_gpu=False, labels=("component",)),
+    _m("gpumon_task_restarts_total", COUNTER, "",
+       "Times a background task failed and was started again by its supervisor.",
+       "self", per_gpu=False, labels=("task",)),
+    _m("gpumon_state_files_quarantined_total", COUNTER, "",
+       "State files found corrupt, moved aside (NAME.corrupt-TIME) and started afresh.",
+       "self", per_gpu=False, labels=("file",)),
+    _m("gpumon_log_messages_suppressed_total", COUNTER, "",
+       "Log lines left out because the same message repeated more than 10 times in 10 s.",
+       "self", per_gpu=False),
+    _m("gpumon_http_connections", GAUGE, "", "Open HTTP connections to gpumon's listener.", "self", per_gpu=False),
+    _m("gpumon_http_connections_closed_total", COUNTER, "",
+       "Connections gpumon closed: evicted (the connection limit was reached and this was the oldest idle "
+       "one) or header_timeout (no complete request within web.read_header_timeout).",
+       "self", per_gpu=False, labels=("reason",)),
 )
 
 BY_NAME: dict[str, Metric] = {m.name: m for m in METRICS}

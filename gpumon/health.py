@@ -57,10 +57,14 @@ class Health:
         s = Sample("health", "health", time.time() if now is None else now)
         for component in sorted(self._components):
             s.add("gpumon_component_healthy", (("component", component),), 0.0 if component in self._problems else 1.0)
-        for task, n in sorted(self.restarts.items()):
-            s.add("gpumon_task_restarts_total", (("task", task),), float(n))
-        for name, n in sorted(self.quarantined.items()):
-            s.add("gpumon_state_files_quarantined_total", (("file", name),), float(n))
+        # Counters for every supervised task and state file, 0 until something happens: a series that
+        # appears only with the first failure makes increase() miss that failure.
+        tasks = {c.removeprefix("task:") for c in self._components if c.startswith("task:")} | set(self.restarts)
+        for task in sorted(tasks):
+            s.add("gpumon_task_restarts_total", (("task", task),), float(self.restarts[task]))
+        files = {c.removeprefix("state:") for c in self._components if c.startswith("state:")} | set(self.quarantined)
+        for name in sorted(files):
+            s.add("gpumon_state_files_quarantined_total", (("file", name),), float(self.quarantined[name]))
         s.add("gpumon_log_messages_suppressed_total", (), float(logs.RATE_LIMIT.suppressed))
         for report in self.reporters:
             for metric, labels, value in report():

@@ -34,6 +34,10 @@ class RateLimit:
         self._windows: dict[tuple[str, str], tuple[float, int, int]] = {}  # key -> (start, passed, dropped)
         self.suppressed = 0
 
+    def reset(self) -> None:
+        self._windows.clear()
+        self.suppressed = 0
+
     def __call__(self, logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
         key = (method, str(event.get("event", "")))
         now = time.monotonic()
@@ -54,6 +58,17 @@ class RateLimit:
 
 
 RATE_LIMIT = RateLimit()
+
+
+class _CurrentStderr:
+    """Whatever sys.stderr is when a line is written (a test harness swaps it; a bound file object
+    would outlive it, closed)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
 
 
 def _one_line_exception(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
@@ -109,7 +124,7 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
     root = logging.getLogger()

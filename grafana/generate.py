@@ -599,6 +599,30 @@ def health() -> dict[str, Any]:
                "none", "Receivers that answered 410 Gone; re-enabled by the next reload.",
                thresholds=[(None, "green"), (1, "red")]), 8, 8)
 
+    b.row("Faults and defences")
+    b.add(state_timeline("Degraded components", [target(f'1 - {h("gpumon_component_healthy")}',
+                                                        "{{instance}} {{component}}")],
+                         "A state file the disk refuses (kept in memory meanwhile) or a background task that failed "
+                         "and was restarted; /-/ready on the host names the problem. Alert: GpumonDegraded."), 12, 8)
+    b.add(timeseries("Task restarts and corrupt state files", [
+        target(f'sum by (instance, task) (increase({h("gpumon_task_restarts_total")}[$__rate_interval]))',
+               "{{instance}} {{task}} restarted"),
+        target(f'sum by (instance, file) (increase({h("gpumon_state_files_quarantined_total")}[$__rate_interval]))',
+               "{{instance}} {{file}} moved aside")],
+        "none", "Background tasks their supervisor restarted after a failure, and state files found corrupt, moved "
+        "aside (NAME.corrupt-TIME) and started afresh.", bars=True), 12, 8)
+    b.add(timeseries("HTTP connections", [target(h("gpumon_http_connections"), "{{instance}} open")], "none",
+                     "Open connections to gpumon's listener; capped by web.max_connections below the file limit."),
+          8, 7)
+    b.add(timeseries("Connections closed by gpumon", [target(
+        f'sum by (instance, reason) (increase({h("gpumon_http_connections_closed_total")}[$__rate_interval]))',
+        "{{instance}} {{reason}}")],
+        "none", "evicted: the connection limit was reached and the oldest idle connection made room. "
+        "header_timeout: no complete request in time (slow-headers clients).", bars=True), 8, 7)
+    b.add(timeseries("Log lines suppressed", [target(
+        f'increase({h("gpumon_log_messages_suppressed_total")}[$__rate_interval])', "{{instance}}")],
+        "none", "Repeats of one log message beyond 10 in 10 s, left out of the log.", bars=True), 8, 7)
+
     b.add(timeseries("Alertmanager pushes", [
         target(f'sum by (instance, alertmanager) (increase({h("gpumon_alertmanager_pushes_total")}[$__rate_interval]))',
                "{{instance}} → {{alertmanager}} accepted"),

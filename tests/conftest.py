@@ -15,6 +15,14 @@ from gpumon.sources.replay import DEMO_CAPTURE
 _CAPTURE = load_capture(DEMO_CAPTURE)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_log_rate_limit() -> None:
+    """Log repeats are limited per process: one test's burst must not hide another test's lines."""
+    from gpumon import logs
+
+    logs.RATE_LIMIT.reset()
+
+
 @pytest.fixture
 def demo_path() -> Path:
     return DEMO_CAPTURE

@@ -59,7 +59,8 @@ def container(docs: tuple[Doc, ...]) -> Doc:
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS, ids=lambda p: p.name)
 def test_every_manifest_validates_offline(kustomization: Path) -> None:
     docs = render(kustomization)
-    assert {d["kind"] for d in docs} >= {"Namespace", "ServiceAccount", "ConfigMap", "DaemonSet", "Service"}
+    assert {d["kind"] for d in docs} >= {"Namespace", "ServiceAccount", "ConfigMap", "DaemonSet", "Service",
+                                         "NetworkPolicy"}
     for doc in docs:
         if doc["kind"] in CRD_KINDS:
             continue  # no schema bundled: checked structurally below
@@ -257,3 +258,16 @@ def test_build_context_holds_the_whole_package(tmp_path: Path) -> None:
 def test_hadolint() -> None:
     result = run("hadolint", "--no-color", str(DOCKERFILE))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_only_the_monitoring_namespace_may_connect() -> None:
+    """gpumon's port serves silences, which write: the base admits Prometheus's namespace only."""
+    docs = render(BASE)
+    policy = by_kind(docs, "NetworkPolicy")["spec"]
+    pod_labels = by_kind(docs, "DaemonSet")["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert policy["policyTypes"] == ["Ingress"]
+    (rule,) = policy["ingress"]
+    assert rule["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    port_names = {p["name"] for p in by_kind(docs, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    assert [p["port"] for p in rule["ports"]] == ["metrics"] and "metrics" in port_names

@@ -88,6 +88,10 @@ def test_unit_runs_unprivileged_and_hardened() -> None:
     allowed = {v.split()[0] for v in d["DeviceAllow"]}
     assert {"/dev/nvidiactl", "/dev/nvidia-uvm", "char-nvidia-frontend", "char-nvidia", "char-nvidia-uvm"} <= allowed
     assert d["DevicePolicy"] == ["closed"]
+    # The connection cap (web.max_connections, 512) plus gpumon's own files fit under the file limit.
+    from gpumon.config import WebConfig
+    from gpumon.daemon import FILES_RESERVED
+    assert int(d["LimitNOFILE"][0]) >= WebConfig().max_connections + FILES_RESERVED
 
 
 def test_sysusers_creates_the_units_user(tmp_path: Path) -> None:

@@ -27,6 +27,8 @@ from gpumon.model import STALE_NAN
 from gpumon.regex import Regex, RegexError, anchored, expand
 
 LOOKBACK_MS = 5 * 60 * 1000
+MAX_DEPTH = 128  # nesting levels of an expression: the evaluator recurses (Python's stack is ~1,000 frames)
+MAX_DURATION_MS = (2**63 - 1) // 1_000_000  # Go's time.Duration, as Prometheus's ParseDuration checks
 _STALE_BITS = struct.pack("<d", STALE_NAN)
 NAME = "__name__"
 
@@ -45,7 +47,10 @@ def parse_prom_duration(text: str) -> int:
         return 0
     if not text or _DURATION.sub("", text) != "":
         raise ValueError(f"not a valid duration string: {text!r}")
-    return sum(int(n) * _UNIT_MS[u] for n, u in _DURATION.findall(text))
+    ms = sum(int(n) * _UNIT_MS[u] for n, u in _DURATION.findall(text))
+    if ms > MAX_DURATION_MS:
+        raise ValueError("duration out of range")
+    return ms
 
 
 def format_duration(ms: int) -> str:
@@ -166,8 +171,36 @@ def compile_expr(text: str) -> Any:
         expr = pp.parse(text)
     except (ValueError, RuntimeError, TypeError) as exc:
         raise PromQLError(f"cannot parse expression: {exc}") from None
+    if _depth(expr) > MAX_DEPTH:
+        raise PromQLError(f"the expression nests more than {MAX_DEPTH} levels deep, which gpumon does not "
+                          "evaluate (Prometheus has no such limit)")
     _check(expr, text)
     return expr
+
+
+def _children(e: Any) -> list[Any]:
+    if isinstance(e, pp.BinaryExpr):
+        return [e.lhs, e.rhs]
+    if isinstance(e, pp.Call):
+        return list(e.args)
+    if isinstance(e, pp.AggregateExpr):
+        return [e.expr] if e.param is None else [e.expr, e.param]
+    if isinstance(e, pp.MatrixSelector):
+        return [e.vector_selector]
+    if isinstance(e, (pp.ParenExpr, pp.UnaryExpr, pp.SubqueryExpr)):
+        return [e.expr]
+    return []
+
+
+def _depth(expr: Any) -> int:
+    """How deep the tree goes, found without recursion (the checks and the evaluator recurse)."""
+    deepest, stack = 0, [(expr, 1)]
+    while stack:
+        e, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if depth <= MAX_DEPTH:  # deeper is refused anyway: no need to walk a 5,000-level tree
+            stack.extend((child, depth + 1) for child in _children(e))
+    return deepest
 
 
 def _where(text: str, token: str) -> str:

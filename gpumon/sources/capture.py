@@ -141,7 +141,29 @@ def _parse_record(path: Path, lineno: int, line: str) -> dict[str, Any]:
         finite = False
     if not finite:
         raise CaptureError(f"{path}:{lineno}: field 't' is not finite")
+    if (bad := _first_non_number(rec, ())) is not None:
+        where, value = bad
+        raise CaptureError(f"{path}:{lineno}: field '{where}' is {json.dumps(value)}, not a number "
+                           "(or {\"err\": ...} for a refused call)")
     return rec
+
+
+def _first_non_number(value: Any, at: tuple[str, ...]) -> tuple[str, Any] | None:
+    """The first value in a record that is not a number, a list or object of them, null, or an
+    `err` entry: what NVML can answer. Such a value would otherwise surface mid-run as a lost GPU."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key != "err" and (bad := _first_non_number(item, (*at, str(key)))) is not None:
+                return bad
+        return None
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            if (bad := _first_non_number(item, (*at, str(i)))) is not None:
+                return bad
+        return None
+    if value is None or _is_number(value):
+        return None
+    return ".".join(at), value
 
 
 @dataclass
