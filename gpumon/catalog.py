@@ -62,7 +62,7 @@ METRICS: tuple[Metric, ...] = (
     # --- identity and health -------------------------------------------------------------------
     _m("gpumon_gpu_info", INFO, "", "GPU identity; join on gpu or uuid for names, bus id, driver.",
        "device", tier=ST, labels=("name", "pci_bus_id", "architecture", "driver_version",
-                                  "cuda_driver_version", "gpm", "sm_activity_source")),
+                                  "cuda_driver_version", "gpm", "sm_activity_source", "memory_info")),
     _m("gpumon_gpu_up", GAUGE, "", "1 when the GPU answered its last poll, 0 when it is lost.", "self"),
     # --- utilisation: GPM (Hopper+) is real SM activity; util.gpu is only "a kernel was running" --
     _m("gpumon_sm_active_ratio", GAUGE, "ratio",
@@ -100,7 +100,9 @@ METRICS: tuple[Metric, ...] = (
        "Fraction of the sample period the memory controller was busy (NVML util.memory).",
        reading="utilization", key="memory", scale=PERCENT),
     # --- memory --------------------------------------------------------------------------------
-    _m("gpumon_memory_used_bytes", GAUGE, "bytes", "Device memory in use (allocated by processes).",
+    _m("gpumon_memory_used_bytes", GAUGE, "bytes",
+       "Device memory in use (allocated by processes), without the driver's reserved memory; on drivers "
+       "before R510 (gpumon_gpu_info{memory_info=\"v1\"}) it includes the reserved memory.",
        reading="memory", key="used"),
     _m("gpumon_memory_free_bytes", GAUGE, "bytes", "Device memory free.", reading="memory", key="free"),
     _m("gpumon_memory_total_bytes", GAUGE, "bytes", "Device memory installed.",
@@ -154,7 +156,8 @@ METRICS: tuple[Metric, ...] = (
     _m("gpumon_nvlink_up", GAUGE, "", "1 while an NVLink link that was active at initialisation is up.",
        tier=S, reading="nvlink_state", labels=("link",)),
     _m("gpumon_nvlink_errors_total", COUNTER, "",
-       "NVLink data-link errors per link, by type (replay, recovery, crc_flit, crc_data).",
+       "NVLink data-link errors per link, by type (replay, recovery, crc_flit, crc_data, ecc_data); NVLink "
+       "4.0 and later have no crc_data.",
        tier=S, reading="nvlink_errors", labels=("link", "type")),
     _m("gpumon_nvlink_rx_bytes_per_second", GAUGE, "bytes_per_second",
        "NVLink bytes received per second on a link (GPM per-link rate).",
@@ -173,11 +176,11 @@ METRICS: tuple[Metric, ...] = (
        "NVLink bytes sent per second over all of the GPU's links (GPM NVLINK_TOTAL_TX_PER_SEC).",
        reading="gpm", key="nvlink_tx_total", scale=MIB),
     _m("gpumon_nvlink_rx_bytes_total", COUNTER, "bytes",
-       "NVLink data bytes received over all of the GPU's links (field 139 NVLINK_THROUGHPUT_DATA_RX, "
-       "KiB); needs no GPM.", reading="fields", key="139", scale=KIB),
+       "NVLink data bytes received over all of the GPU's links (field 139 NVLINK_THROUGHPUT_DATA_RX with "
+       "scopeId UINT_MAX, the sum of all links, KiB); needs no GPM.", reading="fields", key="139", scale=KIB),
     _m("gpumon_nvlink_tx_bytes_total", COUNTER, "bytes",
-       "NVLink data bytes sent over all of the GPU's links (field 138 NVLINK_THROUGHPUT_DATA_TX, "
-       "KiB); needs no GPM.", reading="fields", key="138", scale=KIB),
+       "NVLink data bytes sent over all of the GPU's links (field 138 NVLINK_THROUGHPUT_DATA_TX with "
+       "scopeId UINT_MAX, the sum of all links, KiB); needs no GPM.", reading="fields", key="138", scale=KIB),
     _m("gpumon_nvlink_speed_bytes_per_second", GAUGE, "bytes_per_second",
        "Speed of each of the GPU's active NVLink links, per direction (field 90 NVLINK_SPEED_MBPS_COMMON: "
        "one value common to all active links).", tier=S, reading="nvlink_speed", scale=MEGA),

@@ -33,6 +33,9 @@ class Device:
     gpm_supported: bool
     driver_version: str
     cuda_driver_version: str
+    # "v2": memory used excludes the driver's reserved memory, which is exported on its own; "v1"
+    # (drivers before R510): used includes it and nothing says how much it is.
+    memory_info: str = "v2"
 
     @property
     def labels(self) -> Labels:

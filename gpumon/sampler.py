@@ -339,7 +339,8 @@ class Sampler:
                                       ("architecture", d.architecture), ("driver_version", d.driver_version),
                                       ("cuda_driver_version", d.cuda_driver_version),
                                       ("gpm", "true" if d.gpm_supported else "false"),
-                                      ("sm_activity_source", "gpm" if d.gpm_supported else "none")), 1.0)
+                                      ("sm_activity_source", "gpm" if d.gpm_supported else "none"),
+                                      ("memory_info", d.memory_info)), 1.0)
             s.add("gpumon_gpu_up", ids, 1.0 if gpu.up else 0.0)
             if gpu.up:
                 gpu.unsupported = self.source.unsupported_count(d.index)

@@ -46,7 +46,11 @@ def make(capture: Capture, clock: FakeClock, **kw: Any) -> CaptureNvml:
 
 
 def write_trace(path: Path, lines: list[str]) -> Path:
+    """A trace, and beside it a probe.json with an (empty) entry for each GPU, unless one is there."""
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    probe = path.with_name("probe.json")
+    if not probe.exists():
+        probe.write_text(json.dumps({"devices": [{}] * 8}))
     return path
 
 
@@ -90,29 +94,20 @@ def test_bundled_capture_loads(demo_path: Path) -> None:
     assert 41.9 < cap.duration(0) < 42.1  # 168 samples every 0.25 s
 
 
-def test_bare_trace_loads_with_empty_probe(tmp_path: Path, demo_path: Path) -> None:
+def test_a_trace_without_its_probe_is_refused_in_one_sentence(tmp_path: Path, demo_path: Path) -> None:
+    """Played without probe.json the GPU had no name and no GPM: SM activity disappeared silently
+    although the trace records it. Now the capture is refused, naming the missing file."""
     shutil.copy(demo_path / "trace.jsonl", tmp_path / "trace.jsonl")
     for path in (tmp_path, tmp_path / "trace.jsonl"):
-        cap = load_capture(path)
-        assert cap.probe == {}
-        assert cap.devices == []
-        assert cap.phases == []
-        assert len(cap.traces[0]) == 168
+        with pytest.raises(CaptureError, match=r"probe\.json: not found; a capture needs probe\.json beside"):
+            load_capture(path)
 
 
-def test_bare_trace_plays_without_probe(tmp_path: Path, demo_path: Path, clock: FakeClock) -> None:
-    shutil.copy(demo_path / "trace.jsonl", tmp_path / "trace.jsonl")
-    cap = load_capture(tmp_path)
-    fake = make(cap, clock)
-    h = fake.nvmlDeviceGetHandleByIndex(0)
-    assert fake.nvmlDeviceGetPowerUsage(h) == cap.traces[0][0]["power_mw"]
-    assert fake.nvmlDeviceGetUUID(h).startswith("GPU-")
-    assert fake.nvmlDeviceGetPciInfo(h).busId
-    with pytest.raises(pynvml.NVMLError_FunctionNotFound):
-        fake.nvmlDeviceGetName(h)  # only probe.json could answer it
-    with pytest.raises(pynvml.NVMLError_NotSupported):
-        fake.nvmlGpmQueryDeviceSupport(h)
-    assert fake.phase(0) is None
+def test_a_probe_without_an_entry_for_a_traced_gpu_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "probe.json").write_text('{"devices": [{}]}')
+    write_trace(tmp_path / "trace.jsonl", ['{"t": 1.0, "gpu": 0}', '{"t": 1.0, "gpu": 1}'])
+    with pytest.raises(CaptureError, match="no device entry for GPU 1"):
+        load_capture(tmp_path)
 
 
 def test_missing_capture_names_the_path(tmp_path: Path) -> None:
@@ -171,6 +166,7 @@ def test_blank_lines_are_skipped_and_records_sorted_per_gpu(tmp_path: Path) -> N
 
 
 def test_undecodable_trace_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "probe.json").write_text('{"devices": [{}]}')
     (tmp_path / "trace.jsonl").write_bytes(b'{"t": 1.0, "gpu": 0}\n\xff\xfe\n')
     with pytest.raises(CaptureError, match="cannot read"):
         load_capture(tmp_path)

@@ -390,3 +390,72 @@ def test_plain_view_reads_and_writes_the_same_memory_as_pynvmls_structures() -> 
     _plain_view(request.metrics)[4].metricId = 7
     assert request.metrics[4].metricId == 7
     assert _plain_view([1, 2]) == [1, 2]  # not ctypes: left as it is
+
+
+def test_nvlink_byte_counters_sum_all_links(clock: FakeClock) -> None:
+    """Fields 138/139 read one link per scopeId; gpumon asks for UINT_MAX, the sum of all links
+    (with scopeId 0 it exported link 0 alone: an 18x undercount on an H200 SXM)."""
+    from gpumon.sources.capture import load_capture
+    from tests.fixtures.nvlink8 import generate
+
+    nvlink = load_capture(generate.OUT_DIR)
+    source, _ = opened(nvlink, clock)
+    got = values(source.poll(0, Tier.FAST))
+    fields = nvlink.traces[0][0]["fields"]
+    assert len(fields["nvlink_tx_kib"]) == generate.LINKS
+    assert got[("gpumon_nvlink_tx_bytes_total", ())] == sum(fields["nvlink_tx_kib"]) * 1024.0
+    assert got[("gpumon_nvlink_rx_bytes_total", ())] == sum(fields["nvlink_rx_kib"]) * 1024.0
+
+
+def test_nvlink4_has_no_crc_data_counter_and_asking_is_no_error(capture: Capture, clock: FakeClock) -> None:
+    params = capture.probe["devices"][0]["parametrized"]
+    for link in (0, 1):
+        params[f"nvmlDeviceGetNvLinkState({link})"] = {"ok": 1}
+        params[f"nvmlDeviceGetNvLinkVersion({link})"] = {"ok": 6}  # NVML_NVLINK_VERSION_4_0
+        for counter in range(5):
+            params[f"nvmlDeviceGetNvLinkErrorCounter({link},{counter})"] = {"ok": 10 * link + counter}
+        # what a driver may answer for CRC_DATA on NVLink 4.0: an invalid counter, not NotSupported
+        params[f"nvmlDeviceGetNvLinkErrorCounter({link},3)"] = {"err": "NVMLError_InvalidArgument(2)"}
+    params["nvmlDeviceGetNvLinkState(2)"] = {"err": "NVMLError_InvalidArgument(2)"}
+    source, _ = opened(capture, clock)
+    for _ in range(2):
+        slow = values(source.poll(0, Tier.SLOW))
+    kinds = {dict(labels)["type"] for (name, labels) in slow if name == "gpumon_nvlink_errors_total"}
+    assert kinds == {"replay", "recovery", "crc_flit", "ecc_data"}
+    assert slow[("gpumon_nvlink_errors_total", (("link", "1"), ("type", "ecc_data")))] == 14
+    assert source.error_counts() == {}
+
+
+@pytest.mark.parametrize("refusal", [pynvml.NVML_ERROR_FUNCTION_NOT_FOUND, 25])  # 25: ARGUMENT_VERSION_MISMATCH
+def test_memory_v1_drivers_are_labelled_and_used_includes_reserved(capture: Capture, clock: FakeClock,
+                                                                   refusal: int) -> None:
+    fake = CaptureNvml(capture, clock=clock)
+    real = fake.nvmlDeviceGetMemoryInfo
+
+    def v1_only(handle: Any, version: int | None = None) -> Any:
+        if version:
+            raise pynvml.NVMLError(refusal)
+        return real(handle)
+    fake.nvmlDeviceGetMemoryInfo = v1_only  # type: ignore[method-assign]
+    source = NvmlSource(fake, clock=clock)
+    source.open()
+    assert source.devices[0].memory_info == "v1"
+    got = values(source.poll(0, Tier.FAST))
+    total, free = got[("gpumon_memory_total_bytes", ())], got[("gpumon_memory_free_bytes", ())]
+    assert got[("gpumon_memory_used_bytes", ())] == total - free  # reserved included, as v1 counts it
+    assert ("gpumon_memory_reserved_bytes", ()) not in got
+    assert source.error_counts() == {}
+    v2, _ = opened(capture, clock)
+    assert v2.devices[0].memory_info == "v2"
+
+
+def test_board_limit_and_reliability_clock_event_reasons(capture: Capture, clock: FakeClock) -> None:
+    getters = capture.probe["devices"][0]["getters"]
+    getters["nvmlDeviceGetSupportedClocksEventReasons"]["ok"] = 0x7FF
+    for rec in capture.traces[0]:
+        rec["clocks_event_reasons"] = 0x600  # nvmlClocksThrottleReasonBoardLimit | Reliability
+    source, _ = opened(capture, clock)
+    got = values(source.poll(0, Tier.FAST))
+    assert got[("gpumon_clock_event_reason_active", (("reason", "board_limit"),))] == 1.0
+    assert got[("gpumon_clock_event_reason_active", (("reason", "reliability"),))] == 1.0
+    assert got[("gpumon_clock_event_reason_active", (("reason", "gpu_idle"),))] == 0.0

@@ -66,8 +66,8 @@ async def test_lost_gpu_goes_down_and_comes_back_others_unaffected(
     assert ("gpumon_power_draw_watts", (("gpu", "1"),)) not in down  # withdrawn, not stale
     assert ("gpumon_power_draw_watts", (("gpu", "0"),)) in down
     assert ("gpumon_gpu_info", (("architecture", "hopper"), ("cuda_driver_version", "13.0"),
-            ("driver_version", "580.159.04"), ("gpm", "true"), ("gpu", "1"), ("name", "NVIDIA H200"),
-            ("pci_bus_id", "00000000:11:00.0"), ("sm_activity_source", "gpm"))) in down
+            ("driver_version", "580.159.04"), ("gpm", "true"), ("gpu", "1"), ("memory_info", "v2"),
+            ("name", "NVIDIA H200"), ("pci_bus_id", "00000000:11:00.0"), ("sm_activity_source", "gpm"))) in down
     await asyncio.sleep(1.5)
     up = scraped(s.exporter)
     assert up[("gpumon_gpu_up", (("gpu", "1"),))] == 1.0

@@ -73,7 +73,8 @@ class Capture:
 
 
 def load_capture(path: str | Path) -> Capture:
-    """Read a capture directory (trace.jsonl, probe.json, phases.json) or a bare trace.jsonl."""
+    """Read a capture directory (trace.jsonl, probe.json, phases.json optional), or a trace.jsonl
+    with its probe.json beside it."""
     p = Path(path)
     if p.is_dir():
         trace_file = p / "trace.jsonl"
@@ -83,7 +84,12 @@ def load_capture(path: str | Path) -> Capture:
     if not trace_file.is_file():
         raise CaptureError(f"{trace_file}: capture not found (expected a directory with trace.jsonl, "
                            "or a trace.jsonl file)")
-    probe = _read_json(probe_file) if probe_file.is_file() else {}
+    if not probe_file.is_file():
+        # Without it the replayed GPU would have no name and no GPM: SM activity would silently be
+        # missing although the trace records it.
+        raise CaptureError(f"{probe_file}: not found; a capture needs probe.json beside trace.jsonl (the "
+                           "recorder writes both): it holds the GPU's static answers, GPM support among them")
+    probe = _read_json(probe_file)
     if (not isinstance(probe, dict) or not isinstance(probe.get("devices", []), list)
             or not all(isinstance(d, dict) for d in probe.get("devices", []))):
         raise CaptureError(f"{probe_file}: expected an object with a 'devices' list of objects")
@@ -103,6 +109,9 @@ def load_capture(path: str | Path) -> Capture:
         raise CaptureError(f"{trace_file}: cannot read: {exc}") from None
     if not by_gpu:
         raise CaptureError(f"{trace_file}: no samples in the trace")
+    if missing := sorted(g for g in by_gpu if g >= len(probe.get("devices", []))):
+        raise CaptureError(f"{probe_file}: no device entry for GPU {missing[0]} of the trace (its name, GPM "
+                           "support and limits would be unknown)")
     traces = [sorted(by_gpu[g], key=lambda r: r["t"]) for g in sorted(by_gpu)]
     return Capture(p, probe, traces, phases)
 
@@ -201,6 +210,18 @@ def _error_code(err: Any) -> int:
         return int(cls().value)
     code = rest.rstrip(")").strip()
     return int(code) if code.isdigit() else pynvml.NVML_ERROR_UNKNOWN
+
+
+def _scoped(recorded: Any, scope: int) -> Any:
+    """A field value for one scopeId. A per-link list (NVLink throughput fields) answers as NVML
+    does: element `scope` for a link, the sum for UINT_MAX, InvalidArgument for another scope."""
+    if not isinstance(recorded, list):
+        return recorded
+    if scope == 0xFFFFFFFF:
+        return sum(recorded)
+    if 0 <= scope < len(recorded):
+        return recorded[scope]
+    return {"err": pynvml.NVML_ERROR_INVALID_ARGUMENT}
 
 
 def _is_error(entry: Any) -> bool:
@@ -488,16 +509,17 @@ class CaptureNvml:
                             "nvmlDeviceGetComputeRunningProcesses")
         return [types.SimpleNamespace(pid=p["pid"], usedGpuMemory=p.get("used")) for p in procs]
 
-    def nvmlDeviceGetFieldValues(self, handle: Any, field_ids: list[int]) -> Any:
+    def nvmlDeviceGetFieldValues(self, handle: Any, field_ids: list[int | tuple[int, int]]) -> Any:
         index = self._device(handle, "nvmlDeviceGetFieldValues")
         rec_fields = self._record(index).get("fields")
         if isinstance(rec_fields, dict) and "err" in rec_fields and len(rec_fields) == 1:
             _raise_recorded(rec_fields["err"])
         by_id = self._probe_device(index).get("fields", {}).get("by_id", {})
         values = (pynvml.c_nvmlFieldValue_t * len(field_ids))()
-        for v, fid in zip(values, field_ids, strict=True):
-            v.fieldId = fid
-            recorded = (rec_fields or {}).get(TRACE_FIELDS.get(fid, ""))
+        for v, requested in zip(values, field_ids, strict=True):
+            fid, scope = requested if isinstance(requested, tuple) else (requested, 0)  # as pynvml takes them
+            v.fieldId, v.scopeId = fid, scope
+            recorded = _scoped((rec_fields or {}).get(TRACE_FIELDS.get(fid, "")), scope)
             probe = by_id.get(str(fid), {"ret": pynvml.NVML_ERROR_NOT_SUPPORTED})
             if recorded is None:
                 v.nvmlReturn = int(probe.get("ret", pynvml.NVML_ERROR_NOT_SUPPORTED))
@@ -526,6 +548,10 @@ class CaptureNvml:
     def nvmlDeviceGetNvLinkState(self, handle: Any, link: int) -> int:
         index = self._device(handle, "nvmlDeviceGetNvLinkState")
         return int(self._probe(index, f"nvmlDeviceGetNvLinkState({link})"))
+
+    def nvmlDeviceGetNvLinkVersion(self, handle: Any, link: int) -> int:
+        index = self._device(handle, "nvmlDeviceGetNvLinkVersion")
+        return int(self._probe(index, f"nvmlDeviceGetNvLinkVersion({link})"))
 
     def nvmlDeviceGetNvLinkErrorCounter(self, handle: Any, link: int, counter: int) -> int:
         index = self._device(handle, "nvmlDeviceGetNvLinkErrorCounter")

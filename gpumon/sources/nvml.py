@@ -32,6 +32,7 @@ log = structlog.get_logger("gpumon.nvml")
 # NVML return codes the source treats specially.
 NOT_SUPPORTED, NO_PERMISSION, TIMEOUT, FUNCTION_NOT_FOUND, GPU_IS_LOST, UNKNOWN = 3, 4, 10, 13, 15, 999
 ABSENT_CODES = {NOT_SUPPORTED, FUNCTION_NOT_FOUND, NO_PERMISSION}
+ARGUMENT_VERSION_MISMATCH = 25  # an older driver refusing a versioned struct (nvmlMemory_v2)
 LOST_CODES = {GPU_IS_LOST, UNKNOWN}
 
 ARCHITECTURES = {2: "kepler", 3: "maxwell", 4: "pascal", 5: "volta", 6: "turing", 7: "ampere",
@@ -44,7 +45,15 @@ GPM_METRICS = {"graphics_util": 1, "sm_util": 2, "sm_occupancy": 3, "any_tensor_
 GPM_MIN_INTERVAL_S = 0.1  # NVML needs two GPM samples at least this far apart
 NVLINK_MAX_LINKS = 36
 LABEL_CACHE_MAX = 4096
-NVLINK_ERRORS = {0: "replay", 1: "recovery", 2: "crc_flit", 3: "crc_data"}
+NVLINK_ERRORS = {0: "replay", 1: "recovery", 2: "crc_flit", 3: "crc_data", 4: "ecc_data"}
+# NVLink 4.0 and later (nvmlDeviceGetNvLinkVersion >= NVML_NVLINK_VERSION_4_0) protect data with ECC
+# and count no data CRC errors: crc_data does not exist there and is not asked for (not an error).
+NVLINK_VERSION_4_0 = 6
+NVLINK_COUNTERS_BEFORE_4 = frozenset({"replay", "recovery", "crc_flit", "crc_data", "ecc_data"})
+NVLINK_COUNTERS_FROM_4 = frozenset({"replay", "recovery", "crc_flit", "ecc_data"})
+# Fields that take a link in scopeId; UINT_MAX sums all links (NVML_FI_DEV_NVLINK_THROUGHPUT_*).
+ALL_LINKS = 0xFFFFFFFF
+NVLINK_SUMMED_FIELDS = frozenset({138, 139, 140, 141})
 NVLINK_SPEED_FIELD = 90  # NVML_FI_DEV_NVLINK_SPEED_MBPS_COMMON: MB/s per active link and direction
 # What a GPU without an active NVLink lacks, as `_Gpu.absent` names it: every gpumon_nvlink_* metric
 # (GPM answers its NVLink ids with 0 on such a GPU, so asking is not enough).
@@ -60,7 +69,10 @@ def gpm_nvlink_ids(link: int) -> tuple[int, int]:
 CLOCK_EVENT_REASONS = {0x1: "gpu_idle", 0x2: "applications_clocks_setting", 0x4: "sw_power_cap",
                        0x8: "hw_slowdown", 0x10: "sync_boost", 0x20: "sw_thermal_slowdown",
                        0x40: "hw_thermal_slowdown", 0x80: "hw_power_brake_slowdown",
-                       0x100: "display_clock_setting"}
+                       0x100: "display_clock_setting",
+                       # nvmlClocksThrottleReasonBoardLimit / Reliability in nvidia-ml-py: the same
+                       # bits as the board_limit and reliability violation counters
+                       0x200: "board_limit", 0x400: "reliability"}
 VIOLATION_POLICIES = {0: "power", 1: "thermal", 2: "sync_boost", 3: "board_limit", 4: "low_utilization",
                       5: "reliability", 10: "total_app_clocks", 11: "total_base_clocks"}
 TEMPERATURE_THRESHOLDS = {0: "shutdown", 1: "slowdown", 2: "mem_max", 3: "gpu_max"}
@@ -124,6 +136,7 @@ class _Gpu:
     gpm_wanted_for: tuple[int, int] = (-1, -1)  # (id of the plan, len(absent)) gpm_wanted was made for
     memory_v2: bool = True
     nvlinks: tuple[int, ...] = ()  # links active at (re)initialisation
+    nvlink_counters: dict[int, frozenset[str]] = field(default_factory=dict)  # link -> error kinds it has
     nvlink_ratio: float = 0.0  # GPM MiB/s -> fraction of link speed; 0 while the speed is unknown
     label_cache: dict[tuple[str, tuple[str, ...]], Labels] = field(default_factory=dict)
 
@@ -266,9 +279,11 @@ class NvmlSource:
                 lambda: bool(n.nvmlGpmQueryDeviceSupport(handle).isSupportedDevice), False),
             driver_version=self._driver_version,
             cuda_driver_version=self._cuda_version,
+            memory_info="v2" if self._has_memory_v2(handle) else "v1",
         )
-        gpu = _Gpu(index, handle, device, device.labels)
+        gpu = _Gpu(index, handle, device, device.labels, memory_v2=device.memory_info == "v2")
         gpu.nvlinks = self._active_nvlinks(handle)
+        gpu.nvlink_counters = {link: self._nvlink_counters(handle, link) for link in gpu.nvlinks}
         try:
             gpu.reasons_supported = int(n.nvmlDeviceGetSupportedClocksEventReasons(handle))
         except Exception as exc:
@@ -307,6 +322,26 @@ class NvmlSource:
                     raise
                 break
         return tuple(links)
+
+    def _has_memory_v2(self, handle: Any) -> bool:
+        """Whether the driver answers nvmlMemory_v2 (R510 and later); older ones refuse the version."""
+        n = self.nvml
+        try:
+            n.nvmlDeviceGetMemoryInfo(handle, version=n.nvmlMemory_v2)
+        except Exception as exc:
+            if _code(exc) in LOST_CODES:
+                raise
+            if _code(exc) in ABSENT_CODES | {ARGUMENT_VERSION_MISMATCH}:
+                log.info("GPU memory is read with nvmlMemory_v1: `used` includes the driver's reserved memory "
+                         "and no reserved figure is exported (gpumon_gpu_info{memory_info=\"v1\"})",
+                         uuid=_text(n.nvmlDeviceGetUUID(handle)))
+                return False
+        return True
+
+    def _nvlink_counters(self, handle: Any, link: int) -> frozenset[str]:
+        """The error counters a link has, by its NVLink version (all of them when it is unknown)."""
+        version = self._static(lambda: int(self.nvml.nvmlDeviceGetNvLinkVersion(handle, link)), 0)
+        return NVLINK_COUNTERS_FROM_4 if version >= NVLINK_VERSION_4_0 else NVLINK_COUNTERS_BEFORE_4
 
     def _free_gpm(self, gpu: _Gpu) -> None:
         """Free a GPU's GPM samples. Runs in its worker thread, so no poll is using them."""
@@ -365,9 +400,9 @@ class NvmlSource:
                 return (("used", (), m.used), ("free", (), m.free), ("total", (), m.total),
                         ("reserved", (), m.reserved))
             except Exception as exc:
-                if _code(exc) not in ABSENT_CODES:
+                if _code(exc) not in ABSENT_CODES | {ARGUMENT_VERSION_MISMATCH}:
                     raise
-                gpu.memory_v2 = False  # older driver: v1 has no `reserved`
+                gpu.memory_v2 = False  # refused after all: v1 from now on (gpumon_gpu_info says v2 until re-init)
         m = n.nvmlDeviceGetMemoryInfo(gpu.handle)
         return (("used", (), m.used), ("free", (), m.free), ("total", (), m.total))
 
@@ -470,8 +505,9 @@ class NvmlSource:
         for code, name in NVLINK_ERRORS.items():
             if f"nvlink_errors:{name}" in gpu.absent:
                 continue
+            links = [link for link in gpu.nvlinks if name in gpu.nvlink_counters.get(link, NVLINK_COUNTERS_BEFORE_4)]
             try:
-                out.extend([("", (str(link), name), get(gpu.handle, link, code)) for link in gpu.nvlinks])
+                out.extend([("", (str(link), name), get(gpu.handle, link, code)) for link in links])
             except Exception as exc:
                 self._failed(gpu, f"nvlink_errors:{name}", READING_CALLS["nvlink_errors"], exc)
         return out
@@ -505,7 +541,9 @@ class NvmlSource:
         if not ids:
             return ()
         out = []
-        for fid, v in zip(ids, _plain_view(self.nvml.nvmlDeviceGetFieldValues(gpu.handle, ids)), strict=True):
+        # NVLink throughput fields read one link per scopeId (scope 0 is link 0 alone): ask for the sum.
+        request = [(i, ALL_LINKS) if i in NVLINK_SUMMED_FIELDS else i for i in ids]
+        for fid, v in zip(ids, _plain_view(self.nvml.nvmlDeviceGetFieldValues(gpu.handle, request)), strict=True):
             if v.nvmlReturn != 0:
                 err = self.nvml.NVMLError(v.nvmlReturn)
                 self._failed(gpu, f"fields:{fid}", READING_CALLS["fields"], err)

@@ -5,6 +5,7 @@
  */
 #include "fakenvml.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -440,6 +441,17 @@ nvmlReturn_t DECLDIR nvmlDeviceGetNvLinkState(nvmlDevice_t device, unsigned int 
     return ret;
 }
 
+nvmlReturn_t DECLDIR nvmlDeviceGetNvLinkVersion(nvmlDevice_t device, unsigned int link, unsigned int *version)
+{
+    char key[96];
+    double v = 0;
+    snprintf(key, sizeof key, "nvmlDeviceGetNvLinkVersion(%u)", link);
+    nvmlReturn_t ret = get_number(__func__, device, NULL, key, version != NULL, &v);
+    if (ret == NVML_SUCCESS)
+        *version = to_uint(v);
+    return ret;
+}
+
 nvmlReturn_t DECLDIR nvmlDeviceGetNvLinkErrorCounter(nvmlDevice_t device, unsigned int link,
                                                      nvmlNvLinkErrorCounter_t counter, unsigned long long *counterValue)
 {
@@ -791,6 +803,26 @@ static void set_field(nvmlFieldValue_t *v, int type, bool has_value, double x)
     }
 }
 
+/* A field recorded per link (the NVLink throughput fields 138-141), answered for `scope` as NVML
+ * does: link n for scopeId n, the sum of all links for UINT_MAX, InvalidArgument for another scope. */
+static nvmlReturn_t scoped_value(const cJSON *links, unsigned int scope, double *out)
+{
+    int n = cJSON_GetArraySize(links);
+    double x;
+    *out = 0;
+    if (scope == UINT_MAX) {
+        for (int i = 0; i < n; i++) {
+            if (!json_number(cJSON_GetArrayItem(links, i), &x))
+                return NVML_ERROR_UNKNOWN;
+            *out += x;
+        }
+        return NVML_SUCCESS;
+    }
+    if (scope >= (unsigned int)n)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    return json_number(cJSON_GetArrayItem(links, (int)scope), out) ? NVML_SUCCESS : NVML_ERROR_UNKNOWN;
+}
+
 /* Per-field return codes inside a successful call, as the driver does: a field the GPU lacks
  * is NotSupported in its own slot, and the call still succeeds. */
 nvmlReturn_t DECLDIR nvmlDeviceGetFieldValues(nvmlDevice_t device, int valuesCount, nvmlFieldValue_t *values)
@@ -818,6 +850,9 @@ nvmlReturn_t DECLDIR nvmlDeviceGetFieldValues(nvmlDevice_t device, int valuesCou
         const cJSON *probe = cJSON_GetObjectItemCaseSensitive(by_id, id);
         const char *key = trace_field(v->fieldId);
         const cJSON *recorded = key ? cJSON_GetObjectItemCaseSensitive(fields, key) : NULL;
+        double scoped = 0;
+        bool per_link = cJSON_IsArray(recorded);
+        nvmlReturn_t scope_ret = per_link ? scoped_value(recorded, v->scopeId, &scoped) : NVML_SUCCESS;
         double probe_ret = NVML_ERROR_NOT_SUPPORTED, type = -1, lat = 0, x;
         member_number(probe, "ret", &probe_ret);
         member_number(probe, "type", &type);
@@ -829,6 +864,9 @@ nvmlReturn_t DECLDIR nvmlDeviceGetFieldValues(nvmlDevice_t device, int valuesCou
             bool has = json_number(cJSON_GetObjectItemCaseSensitive(probe, "value"), &x);
             v->nvmlReturn = (nvmlReturn_t)probe_ret;
             set_field(v, type >= 0 ? (int)type : NVML_VALUE_TYPE_UNSIGNED_LONG_LONG, has, x);
+        } else if (per_link) { /* one value per link: scopeId picks one, UINT_MAX sums them */
+            v->nvmlReturn = scope_ret;
+            set_field(v, type >= 0 ? (int)type : NVML_VALUE_TYPE_UNSIGNED_LONG_LONG, scope_ret == NVML_SUCCESS, scoped);
         } else if (cJSON_IsObject(recorded)) { /* {"err": N}: this field failed at that moment */
             const cJSON *err = cJSON_GetObjectItemCaseSensitive(recorded, "err");
             v->nvmlReturn = err ? (nvmlReturn_t)error_code_of(err) : NVML_ERROR_UNKNOWN;

@@ -63,6 +63,7 @@ def test_corrupt_capture_names_file_and_line(tmp_path: Path, demo_path: Path) ->
     lines = (demo_path / "trace.jsonl").read_text().splitlines()
     lines[4] = lines[4][:40]
     (tmp_path / "trace.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "probe.json").write_text((demo_path / "probe.json").read_text())
     r = run_gpumon("snapshot", "--backend", f"replay:{tmp_path}")
     assert r.returncode == 2
     assert f"{tmp_path / 'trace.jsonl'}:5: invalid JSON" in r.stderr and "Traceback" not in r.stderr
