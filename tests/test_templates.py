@@ -19,7 +19,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gpumon.rules.templates import FUNCTIONS, TemplateError, compile_template
+from gpumon.rules.gotemplate import FUNCTIONS, TemplateError, compile_template
 
 NAN, INF = math.nan, math.inf
 EXTERNAL_LABELS = {"region": "eu-west", "cluster": "h100-a"}
@@ -428,6 +428,6 @@ def test_valid_templates_render_any_labels_and_value(template: str, labels: dict
 @given(st.floats(allow_nan=False, allow_infinity=False))
 def test_humanize_shortcut_formats_as_the_go_fmt_port(value: float) -> None:
     """`_fmt_g4` takes C's %.4g for finite floats instead of the Go fmt port; they must agree."""
-    from gpumon.rules.templates import _fmt_g4, _sprintf
+    from gpumon.rules.gotemplate.fmt import _fmt_g4, _sprintf
 
     assert _fmt_g4(value) == _sprintf("%.4g", [value])

@@ -23,8 +23,8 @@ from typing import Any
 
 import msgspec
 
+from gpumon.rules.gotemplate import Template, TemplateError, compile_template
 from gpumon.rules.promql import PromQLError, compile_expr, parse_prom_duration
-from gpumon.rules.templates import Template, TemplateError, compile_template
 from gpumon.yamlfile import ConfigError, KeyPath, load_yaml, validate
 
 RESOLVE_WHEN = "gpumon_resolve_when"
