@@ -33,7 +33,7 @@ system-deps:
 
 ## test: install everything the tests need and run the whole suite (lint and types included)
 test: $(BIN)/.installed system-deps
-	$(BIN)/ruff check gpumon tests benchmarks
+	$(BIN)/ruff check gpumon grafana tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/pytest -q
 

@@ -3,12 +3,10 @@ every query parses and names only metrics that exist."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import promql_parser
@@ -16,6 +14,8 @@ import pytest
 import yaml
 
 from gpumon.catalog import BY_NAME, METRICS
+from grafana.generate import render
+from grafana.generate.panels import UNITS
 
 ROOT = Path(__file__).resolve().parent.parent
 GRAFANA = ROOT / "grafana"
@@ -27,21 +27,10 @@ NAMES = {"gpumon-fleet.json", "gpumon-gpu-detail.json", "gpumon-interconnect.jso
 OTHER_METRICS = {"ALERTS", "up", "scrape_duration_seconds", "process_cpu_seconds_total",
                  "process_resident_memory_bytes", "process_virtual_memory_bytes", "process_open_fds",
                  "process_max_fds", "process_start_time_seconds"}
-# Grafana's unit ids for the catalog's units.
-UNITS = {"ratio": "percentunit", "bytes": "bytes", "bytes_per_second": "Bps", "watts": "watt",
-         "celsius": "celsius", "hertz": "hertz", "seconds": "s", "joules": "joule"}
 # Values the variables take when a query is sent without Grafana (here and in the integration test).
 VARIABLES = {"instance": ".*", "gpu": ".*", "__rate_interval": "1m", "__interval": "15s", "__range": "5m",
              "__range_s": "300", "__interval_ms": "15000"}
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
-
-
-def load_generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("grafana_generate", GRAFANA / "generate.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def substitute(expr: str, values: dict[str, str] | None = None) -> str:
@@ -102,11 +91,11 @@ def board(request: pytest.FixtureRequest) -> dict[str, Any]:
 
 def test_the_four_dashboards_exist_and_are_generated_from_generate_py() -> None:
     assert {p.name for p in DASHBOARDS} == NAMES
-    rendered = load_generator().render()
+    rendered = render()
     assert set(rendered) == NAMES
     for name, text in rendered.items():
         assert (GRAFANA / "dashboards" / name).read_text() == text, (
-            f"{name} is stale: run `python grafana/generate.py`")
+            f"{name} is stale: run `python -m grafana.generate`")
 
 
 def test_dashboard_model(board: dict[str, Any]) -> None:
@@ -224,7 +213,7 @@ def test_every_metric_appears_on_a_dashboard_and_every_gpu_metric_on_gpu_detail(
         used[path.name] = names
     everywhere = set().union(*used.values())
     missing = sorted({m.name for m in METRICS if m.source not in NOT_ON_DASHBOARDS_YET} - everywhere)
-    assert not missing, f"metrics on no dashboard (add panels in grafana/generate.py): {missing}"
+    assert not missing, f"metrics on no dashboard (add panels in grafana/generate/): {missing}"
     assert {m.source for m in METRICS} >= set(NOT_ON_DASHBOARDS_YET), "stale NOT_ON_DASHBOARDS_YET entries"
     hardware = {m.name for m in METRICS if m.per_gpu and m.source in ("nvml", "device", "events")}
     assert hardware - used["gpumon-gpu-detail.json"] == set()
@@ -263,3 +252,13 @@ def test_provisioning_files() -> None:
     assert providers["apiVersion"] == 1
     (provider,) = providers["providers"]
     assert provider["type"] == "file" and provider["options"]["path"]
+
+
+def test_a_panel_on_one_catalog_metric_describes_it_as_the_catalog_does(board: dict[str, Any]) -> None:
+    """Units and descriptions live in gpumon/catalog.py once; a panel of one bare metric repeats them."""
+    for p in panels(board):
+        if p["type"] != "timeseries" or len(p["targets"]) != 1:
+            continue
+        node = promql_parser.parse(substitute(p["targets"][0]["expr"]))
+        if isinstance(node, promql_parser.VectorSelector) and node.name in BY_NAME:
+            assert p["description"].startswith(BY_NAME[node.name].help), p["title"]

@@ -1,0 +1,1 @@
+"""gpumon's Grafana dashboards: the generator (grafana.generate) and its output (dashboards/)."""
