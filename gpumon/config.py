@@ -274,7 +274,8 @@ class InfinibandConfig(_Section, frozen=True):
 class NcclRasConfig(_Section, frozen=True):
     enabled: bool = False  # opt-in: each query is a collective over the job's RAS network
     address: ListenAddress = parse_listen("localhost:28028")  # NCCL_RAS_ADDR
-    timeout: Duration = 5.0
+    timeout: Duration = 5.0  # how long NCCL waits for the job's peers (its TIMEOUT command)
+    timeout_factor: Annotated[int, After(_at_least(1))] = 1  # the job's NCCL_RAS_TIMEOUT_FACTOR
     interval: Duration | None = None  # default: sampler.slow_interval
 
 

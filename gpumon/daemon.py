@@ -92,11 +92,13 @@ def interconnect_of(config: Config) -> dict[str, Any]:
     ib, ras = config.interconnect.infiniband, config.interconnect.nccl_ras
     kw: dict[str, Any] = {}
     if ib.enabled:
-        kw["infiniband"] = InfinibandSource(ib.root, rescan_interval=ib.rescan_interval)
+        kw["infiniband"] = InfinibandSource(ib.root, rescan_interval=ib.rescan_interval,
+                                            slow_interval=config.sampler.slow_interval)
         # Replayed GPUs are not in this host's PCIe tree: no GPU-NIC affinity for them.
         kw["pci_root"] = None if config.backend.startswith("replay:") else str(ib.pci_root)
     if ras.enabled:
-        kw["nccl_ras"] = NcclRasSource(ras.address.host, ras.address.port, timeout=ras.timeout)
+        kw["nccl_ras"] = NcclRasSource(ras.address.host, ras.address.port, timeout=ras.timeout,
+                                       timeout_factor=ras.timeout_factor)
         kw["nccl_ras_interval"] = ras.interval
     return kw
 

@@ -271,3 +271,54 @@ def test_only_the_monitoring_namespace_may_connect() -> None:
     assert rule["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
     port_names = {p["name"] for p in by_kind(docs, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]["ports"]}
     assert [p["port"] for p in rule["ports"]] == ["metrics"] and "metrics" in port_names
+
+
+# --- overlays/nccl-ras-host-network ------------------------------------------------------------------------
+
+HOST_NETWORK = K8S / "overlays" / "nccl-ras-host-network"
+
+
+def test_nccl_ras_overlay_puts_gpumon_on_the_host_network_and_nothing_else(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """NCCL's RAS port is on the job's localhost: for host-network jobs the node's, which only a host-network
+    pod reaches. The overlay changes the pod's network, the Pod Security level that admits it, and the
+    configuration's nccl_ras section; the pod stays as locked down as the base's in every other way."""
+    from gpumon.config import load_config
+
+    base, docs = render(BASE), render(HOST_NETWORK)
+    pod, base_pod = pod_spec(docs), pod_spec(base)
+    assert pod["hostNetwork"] is True
+    assert pod["dnsPolicy"] == "ClusterFirstWithHostNet"  # cluster DNS still, not the node's resolv.conf
+    config_map, base_config_map = by_kind(docs, "ConfigMap"), by_kind(base, "ConfigMap")
+    # The ConfigMap's name carries its content hash: a new name, so the DaemonSet rolls out.
+    assert config_map["metadata"]["name"] != base_config_map["metadata"]["name"]
+    unchanged = copy.deepcopy(pod)
+    del unchanged["hostNetwork"], unchanged["dnsPolicy"]
+    (config_volume,) = (v for v in unchanged["volumes"] if v["name"] == "config")
+    assert config_volume["configMap"]["name"] == config_map["metadata"]["name"]
+    config_volume["configMap"]["name"] = base_config_map["metadata"]["name"]
+    assert unchanged == base_pod
+
+    # Host namespaces are beyond "baseline" and "restricted": the namespace must admit "privileged".
+    labels = by_kind(docs, "Namespace")["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "privileged"
+    assert labels["pod-security.kubernetes.io/warn"] == "privileged"
+
+    # The configuration is the base's plus the RAS source, and the rule files are all still there.
+    config = yaml.safe_load(config_map["data"]["gpumon.yaml"])
+    want = yaml.safe_load(base_config_map["data"]["gpumon.yaml"])
+    want.setdefault("interconnect", {})["nccl_ras"] = {"enabled": True, "address": "localhost:28028"}
+    assert config == want, "overlays/nccl-ras-host-network/gpumon.yaml must be the base's plus nccl_ras"
+    assert {k: v for k, v in config_map["data"].items() if k != "gpumon.yaml"} == \
+        {k: v for k, v in base_config_map["data"].items() if k != "gpumon.yaml"}
+    for name, text in config_map["data"].items():
+        (tmp_path / name).write_text(text)
+    code, _, err = gpumon(capsys, "run", "--config", str(tmp_path / "gpumon.yaml"), "--check-config")
+    assert code == 0, err
+    ras = load_config(tmp_path / "gpumon.yaml").interconnect.nccl_ras
+    assert ras.enabled and (ras.address.host, ras.address.port) == ("localhost", 28028)
+
+    # What it costs is written where it is applied.
+    notes = (HOST_NETWORK / "kustomization.yaml").read_text()
+    for cost in ("9948", "NetworkPolicy", '"privileged"', "NCCL_RAS_ADDR"):
+        assert cost in notes, cost

@@ -1,19 +1,29 @@
 """The InfiniBand/RoCE source: port counters, link state and GPU-to-NIC affinity from sysfs.
 
-Reads `/sys/class/infiniband/<device>/ports/<port>/` (the root is a parameter, so tests point it at
-a tree built by `tests/ibsysfs.py`). Every file read is a small sysfs read (microseconds), so `poll()`
-is synchronous; the sampler runs it in a worker thread like an NVML poll. One `Sample` per port,
-unit `ib:<device>:<port>`.
+Reads `/sys/class/infiniband/<device>/ports/<port>/` and `<device>/hw_counters/` (the root is a
+parameter, so tests point it at a tree built by `tests/ibsysfs.py`). `poll()` is synchronous; the
+sampler runs it in its own thread. One fast-tier `Sample` per port (unit `ib:<device>:<port>`) every
+poll, one slow-tier `Sample` per port every `slow_interval`, and one fast-tier `Sample` per device
+with device-level hw_counters (unit `ib:<device>`). Which tier a counter is read in is the catalog's.
 
-Counters are exported as running totals that survive wrap: the kernel exposes some counters with
-fewer than 64 bits (see `COUNTER_BITS`, `HW_COUNTER_BITS` and docs/interconnect.md), and a value
-that goes down is either a wrap (the forward distance modulo 2^bits is small) or a reset (someone ran
-`perfquery -R`, the driver reloaded), after which the new raw value is the increase.
+Counters are exported as running totals that never go backwards. How a raw value can go down depends
+on where it comes from (see docs/interconnect.md, "Counter widths, saturation and resets"):
+
+- `counters/` and `counters_ext/` are the PMA's PortCounters / PortCountersExtended. They **saturate**
+  at all-ones and never wrap (IBA 16.1.3.5; OpenSM's PerfMgr relies on it), and go down only when
+  cleared (PerfMgr clears them once one passes 75 % of its range, `perfquery -R`, a driver reload). A
+  decrease is a reset: the new raw value is what was counted since. A counter pinned at its maximum
+  counts nothing, which is true of the total and wrong about the traffic, so it is flagged in
+  `gpumon_ib_port_pma_saturated`.
+- mlx5's `hw_counters/` Q counters are read as 32-bit values (QUERY_Q_COUNTER) and wrap; the other
+  hw counters are 64-bit. A decrease of a 32-bit one is a wrap when the forward distance is small,
+  otherwise a reset.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import threading
@@ -24,6 +34,7 @@ from pathlib import Path
 
 import structlog
 
+from gpumon import catalog
 from gpumon.model import Device, Labels, Sample, Tier
 
 log = structlog.get_logger("gpumon.infiniband")
@@ -31,37 +42,59 @@ log = structlog.get_logger("gpumon.infiniband")
 DEFAULT_ROOT = "/sys/class/infiniband"
 DEFAULT_PCI_ROOT = "/sys/bus/pci/devices"
 
-# counters/<file> -> (metric, scale, bits). The four data/packet counters are 64-bit when the HCA
-# supports PortCountersExtended (every mlx4/mlx5 part; the kernel then reads the extended PMA
-# attribute) and 32-bit otherwise, so they are tracked as 32-bit until a value above 2^32 proves the
-# wider width. The error counters are 4-16 bit in the PMA and saturate rather than wrap (IBA 16.1.3.5);
-# they are tracked at their PMA width so a drop is read as a reset, never as a wrap.
-COUNTERS: dict[str, tuple[str, float, int]] = {
+# counters/<file> -> (metric, scale, PortCounters width), as drivers/infiniband/core/sysfs.c declares them.
+PMA_COUNTERS: dict[str, tuple[str, float, int]] = {
     "port_xmit_data": ("gpumon_ib_port_transmit_bytes_total", 4.0, 32),  # 4-byte words
     "port_rcv_data": ("gpumon_ib_port_receive_bytes_total", 4.0, 32),
     "port_xmit_packets": ("gpumon_ib_port_transmit_packets_total", 1.0, 32),
     "port_rcv_packets": ("gpumon_ib_port_receive_packets_total", 1.0, 32),
-    "port_xmit_wait": ("gpumon_ib_port_transmit_wait_ticks_total", 1.0, 32),
+    "unicast_xmit_packets": ("gpumon_ib_port_transmit_unicast_packets_total", 1.0, 64),  # extended set only
+    "unicast_rcv_packets": ("gpumon_ib_port_receive_unicast_packets_total", 1.0, 64),
+    "multicast_xmit_packets": ("gpumon_ib_port_transmit_multicast_packets_total", 1.0, 64),
+    "multicast_rcv_packets": ("gpumon_ib_port_receive_multicast_packets_total", 1.0, 64),
+    "port_xmit_wait": ("gpumon_ib_port_transmit_wait_ticks_total", 1.0, 32),  # 32-bit on every kernel
     "symbol_error": ("gpumon_ib_port_symbol_errors_total", 1.0, 16),
-    "link_downed": ("gpumon_ib_port_link_downed_total", 1.0, 8),
     "link_error_recovery": ("gpumon_ib_port_link_error_recovery_total", 1.0, 8),
+    "link_downed": ("gpumon_ib_port_link_downed_total", 1.0, 8),
     "port_rcv_errors": ("gpumon_ib_port_receive_errors_total", 1.0, 16),
+    "port_rcv_remote_physical_errors": ("gpumon_ib_port_receive_remote_physical_errors_total", 1.0, 16),
+    "port_rcv_switch_relay_errors": ("gpumon_ib_port_receive_switch_relay_errors_total", 1.0, 16),
     "port_xmit_discards": ("gpumon_ib_port_transmit_discards_total", 1.0, 16),
+    "port_xmit_constraint_errors": ("gpumon_ib_port_transmit_constraint_errors_total", 1.0, 8),
+    "port_rcv_constraint_errors": ("gpumon_ib_port_receive_constraint_errors_total", 1.0, 8),
+    "local_link_integrity_errors": ("gpumon_ib_port_local_link_integrity_errors_total", 1.0, 4),
+    "excessive_buffer_overrun_errors": ("gpumon_ib_port_excessive_buffer_overrun_errors_total", 1.0, 4),
+    "VL15_dropped": ("gpumon_ib_port_vl15_dropped_total", 1.0, 16),
 }
-WIDENING = {"port_xmit_data", "port_rcv_data", "port_xmit_packets", "port_rcv_packets"}
-SATURATING_BITS = 16  # at or below this width a counter saturates in the PMA: a drop is a reset
+# The data/packet counters have a 64-bit PortCountersExtended twin. Since 4.5 the kernel shows it under
+# the same counters/ name when the PMA advertises the extended set (the unicast_*/multicast_* files then
+# exist too, except on a PMA without the IETF part, which sysfs cannot tell from a 32-bit one); before
+# 4.5 (and in MLNX_OFED) it sits in counters_ext/ under these names, beside the 32-bit counters/ ones.
+EXTENDED = {"port_xmit_data": "port_xmit_data_64", "port_rcv_data": "port_rcv_data_64",
+            "port_xmit_packets": "port_xmit_packets_64", "port_rcv_packets": "port_rcv_packets_64",
+            "unicast_xmit_packets": "port_unicast_xmit_packets", "unicast_rcv_packets": "port_unicast_rcv_packets",
+            "multicast_xmit_packets": "port_multicast_xmit_packets",
+            "multicast_rcv_packets": "port_multicast_rcv_packets"}
+SATURATED = "gpumon_ib_port_pma_saturated"
 
-# hw_counters/<file> widths that are not 64-bit. mlx5 reads its per-port "Q counters"
-# (QUERY_Q_COUNTER) as 32-bit big-endian values; the congestion (CNP/ECN) and extended PPCNT counters
-# are 64-bit. Other drivers' hw_counters are treated as 64-bit.
-HW_COUNTER_BITS: dict[str, int] = {name: 32 for name in (
+# mlx5 hw_counters read with QUERY_Q_COUNTER as 32-bit values (counters.c: be32_to_cpu), by name; in
+# switchdev mode the per-port ones are the vport's, prefixed `vport_`. Everything else mlx5 shows there
+# (congestion counters, rx_icrc_encapsulated from PPCNT, the optional flow counters) is 64-bit, and so
+# is every hw counter of other drivers (the core keeps u64 values), so the table applies to mlx5 only.
+MLX5_Q_COUNTERS = (
     "rx_write_requests", "rx_read_requests", "rx_atomic_requests", "rx_dct_connect", "out_of_buffer",
     "out_of_sequence", "duplicate_request", "rnr_nak_retry_err", "packet_seq_err", "implied_nak_seq_err",
     "local_ack_timeout_err", "resp_local_length_error", "resp_cqe_error", "req_cqe_error",
     "req_remote_invalid_request", "req_remote_access_errors", "resp_remote_access_errors",
-    "resp_cqe_flush_error", "req_cqe_flush_error", "roce_adp_retrans", "roce_adp_retrans_to",
-    "roce_slow_restart", "roce_slow_restart_cnps", "roce_slow_restart_trans", "rx_icrc_encapsulated")}
-HW_COUNTER_SKIP = {"lifespan"}  # a setting (ms between reads), not a counter
+    "resp_cqe_flush_error", "req_cqe_flush_error", "req_transport_retries_exceeded", "req_rnr_retries_exceeded",
+    "roce_adp_retrans", "roce_adp_retrans_to", "roce_slow_restart", "roce_slow_restart_cnps",
+    "roce_slow_restart_trans")
+MLX5_HW_COUNTER_BITS = {**dict.fromkeys(MLX5_Q_COUNTERS, 32), **{f"vport_{n}": 32 for n in MLX5_Q_COUNTERS}}
+HW_COUNTER_SKIP = {"lifespan"}  # a setting (ms the kernel caches the values), not a counter
+NO_PMA = "N/A (no PMA)"  # what counters/ files of a device without a PMA read on older kernels
+# ... and what reading them fails with on newer ones (show_pma_counter returns get_perf_mad's -EINVAL,
+# or -ENOSYS without process_mad); a hw counter the driver cannot fetch answers EOPNOTSUPP.
+ABSENT_ERRNOS = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP}
 
 # `state` and `phys_state` read "4: ACTIVE", "5: LinkUp"; the number is the IBA code.
 _CODE = re.compile(r"\s*(\d+)\s*:\s*(\S.*?)\s*$")
@@ -88,35 +121,54 @@ class IbPort:
 
 
 @dataclass
-class WrapCounter:
-    """A running total over a hardware counter of `bits` width that may wrap or be reset."""
+class CounterTotal:
+    """A running total over one hardware counter of `bits` width; it never goes backwards.
+
+    A PMA counter (`saturates`) stops at all-ones and only goes down when cleared, so any decrease is
+    a reset and the new raw value is what was counted since. A wrapping counter (mlx5's 32-bit Q
+    counters) that goes down has wrapped when the forward distance modulo 2^bits is under half the
+    range, and was reset otherwise. Either way nothing is invented: a reset adds only the new value.
+    """
 
     bits: int
-    widening: bool = False  # width may prove to be 64 when a value exceeds 2^bits - 1
+    saturates: bool = True
+    widening: bool = False  # 32 bits until a value above 2^32 - 1 proves the 64-bit extended counter
     total: int | None = None
     last: int | None = None
     wraps: int = 0
     resets: int = 0
 
+    @property
+    def saturated(self) -> bool:
+        """Pinned at all-ones: it counts nothing more until cleared."""
+        return self.saturates and self.bits < 64 and self.last == (1 << self.bits) - 1
+
     def update(self, raw: int) -> int:
         """Fold one raw reading in and return the running total."""
-        if self.widening and raw >= 1 << self.bits:
-            self.bits = 64
-        if self.last is None or self.total is None:
+        if self.widening and raw >> 32:
+            self.bits, self.widening = 64, False
+        last = self.last
+        if last is None or self.total is None:
             self.total = raw
-        elif raw >= self.last:
-            self.total += raw - self.last
+        elif raw >= last:
+            self.total += raw - last
         else:
             modulus = 1 << self.bits
-            forward = (raw - self.last) % modulus
-            if self.bits > SATURATING_BITS and self.last < modulus and forward < modulus // 2:
+            forward = (raw - last) % modulus
+            if not self.saturates and self.bits < 64 and last < modulus and forward < modulus // 2:
                 self.total += forward
                 self.wraps += 1
-            else:  # a reset: everything counted since is in the new raw value
+            else:  # cleared or reset: everything counted since is in the new raw value
                 self.total += raw
                 self.resets += 1
         self.last = raw
         return self.total
+
+
+# One counter file to read at each poll: (sysfs path, running total, metric, series labels, scale,
+# labels of its gpumon_ib_port_pma_saturated series or None), built once at discovery so that a poll
+# is a pread, an int() and an add per counter.
+_Read = tuple[str, CounterTotal, str, Labels, float, "Labels | None"]
 
 
 @dataclass
@@ -125,13 +177,26 @@ class _PortState:
 
     port: IbPort
     info: Labels = ()
-    # (sysfs path, its running total, metric, series labels, scale) per counter file, built once at
-    # discovery so that a poll is a pread, an int() and an add per counter
-    reads: list[tuple[str, WrapCounter, str, Labels, float]] = field(default_factory=list)
-    counters: dict[str, WrapCounter] = field(default_factory=dict)  # by counter key, kept across rescans
+    fast: list[_Read] = field(default_factory=list)
+    slow: list[_Read] = field(default_factory=list)
+    counters: dict[str, CounterTotal] = field(default_factory=dict)  # by directory/file, kept across rescans
     state_path: str = ""
     phys_state_path: str = ""
     rate_path: str = ""
+    slow_due: float = 0.0  # clock time of the next slow read; 0: at the next poll
+
+
+@dataclass
+class _DeviceState:
+    """A device's own hw_counters (mlx5 in switchdev mode shows its counters here, not per port)."""
+
+    device: str
+    reads: list[_Read] = field(default_factory=list)
+    counters: dict[str, CounterTotal] = field(default_factory=dict)
+
+    @property
+    def unit(self) -> str:
+        return f"ib:{self.device}"
 
 
 class InfinibandSource:
@@ -139,19 +204,25 @@ class InfinibandSource:
 
     Discovery (directory listings, static facts such as firmware and PCI address) runs in `open()`
     and again at most every `rescan_interval` seconds, so a poll only reads the counter and state
-    files: about 25 small reads per ConnectX port.
+    files. Every `counters/` read is a MAD to the HCA's firmware on real hardware, so the error
+    counters, the unicast/multicast split and the link rate are read every `slow_interval` seconds
+    (the catalog's slow tier), the traffic counters and port_xmit_wait at every poll.
     """
 
     def __init__(self, root: str | os.PathLike[str] = DEFAULT_ROOT, *, tier: Tier = Tier.FAST,
-                 clock: Callable[[], float] = time.time, rescan_interval: float = 60.0) -> None:
+                 clock: Callable[[], float] = time.time, rescan_interval: float = 60.0,
+                 slow_interval: float = 30.0) -> None:
         self.root = Path(root)
         self.tier = tier
         self.rescan_interval = rescan_interval
+        self.slow_interval = slow_interval
         self._clock = clock
         self._lock = threading.Lock()
         self._ports: dict[str, _PortState] = {}
+        self._devices: dict[str, _DeviceState] = {}
         self._scanned_at: float | None = None
         self._read_errors = 0
+        self._absent: set[str] = set()  # counter files found absent (no PMA), logged once each
         self._fds: dict[str, int] = {}  # sysfs attribute -> open fd, re-read with pread at offset 0
 
     def open(self) -> list[IbPort]:
@@ -181,28 +252,51 @@ class InfinibandSource:
 
     @property
     def read_errors(self) -> int:
-        """Counter files that could not be parsed since start (for a self-metric)."""
+        """Counter reads that failed or could not be parsed since start (for a self-metric)."""
         return self._read_errors
 
+    @property
+    def absent_counters(self) -> list[str]:
+        """Counter files that answered `N/A (no PMA)` or EINVAL/EOPNOTSUPP: no series, not errors."""
+        with self._lock:
+            return sorted(self._absent)
+
     def poll(self) -> list[Sample]:
-        """One Sample per port. Ports that vanished are dropped, new ones appear after a rescan."""
+        """A fast Sample per port and per device with hw_counters, plus a slow Sample per port when due.
+
+        Ports that vanished are dropped, new ones appear after a rescan."""
         with self._lock:
             now = self._clock()
             if self._scanned_at is None or now - self._scanned_at >= self.rescan_interval:
                 self._discover()
-            return [self._poll_port(state, now) for state in list(self._ports.values())]
+            out: list[Sample] = []
+            for state in list(self._ports.values()):
+                out.extend(self._poll_port(state, now))
+            for dev in list(self._devices.values()):
+                sample = Sample(dev.unit, self.tier.value, now)
+                self._read_counters(dev.unit, dev.reads, sample)
+                out.append(sample)
+            return out
 
-    # --- internals -------------------------------------------------------------------------------
+    # --- discovery -------------------------------------------------------------------------------
 
     def _discover(self) -> list[IbPort]:
         self._scanned_at = self._clock()
         self._close_fds()  # files of vanished or re-created ports must not be read through stale fds
         found: dict[str, IbPort] = {}
+        devices: dict[str, _DeviceState] = {}
         try:
-            devices = sorted(p for p in self.root.iterdir() if (p / "ports").is_dir())
+            device_dirs = sorted(p for p in self.root.iterdir() if (p / "ports").is_dir())
         except OSError:
-            devices = []
-        for dev in devices:
+            device_dirs = []
+        for dev in device_dirs:
+            hw_bits = MLX5_HW_COUNTER_BITS if _driver_of(dev) == "mlx5_core" else {}
+            old_dev = self._devices.get(dev.name)
+            dstate = _DeviceState(dev.name, counters=old_dev.counters if old_dev else {})
+            self._hw_reads(dev / "hw_counters", hw_bits, dstate.counters, dstate.reads,
+                           "gpumon_ib_device_hw_events_total", (("device", dev.name),))
+            if dstate.reads:
+                devices[dev.name] = dstate
             try:
                 port_dirs = sorted((p for p in (dev / "ports").iterdir() if p.name.isdigit()),
                                    key=lambda p: int(p.name))
@@ -215,58 +309,83 @@ class InfinibandSource:
             if unit not in found:
                 log.info("InfiniBand port gone", unit=unit)
                 del self._ports[unit]
+        self._devices = devices
         for unit, port in found.items():
-            old = self._ports.get(unit)
-            self._ports[unit] = self._describe(port, old.counters if old else {})
+            self._ports[unit] = self._describe(port, self._ports.get(unit))
         return list(found.values())
 
-    def _describe(self, port: IbPort, counters: dict[str, WrapCounter]) -> _PortState:
+    def _describe(self, port: IbPort, old: _PortState | None) -> _PortState:
         dev_dir = port.path.parent.parent
-        state = _PortState(port, counters=counters, state_path=str(port.path / "state"),
-                           phys_state_path=str(port.path / "phys_state"), rate_path=str(port.path / "rate"))
+        state = _PortState(port, counters=old.counters if old else {}, slow_due=old.slow_due if old else 0.0,
+                           state_path=str(port.path / "state"), phys_state_path=str(port.path / "phys_state"),
+                           rate_path=str(port.path / "rate"))
         state.info = (*port.labels, ("link_layer", _read(port.path / "link_layer") or ""),
                       ("fw_ver", _read(dev_dir / "fw_ver") or ""),
                       ("hca_type", _read(dev_dir / "hca_type") or ""),
+                      ("board_id", _read(dev_dir / "board_id") or ""),
+                      ("node_guid", _read(dev_dir / "node_guid") or ""),
                       ("pci_bus_id", pci_bus_id_of(dev_dir / "device") or ""))
         ids = port.labels
-        for name, (metric, scale, bits) in COUNTERS.items():
-            path = port.path / "counters" / name
-            if path.exists():
-                total = self._total(state, name, bits, name in WIDENING)
-                state.reads.append((str(path), total, metric, ids, scale))
-        try:
-            hw_names = sorted(p.name for p in (port.path / "hw_counters").iterdir() if p.name not in HW_COUNTER_SKIP)
-        except OSError:
-            hw_names = []
-        for n in hw_names:
-            total = self._total(state, "hw:" + n, HW_COUNTER_BITS.get(n, 64), False)
-            state.reads.append((str(port.path / "hw_counters" / n), total, "gpumon_ib_port_hw_events_total",
-                                (*ids, ("counter", n)), 1))
+        counters_dir, ext_dir = port.path / "counters", port.path / "counters_ext"
+        # The kernel shows unicast_*/multicast_* only with the extended set: then counters/ data is 64-bit.
+        extended = (counters_dir / "unicast_xmit_packets").exists()
+        for name, (metric, scale, bits) in PMA_COUNTERS.items():
+            path, widening = counters_dir / name, False
+            if name in EXTENDED and (ext_dir / EXTENDED[name]).exists():
+                path, bits = ext_dir / EXTENDED[name], 64  # pre-4.5 kernels: prefer the 64-bit twin
+            elif bits == 32 and name in EXTENDED:
+                bits, widening = (64, False) if extended else (32, True)
+            if not path.exists():
+                continue
+            key = f"{path.parent.name}/{path.name}"  # a counter that moves to its 64-bit twin starts afresh
+            total = state.counters.get(key)
+            if total is None:
+                total = state.counters[key] = CounterTotal(bits, widening=widening)
+            saturation = (*ids, ("counter", name)) if bits < 64 else None
+            read = (str(path), total, metric, ids, scale, saturation)
+            (state.slow if catalog.BY_NAME[metric].tier is Tier.SLOW else state.fast).append(read)
+        hw_bits = MLX5_HW_COUNTER_BITS if _driver_of(dev_dir) == "mlx5_core" else {}
+        self._hw_reads(port.path / "hw_counters", hw_bits, state.counters, state.fast,
+                       "gpumon_ib_port_hw_events_total", ids)
         return state
 
     @staticmethod
-    def _total(state: _PortState, key: str, bits: int, widening: bool) -> WrapCounter:
-        c = state.counters.get(key)
-        if c is None:
-            c = state.counters[key] = WrapCounter(bits, widening)
-        return c
+    def _hw_reads(directory: Path, bits: dict[str, int], counters: dict[str, CounterTotal], reads: list[_Read],
+                  metric: str, ids: Labels) -> None:
+        try:
+            names = sorted(p.name for p in directory.iterdir() if p.name not in HW_COUNTER_SKIP)
+        except OSError:
+            return
+        for n in names:
+            key = "hw:" + n
+            total = counters.get(key)
+            if total is None:
+                total = counters[key] = CounterTotal(bits.get(n, 64), saturates=False)
+            reads.append((str(directory / n), total, metric, (*ids, ("counter", n)), 1.0, None))
+
+    # --- polling ---------------------------------------------------------------------------------
+
+    def _pread(self, path: str) -> str:
+        """One sysfs attribute as text. The file stays open and is re-read with pread(offset 0), which
+        makes sysfs call the attribute's show() again: a quarter of the cost of open/read/close."""
+        fd = self._fds.get(path)
+        if fd is None:
+            fd = self._fds[path] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return os.pread(fd, 256, 0).decode("ascii", "replace").strip()
+        except OSError:  # ENODEV once the device is gone, or a failed MAD: never reuse the fd
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            self._fds.pop(path, None)
+            raise
 
     def _read_fast(self, path: str) -> str | None:
-        """One sysfs attribute as text. The file stays open and is re-read with pread(offset 0),
-        which makes sysfs call the attribute's show() again: a quarter of the cost of open/read/close."""
-        fd = self._fds.get(path)
         try:
-            if fd is None:
-                fd = self._fds[path] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            return os.pread(fd, 256, 0).decode("ascii", "replace").strip()
-        except OSError:  # ENOENT, or ENODEV once the device is gone: forget the fd
-            if fd is not None:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-                self._fds.pop(path, None)
+            return self._pread(path)
+        except OSError:
             return None
 
-    def _poll_port(self, state: _PortState, now: float) -> Sample:
+    def _poll_port(self, state: _PortState, now: float) -> list[Sample]:
         port = state.port
         sample = Sample(port.unit, self.tier.value, now)
         ids = port.labels
@@ -274,7 +393,8 @@ class InfinibandSource:
         state_text = read(state.state_path)
         if state_text is None:  # the port went away (driver unloaded, HCA reset): look again next poll
             self._scanned_at = None
-            return sample
+            state.slow_due = 0.0  # and read its slow counters as soon as it answers again
+            return [sample, Sample(port.unit, Tier.SLOW.value, now)]  # empty: its series leave at once
         code = _parse_code(state_text)
         if code is not None:
             sample.add("gpumon_ib_port_state", ids, code)
@@ -282,25 +402,61 @@ class InfinibandSource:
         phys = _parse_code(read(state.phys_state_path))
         if phys is not None:
             sample.add("gpumon_ib_port_physical_state", ids, phys)
+        sample.add("gpumon_ib_port_info", state.info, 1.0)
+        self._read_counters(port.unit, state.fast, sample)
+        if now < state.slow_due:
+            return [sample]
+        state.slow_due = now + self.slow_interval
+        slow = Sample(port.unit, Tier.SLOW.value, now)
         rate = parse_rate(read(state.rate_path))
         if rate is not None:
             bits_per_s, width = rate
-            sample.add("gpumon_ib_port_rate_bytes_per_second", ids, bits_per_s / 8)
+            slow.add("gpumon_ib_port_rate_bytes_per_second", ids, bits_per_s / 8)
             if width is not None:
-                sample.add("gpumon_ib_port_width_lanes", ids, width)
-        sample.add("gpumon_ib_port_info", state.info, 1.0)
+                slow.add("gpumon_ib_port_width_lanes", ids, width)
+        self._read_counters(port.unit, state.slow, slow)
+        return [sample, slow]
+
+    def _read_counters(self, unit: str, reads: list[_Read], sample: Sample) -> None:
         add = sample.add
-        for path, total, metric, labels, scale in state.reads:
-            text = read(path)
-            if text is None:
+        absent: list[_Read] = []
+        for entry in reads:
+            path, total, metric, labels, scale, saturation = entry
+            try:
+                text = self._pread(path)
+            except OSError as e:
+                if e.errno in ABSENT_ERRNOS:
+                    absent.append(entry)
+                elif e.errno in (errno.ENODEV, errno.ENOENT):  # going away (or gone): rediscover at the next poll
+                    self._scanned_at = None
+                else:
+                    self._read_errors += 1
                 continue
             try:
                 raw = int(text)
             except ValueError:
-                self._read_errors += 1
+                if text.startswith(NO_PMA):
+                    absent.append(entry)
+                else:
+                    self._read_errors += 1
                 continue
             add(metric, labels, total.update(raw) * scale)
-        return sample
+            if saturation is not None:
+                add(SATURATED, saturation, 1.0 if total.saturated else 0.0)
+        for entry in absent:  # not read again until the next rescan finds the file again
+            reads.remove(entry)
+            if entry[0] not in self._absent:
+                self._absent.add(entry[0])
+                log.info("InfiniBand counter absent; no series for it", unit=unit, counter=Path(entry[0]).name,
+                         reason="no PMA (or the driver does not provide it)")
+
+
+def _driver_of(device_dir: Path) -> str:
+    """The kernel driver bound to the RDMA device's PCI function (`mlx5_core`), or "" (virtual devices)."""
+    try:
+        return (device_dir / "device" / "driver").resolve(strict=True).name
+    except OSError:
+        return ""
 
 
 def _read(path: Path) -> str | None:

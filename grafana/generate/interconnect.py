@@ -12,6 +12,7 @@ from grafana.generate.panels import (
     h,
     metric_panel,
     stat,
+    state_timeline,
     table,
     target,
     timeseries,
@@ -52,10 +53,11 @@ def infiniband_panels(b: Board) -> None:
     rx, tx = h("gpumon_ib_port_receive_bytes_total"), h("gpumon_ib_port_transmit_bytes_total")
     b.add(timeseries("RDMA receive, per port", [target(f"rate({rx}[$__rate_interval])",
                                                       "{{instance}} {{device}}/{{port}}")],
-                     "Bps", "Bytes per second received on each port (port_rcv_data x 4)."))
+                     "Bps", "Bytes per second received on each port (port_rcv_data x 4; on RoCE, RDMA traffic "
+                     "only)."))
     b.add(timeseries("RDMA transmit, per port", [target(f"rate({tx}[$__rate_interval])",
                                                        "{{instance}} {{device}}/{{port}}")],
-                     "Bps", "Bytes per second sent on each port (port_xmit_data x 4)."))
+                     "Bps", "Bytes per second sent on each port (port_xmit_data x 4; on RoCE, RDMA traffic only)."))
     b.add(timeseries("Link errors", [
         target(f'increase({h("gpumon_ib_port_symbol_errors_total")}[$__rate_interval])',
                "{{device}}/{{port}} symbol"),
@@ -68,12 +70,31 @@ def infiniband_panels(b: Board) -> None:
         target(f'increase({h("gpumon_ib_port_transmit_discards_total")}[$__rate_interval])',
                "{{device}}/{{port}} discards")],
         "none", "Error counters per interval; symbol errors and recoveries precede link-downs.", bars=True))
+    errors = ("receive_remote_physical_errors", "receive_switch_relay_errors", "transmit_constraint_errors",
+              "receive_constraint_errors", "local_link_integrity_errors", "excessive_buffer_overrun_errors",
+              "vl15_dropped")
+    b.add(timeseries("Other port errors", [
+        target(f'increase({h(f"gpumon_ib_port_{name}_total")}[$__rate_interval])',
+               f"{{{{device}}}}/{{{{port}}}} {name.replace('_', ' ')}") for name in errors],
+        "none", "The PortCounters node_exporter also reports: remote physical and switch relay errors, constraint "
+        "errors, local link integrity, buffer overruns, VL15 drops (slow tier: every 30 s).", bars=True))
     b.add(timeseries("Congestion", [
         target(f'rate({h("gpumon_ib_port_transmit_wait_ticks_total")}[$__rate_interval])',
                "{{device}}/{{port}} wait"),
         target(f'rate({h("gpumon_ib_port_hw_events_total")}[$__rate_interval])',
-               "{{device}}/{{port}} {{counter}}")],
-        "none", "Credit waits (InfiniBand) and hardware counters such as CNPs and retransmissions (RoCE), per second."))
+               "{{device}}/{{port}} {{counter}}"),
+        target(f'rate({h("gpumon_ib_device_hw_events_total")}[$__rate_interval])', "{{device}} {{counter}}")],
+        "none", "Credit waits (InfiniBand) and hardware counters such as CNPs and retransmissions (RoCE), per "
+        "second; mlx5 in switchdev mode counts per device."))
+    b.add(timeseries("Unicast and multicast packets", [
+        target(f'rate({h(f"gpumon_ib_port_{d}_{kind}_packets_total")}[$__rate_interval])',
+               f"{{{{device}}}}/{{{{port}}}} {d} {kind}")
+        for d in ("receive", "transmit") for kind in ("unicast", "multicast")],
+        "pps", "Packets per second by kind (slow tier)."))
+    b.add(state_timeline("Saturated counters", [target(f'{h("gpumon_ib_port_pma_saturated")} == 1',
+                                                       "{{device}}/{{port}} {{counter}}")],
+                         "32-bit PortCounters stuck at their maximum: they count nothing until cleared (alert "
+                         "InfinibandCounterSaturated; a pinned port_xmit_wait blinds the congestion alert)."))
     b.add(table("Ports", [target(h("gpumon_ib_port_up")), target(h("gpumon_ib_port_state")),
                           target(h("gpumon_ib_port_physical_state")),
                           target(h("gpumon_ib_port_width_lanes")), target(h("gpumon_ib_port_info")),
@@ -102,9 +123,11 @@ def infiniband_panels(b: Board) -> None:
                                target(h("gpumon_nccl_unresponsive_processes")),
                                target(h("gpumon_nccl_async_error_ranks")), target(h("gpumon_nccl_init_error_ranks")),
                                target(h("gpumon_nccl_ras_timeouts")),
-                               target(f'increase({h("gpumon_nccl_ras_query_failures_total")}[$__rate_interval])')],
-                "none", "Version, communicators, unresponsive processes, async and init errors, RAS timeouts and "
-                "query failures."), 12, 8)
+                               target(f'increase({h("gpumon_nccl_ras_query_failures_total")}[$__rate_interval])'),
+                               target(f'increase({h("gpumon_nccl_ras_job_changes_total")}[$__rate_interval])')],
+                "none", "Version, communicators, unresponsive processes, async and init errors, RAS timeouts, "
+                "query failures, and how often a different job answered (two jobs sharing the RAS port: the "
+                "gauges then describe whichever answered last)."), 12, 8)
     metric_panel("gpumon_nccl_ras_query_duration_seconds", "RAS query time", "{{endpoint}}", host=True,
                  note="Each query is a collective over the job's RAS network.", board=b)
 

@@ -44,10 +44,11 @@ MAY_BE_EMPTY: dict[tuple[str, str, str], str] = {
     ("gpumon-health.json", "NVML errors by call", "A"): "no NVML call fails while replaying the capture",
     **{("gpumon-interconnect.json", title, ref): "the test host has no RDMA NIC and runs no NCCL job"
        for title, refs in {"RDMA receive, per port": "A", "RDMA transmit, per port": "A", "Link errors": "ABCDE",
-                           "Congestion": "AB", "Ports": "ABCDEFG", "Link rate": "A",
+                           "Other port errors": "ABCDEFG", "Congestion": "ABC", "Unicast and multicast packets": "ABCD",
+                           "Saturated counters": "A", "Ports": "ABCDEFG", "Link rate": "A",
                            "GPU to NIC (PCIe distance)": "A", "RAS answering": "A", "Ranks": "A",
                            "Collective stall": "A", "Lost ranks": "A", "Collectives per second": "A",
-                           "Job health": "ABCDEFG", "RAS query time": "A"}.items() for ref in refs},
+                           "Job health": "ABCDEFGH", "RAS query time": "A"}.items() for ref in refs},
     **{(board, title, ref): "the H200 capture was recorded in a VM without NVLink peers"
        for board in ("gpumon-gpu-detail.json", "gpumon-interconnect.json")
        for title, refs in {"NVLink receive, per link": "A", "NVLink transmit, per link": "A",
