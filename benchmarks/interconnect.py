@@ -49,9 +49,9 @@ def measure(fs: IbSysfs, rounds: int, slow_interval: float = 30.0) -> dict[str, 
     """Per-poll wall time over `rounds` polls of every port under fs, in microseconds."""
     source = InfinibandSource(fs.ib_root, slow_interval=slow_interval)
     t0 = time.perf_counter()
-    ports = source.open()
+    ports = source.discover()
     discovery_us = (time.perf_counter() - t0) * 1e6
-    source.poll()  # the first poll opens the attribute files it keeps open afterwards
+    source.poll_ports()  # the first poll opens the attribute files it keeps open afterwards
     times: list[float] = []
     series = 0
     for r in range(rounds):
@@ -59,7 +59,7 @@ def measure(fs: IbSysfs, rounds: int, slow_interval: float = 30.0) -> dict[str, 
             for counter in DATA_COUNTERS:
                 fs.add(device, port, counter, 1_000_003 * (r + 1))
         t0 = time.perf_counter()
-        samples = source.poll()
+        samples = source.poll_ports()
         times.append((time.perf_counter() - t0) * 1e6)
         series = sum(len(s.values) for s in samples)
     source.close()

@@ -70,7 +70,7 @@ def measure(nvml: Any, *, rounds: int, spacing_s: float, mode: str, bare: bool =
 
     def timed(i: int) -> tuple[float, int]:
         t0 = time.perf_counter()
-        values = source.poll(i) if bare else len(source.poll(i, Tier.FAST).values)
+        values = source.poll(i) if bare else len(source.read(i, Tier.FAST).values)
         return time.perf_counter() - t0, values
 
     per_gpu: list[float] = []

@@ -45,7 +45,7 @@ def filled_store(gpus: int, minutes: int) -> tuple[Store, float]:
         clock.now = float(second)
         for i in range(gpus):
             for tier in (Tier.FAST,) if second % 30 else (Tier.FAST, Tier.SLOW):
-                sample = source.poll(i, tier)
+                sample = source.read(i, tier)
                 sample.timestamp = start + second
                 store.put(sample)
     return store, start + minutes * 60

@@ -126,10 +126,10 @@ def _snapshot(args: argparse.Namespace, config: Config) -> int:
 
     logs.configure("warning", "console")
     try:
-        sampler, demo_note = asyncio.run(take_snapshot(config))
+        snap = asyncio.run(take_snapshot(config))
     except BackendUnavailable as exc:
         return _fail(str(exc), EXIT_BACKEND)
-    print(as_json(sampler, demo_note) if args.json else as_table(sampler, demo_note))
+    print(as_json(snap) if args.json else as_table(snap))
     return EXIT_OK
 
 

@@ -1,18 +1,21 @@
-"""`gpumon run`: wires source -> sampler -> store -> exporter -> web, and handles signals.
+"""`gpumon run`: reads the configuration, builds the services and wires them, and handles signals.
 
-SIGTERM/SIGINT stop cleanly; SIGHUP re-reads the configuration (and the web-config file, so
-rotated certificates are picked up) and keeps the running configuration if the new one is invalid.
+sources -> sampler -> store, and each round announced on `Rounds` to the rules and the exposition
+(web serves it); rules -> notifications. Every service is an async context manager entered on one
+AsyncExitStack, so they stop in the reverse order, whichever way the daemon ends. SIGTERM/SIGINT
+stop cleanly; SIGHUP re-reads the configuration (and the web-config file, so rotated certificates are
+picked up) and keeps the running configuration if the new one is invalid.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import math
 import resource
 import signal
 import ssl
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,23 +23,23 @@ import msgspec
 import structlog
 
 from gpumon import logs
+from gpumon.backend import intervals_of, open_sampler
 from gpumon.config import Config, WebConfig, load_config
 from gpumon.exporter import Exporter
 from gpumon.health import Health
+from gpumon.lifecycle import Service
 from gpumon.model import BackendUnavailable
 from gpumon.notify.alertmanager import AlertmanagerPusher
 from gpumon.notify.routing import Route
 from gpumon.notify.service import NotifyService, NotifySetup
 from gpumon.notify.setup import notify_setup, read_secret
 from gpumon.notify.silences import Silences
+from gpumon.rounds import Rounds
 from gpumon.rules.alerting import Alert
 from gpumon.rules.rulefile import RuleGroup, longest_ranges
 from gpumon.rules.service import RuleService, load_groups
-from gpumon.sampler import Intervals, Sampler
-from gpumon.sources.infiniband import InfinibandSource
-from gpumon.sources.nccl_ras import NcclRasSource
+from gpumon.sampler import Sampler
 from gpumon.sources.nvml import NvmlSource
-from gpumon.sources.replay import DEMO_CAPTURE, ReplaySpec, parse_replay_spec, replay_source
 from gpumon.statefile import StateError
 from gpumon.store import Store
 from gpumon.web import ListenError, WebServer
@@ -56,53 +59,6 @@ NOTIFY_RESTART_ONLY = ("alertmanagers", "mqtt")
 FILES_RESERVED = 128  # open files kept for the daemon itself when capping connections
 
 
-@dataclass
-class Built:
-    source: NvmlSource
-    capture: str = ""  # the replayed capture's path, "" for real NVML
-
-    @property
-    def demo_note(self) -> str:
-        if not self.capture:
-            return ""
-        return (f"gpumon is replaying a recorded capture ({self.capture}), not reading real GPUs. "
-                "Every value here is from that recording.")
-
-
-def build_source(config: Config) -> Built:
-    """The source for config.backend; `auto` falls back to the bundled capture without NVML."""
-    if config.backend.startswith("replay:"):
-        spec = parse_replay_spec(config.backend)
-        return Built(replay_source(spec, config.opt_ins), _capture_name(spec))
-    import pynvml
-
-    return Built(NvmlSource(pynvml, backend="nvml", opt_ins=config.opt_ins))
-
-
-def _capture_name(spec: ReplaySpec) -> str:
-    return "bundled H200 demo capture" if spec.is_demo else str(spec.path)
-
-
-def intervals_of(config: Config) -> Intervals:
-    return Intervals(config.sampler.fast_interval, config.sampler.slow_interval, config.sampler.deadline)
-
-
-def interconnect_of(config: Config) -> dict[str, Any]:
-    """Sampler keyword arguments for the InfiniBand and NCCL RAS sources the configuration enables."""
-    ib, ras = config.interconnect.infiniband, config.interconnect.nccl_ras
-    kw: dict[str, Any] = {}
-    if ib.enabled:
-        kw["infiniband"] = InfinibandSource(ib.root, rescan_interval=ib.rescan_interval,
-                                            slow_interval=config.sampler.slow_interval)
-        # Replayed GPUs are not in this host's PCIe tree: no GPU-NIC affinity for them.
-        kw["pci_root"] = None if config.backend.startswith("replay:") else str(ib.pci_root)
-    if ras.enabled:
-        kw["nccl_ras"] = NcclRasSource(ras.address.host, ras.address.port, timeout=ras.timeout,
-                                       timeout_factor=ras.timeout_factor)
-        kw["nccl_ras_interval"] = ras.interval
-    return kw
-
-
 def store_capacity(config: Config) -> int:
     return math.ceil(config.store.retention / config.sampler.fast_interval) + 1
 
@@ -111,27 +67,6 @@ def rule_history(config: Config, groups: list[RuleGroup]) -> dict[str, int]:
     """Ring capacity per metric name, so every range a rule reads (plus the 5 m lookback) is kept."""
     return {name: math.ceil((ms / 1000 + 300) / config.sampler.fast_interval) + 2
             for name, ms in longest_ranges(groups).items()}
-
-
-async def open_sampler(config: Config, exporter: Exporter, history: dict[str, int] | None = None,
-                       health: Health | None = None) -> tuple[Sampler, Built]:
-    """Build the source and open it; `auto` retries with the bundled capture. Raises BackendUnavailable."""
-    built = build_source(config)
-    sampler = Sampler(built.source, Store(store_capacity(config), history), exporter, intervals_of(config),
-                      capture=built.capture, health=health, **interconnect_of(config))
-    try:
-        await sampler.open()
-    except BackendUnavailable as exc:
-        if config.backend != "auto":
-            raise
-        log.warning("NVML unavailable; backend auto falls back to the bundled H200 capture (DEMO DATA)",
-                    reason=str(exc))
-        spec = ReplaySpec(DEMO_CAPTURE, loop=True)
-        built = Built(replay_source(spec, config.opt_ins), _capture_name(spec))
-        sampler = Sampler(built.source, Store(store_capacity(config), history), exporter, intervals_of(config),
-                          capture=built.capture, health=health, **interconnect_of(config))
-        await sampler.open()
-    return sampler, built
 
 
 def mqtt_password(config: Config) -> str | None:
@@ -188,12 +123,15 @@ def load_security(config: Config) -> WebSecurity:
 
 
 class Daemon:
+    """Reads the configuration, builds the services and wires them; everything else is theirs."""
+
     def __init__(self, config: Config, config_path: Path | None, overrides: dict[str, Any]) -> None:
         self.config = config
         self.config_path = config_path
         self.overrides = overrides
-        self.exporter = Exporter()
         self.health = Health()
+        self.rounds = Rounds(self.health)
+        self.exporter = Exporter()
         self.stopping = asyncio.Event()
         self.sampler: Sampler | None = None
         self.web: WebServer | None = None
@@ -202,6 +140,7 @@ class Daemon:
         self.alertmanagers: AlertmanagerPusher | None = None
         self.mqtt: MqttPublisher | None = None
         self.silences: Silences | None = None
+        self._stack = contextlib.AsyncExitStack()  # the running services; replaced by run()
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -215,65 +154,61 @@ class Daemon:
         except ConfigError as exc:
             log.error("invalid configuration", problem=str(exc))
             return EXIT_CONFIG
+        store = Store(store_capacity(self.config), rule_history(self.config, groups))
         try:
-            self.sampler, built = await open_sampler(self.config, self.exporter, rule_history(self.config, groups),
-                                                     self.health)
+            self.sampler, backend = await open_sampler(self.config, store, self.rounds, self.health)
         except BackendUnavailable as exc:
             log.error(str(exc), backend=self.config.backend)
             return EXIT_BACKEND
-        try:
-            self._build_services(groups, setup, password)
-        except StateError as exc:
-            log.error(str(exc))
-            await self.sampler.stop()
-            return EXIT_CONFIG
-        assert self.rules is not None
-        if built.capture:
-            log.warning("DEMO DATA: " + built.demo_note, capture=built.capture)
-        self.web = WebServer(self.sampler, self.exporter, demo_note=built.demo_note, rules=self.rules,
-                             silences=self.silences, health=self.health,
-                             settings=web_settings(self.config, file_limit))
-        self.health.reporters.append(self.web.sample_values)
-        try:
-            await self.web.start(self.config.web.listen, security)
-        except ListenError as exc:
-            log.error(str(exc))
-            await self.sampler.stop()
-            return EXIT_CONFIG
-        await self.sampler.start()
-        self._start_services()
-        loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
-        loop.add_signal_handler(signal.SIGINT, self.stopping.set)
-        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
-        # Everything made so far (modules, catalog, config, open devices) lives as long as the daemon.
-        # Freezing it keeps the cyclic GC from walking it all again: a full collection over those
-        # objects took 12+ ms on the event loop, every so often, which scrapes waited out.
-        gc.collect()
-        gc.freeze()
-        allowed, why = self.web.writes_allowed()
-        log.info("gpumon started", backend=built.source.backend, gpus=len(self.sampler.devices),
-                 rule_groups=len(groups), rules=sum(len(g.rules) for g in groups),
-                 listen=[f"{h}:{p}" for h, p in self.web.bound], tls=security.ssl_context is not None,
-                 write_endpoints="enabled" if allowed else why)
-        await self.stopping.wait()
-        log.info("gpumon stopping")
-        await self.web.stop()
-        await self.rules.stop()
-        self.rules.save()
-        for service in (self.notify, self.alertmanagers, self.mqtt):
-            if service is not None:
-                await service.stop()
-        await self.sampler.stop()
+        async with contextlib.AsyncExitStack() as stack:
+            self._stack = stack
+            stack.push_async_callback(self.sampler.stop)  # the sources are open: closed however this ends
+            try:
+                services = self._build_services(store, groups, setup, password)
+            except StateError as exc:
+                log.error(str(exc))
+                return EXIT_CONFIG
+            if backend.capture:
+                log.warning("DEMO DATA: " + backend.demo_note, capture=backend.capture)
+            # After each round: the rules first, so the alert series they make are in the exposition
+            # rendered right after them.
+            assert self.rules is not None
+            self.rounds.subscribe("rules", self.rules.on_round)
+            self.exporter.follow(self.rounds, self.sampler.fresh)
+            for service in services:
+                await stack.enter_async_context(service)
+            await stack.enter_async_context(self.sampler)
+            self.web = WebServer(self.sampler, self.exporter, backend, rules=self.rules, silences=self.silences,
+                                 health=self.health, settings=web_settings(self.config, file_limit))
+            self.health.reporters.append(self.web.sample_values)
+            try:
+                await stack.enter_async_context(self.web.serving(self.config.web.listen, security))
+            except ListenError as exc:
+                log.error(str(exc))
+                return EXIT_CONFIG
+            loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
+            loop.add_signal_handler(signal.SIGINT, self.stopping.set)
+            loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+            # Everything made so far (modules, catalog, config, open devices) lives as long as the
+            # daemon. Freezing it keeps the cyclic GC from walking it all again: a full collection
+            # over those objects took 12+ ms on the event loop, every so often, which scrapes waited out.
+            gc.collect()
+            gc.freeze()
+            allowed, why = self.web.writes_allowed()
+            log.info("gpumon started", backend=backend.name, gpus=len(backend.devices), rule_groups=len(groups),
+                     rules=sum(len(g.rules) for g in groups), listen=[f"{h}:{p}" for h, p in self.web.bound],
+                     tls=security.ssl_context is not None, write_endpoints="enabled" if allowed else why)
+            await self.stopping.wait()
+            log.info("gpumon stopping")
         return EXIT_OK
 
-    def _build_services(self, groups: list[RuleGroup], setup: NotifySetup | None, password: str | None) -> None:
+    def _build_services(self, store: Store, groups: list[RuleGroup], setup: NotifySetup | None,
+                        password: str | None) -> list[Service]:
         """Rules, silences and notifications; their state files are opened here. Raises StateError."""
-        assert self.sampler is not None
         state = self.config.state_dir
-        self.rules = RuleService(groups, self.sampler.store, default_interval_s=self.config.rules.evaluation_interval,
+        self.rules = RuleService(groups, store, default_interval_s=self.config.rules.evaluation_interval,
                                  state_dir=state, external_labels=self.config.rules.external_labels,
-                                 health=self.health, next_round=self.sampler.next_round,
-                                 on_evaluated=self._notify)
+                                 health=self.health, on_evaluated=self._notify)
         self.silences = Silences(state / SILENCES_FILE, self.config.notify.silences, self.health)
         if setup is not None:
             self.notify = self._notify_service(setup)
@@ -282,26 +217,19 @@ class Daemon:
             from gpumon.notify.mqtt import MqttPublisher, default_prefix
 
             self.mqtt = MqttPublisher(mq.broker.host, mq.broker.port, prefix=mq.topic_prefix or default_prefix(),
-                                      store=self.sampler.store, telemetry_interval=mq.telemetry_interval,
-                                      username=mq.username, password=password, tls=mq.tls, client_id=mq.client_id)
+                                      store=store, telemetry_interval=mq.telemetry_interval,
+                                      username=mq.username, password=password, tls=mq.tls, client_id=mq.client_id,
+                                      health=self.health)
         if self.config.notify.alertmanagers:
             self.alertmanagers = AlertmanagerPusher(self.config.notify.alertmanagers,
-                                                    generator_url=self.config.notify.external_url)
+                                                    generator_url=self.config.notify.external_url, health=self.health)
+        # Started in this order, stopped in the reverse one: the rules (and their last save) last.
+        return [s for s in (self.rules, self.notify, self.mqtt, self.alertmanagers) if s is not None]
 
     def _notify_service(self, setup: NotifySetup) -> NotifyService:
         return NotifyService(setup.route, setup.receivers, self.config.state_dir, max_age_s=setup.max_age_s,
                              external_url=setup.external_url, inhibit_rules=setup.inhibit_rules,
                              silences=self.silences, health=self.health)
-
-    def _start_services(self) -> None:
-        assert self.rules is not None
-        if self.notify is not None:
-            self.notify.start()
-        if self.mqtt is not None:
-            self.mqtt.start(self.health)
-        if self.alertmanagers is not None:
-            self.alertmanagers.start(self.health)
-        self.rules.start()
 
     def _on_sighup(self) -> None:
         task = asyncio.ensure_future(self.reload())
@@ -348,7 +276,9 @@ class Daemon:
         await self._reload_notify(notify)
         if self.silences is not None:
             self.silences.limits = new.notify.silences
-        self.sampler.source.configure(new.opt_ins)
+        for source in self.sampler.sources:
+            if isinstance(source, NvmlSource):
+                source.configure(new.opt_ins)
         logs.configure(new.log.level, new.log.format)
         self.config = new
         log.info("configuration reloaded", config=str(self.config_path))
@@ -394,7 +324,7 @@ class Daemon:
             except StateError as exc:
                 log.error("reload: notifications cannot start", problem=str(exc))
                 return
-            self.notify.start()
+            await self._stack.enter_async_context(self.notify)  # stopped with the others
         else:
             self.notify.reconfigure(setup)
 

@@ -1,8 +1,8 @@
 """Turns the store's latest samples into exposition bytes, once per poll.
 
-A scrape never reaches NVML or even this module's rendering: the sampler calls `render()` after
-every poll round and the web server serves the cached bytes (gzip and OpenMetrics variants are made
-lazily, at most once per round).
+A scrape never reaches NVML or even this module's rendering: `render()` runs after every poll round
+(the exporter follows the sampler's rounds) and the web server serves the cached bytes (gzip and
+OpenMetrics variants are made lazily, at most once per round).
 
 prometheus-client formats everything: each family's HELP/TYPE/UNIT lines and each series' name and
 labels are rendered by it once, the first time they appear, and kept; a render then only joins those
@@ -28,6 +28,7 @@ from prometheus_client.utils import floatToGoString
 
 from gpumon import catalog
 from gpumon.model import Labels, Sample
+from gpumon.rounds import Round, Rounds
 
 TEXT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -136,6 +137,12 @@ class Exporter:
             self._process = CollectorRegistry(auto_describe=False)
             ProcessCollector(registry=self._process)
         self.current: Rendered | None = None
+
+    def follow(self, rounds: Rounds, fresh: Callable[[float], list[Sample]]) -> None:
+        """Render after every round announced on `rounds`, from the samples `fresh(now)` gives."""
+        def render(_: Round) -> None:
+            self.render(fresh(time.time()))
+        rounds.subscribe("exposition", render)
 
     def render(self, samples: list[Sample]) -> Rendered:
         families = snapshot(samples)

@@ -13,7 +13,7 @@ STALE_NAN: float = struct.unpack("<d", struct.pack("<Q", 0x7FF0000000000002))[0]
 Labels = tuple[tuple[str, str], ...]
 
 
-class Tier(str, enum.Enum):
+class Tier(enum.StrEnum):
     """How often a metric is read: every fast poll, every slow poll, or once per (re)initialisation."""
 
     FAST = "fast"
@@ -45,28 +45,20 @@ class Device:
 
 @dataclass(slots=True)
 class Sample:
-    """One poll's values for one source unit (a GPU, or the daemon itself) and one tier.
+    """One poll's values for one unit of a source (a GPU, a fabric, the daemon itself) and one tier.
 
     A new sample replaces the previous one with the same (unit, tier) as a whole, so a metric that
     was not read this time disappears from the exposition instead of going stale.
     """
 
-    unit: str
+    unit: str  # what the sample replaces in the store: the latest of (unit, tier) is exported
     tier: str
     timestamp: float
     values: list[tuple[str, Labels, float]] = field(default_factory=list)
+    gpu: int | None = None  # the GPU the values belong to, when they belong to one
 
     def add(self, metric: str, labels: Labels, value: float) -> None:
         self.values.append((metric, labels, value))
-
-
-class DeviceLost(Exception):
-    """The GPU stopped answering (NVML GpuIsLost / Unknown); the sampler re-initialises it."""
-
-    def __init__(self, index: int, reason: str) -> None:
-        super().__init__(f"GPU {index} lost: {reason}")
-        self.index = index
-        self.reason = reason
 
 
 class BackendUnavailable(Exception):

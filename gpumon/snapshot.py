@@ -5,45 +5,54 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from gpumon import catalog
+from gpumon.backend import Backend, open_sampler
 from gpumon.config import Config
-from gpumon.daemon import open_sampler
-from gpumon.exporter import Exporter
-from gpumon.model import Tier
-from gpumon.sampler import Sampler
-from gpumon.sources.nvml import GPM_MIN_INTERVAL_S
+from gpumon.model import Device, Tier
+from gpumon.sources.nvml_readers import GPM_MIN_INTERVAL_S
+from gpumon.store import Store
 
 
-async def take_snapshot(config: Config) -> tuple[Sampler, str]:
+@dataclass
+class Snapshot:
+    backend: Backend
+    store: Store
+
+    @property
+    def devices(self) -> list[Device]:
+        return self.backend.devices
+
+
+async def take_snapshot(config: Config) -> Snapshot:
     """Open the backend and poll static, slow and fast tiers once (GPM needs two samples)."""
-    sampler, built = await open_sampler(config, Exporter(process_metrics=False))
+    sampler, backend = await open_sampler(config, Store(10))
     loop = asyncio.get_running_loop()
     opened = loop.time()
     await sampler.poll_round(Tier.SLOW)
     await asyncio.sleep(max(0.0, opened + GPM_MIN_INTERVAL_S + 0.02 - loop.time()))
     await sampler.poll_round(Tier.FAST)
     await sampler.stop()
-    return sampler, built.demo_note
+    return Snapshot(backend, sampler.store)
 
 
-def _series(sampler: Sampler) -> dict[str, dict[str, dict[str, float]]]:
+def _series(snap: Snapshot) -> dict[str, dict[str, dict[str, float]]]:
     """metric -> gpu -> extra-label text ("" when none) -> value, in catalog order."""
     out: dict[str, dict[str, dict[str, float]]] = {m.name: {} for m in catalog.METRICS}
-    for sample in sampler.store.latest():
-        if not sample.unit.startswith("gpu"):
-            continue
-        for name, labels, value in sample.values:
-            extra = ",".join(f"{k}={v}" for k, v in labels if k not in ("gpu", "uuid"))
-            out[name].setdefault(sample.unit.removeprefix("gpu"), {})[extra] = value
+    for gpu, samples in snap.store.latest_by_gpu().items():
+        for sample in samples:
+            for name, labels, value in sample.values:
+                extra = ",".join(f"{k}={v}" for k, v in labels if k not in ("gpu", "uuid"))
+                out[name].setdefault(str(gpu), {})[extra] = value
     return {name: gpus for name, gpus in out.items() if gpus}
 
 
-def as_json(sampler: Sampler, demo_note: str) -> str:
-    series = _series(sampler)
+def as_json(snap: Snapshot) -> str:
+    series = _series(snap)
     gpus: list[dict[str, Any]] = []
-    for d in sampler.devices:
+    for d in snap.devices:
         metrics: dict[str, Any] = {}
         for name, by_gpu in series.items():
             values = by_gpu.get(str(d.index))
@@ -51,7 +60,7 @@ def as_json(sampler: Sampler, demo_note: str) -> str:
                 metrics[name] = values[""] if list(values) == [""] else values
         gpus.append({"index": d.index, "uuid": d.uuid, "name": d.name, "pci_bus_id": d.pci_bus_id,
                      "architecture": d.architecture, "gpm": d.gpm_supported, "metrics": metrics})
-    doc = {"backend": sampler.source.backend, "demo": bool(demo_note), "gpus": gpus}
+    doc = {"backend": snap.backend.name, "demo": bool(snap.backend.demo_note), "gpus": gpus}
     return json.dumps(doc, indent=2, allow_nan=False, default=str)
 
 
@@ -75,14 +84,14 @@ def _fmt(value: float, unit: str) -> str:
     return f"{value:g}"
 
 
-def as_table(sampler: Sampler, demo_note: str) -> str:
-    devices = sampler.devices
+def as_table(snap: Snapshot) -> str:
+    devices = snap.devices
     lines = []
-    if demo_note:
-        lines.append(f"DEMO DATA: {demo_note}")
+    if snap.backend.demo_note:
+        lines.append(f"DEMO DATA: {snap.backend.demo_note}")
     header = ["metric", *(f"GPU {d.index}" for d in devices)]
     rows = [["name", *(d.name for d in devices)], ["uuid", *(d.uuid for d in devices)]]
-    for name, by_gpu in _series(sampler).items():
+    for name, by_gpu in _series(snap).items():
         unit = catalog.BY_NAME[name].unit
         extras = sorted({e for values in by_gpu.values() for e in values})
         for extra in extras:

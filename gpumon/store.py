@@ -192,6 +192,14 @@ class Store:
     def latest(self) -> list[Sample]:
         return list(self._latest.values())
 
+    def latest_by_gpu(self) -> dict[int, list[Sample]]:
+        """The latest samples that belong to a GPU, by GPU index (snapshot, MQTT telemetry)."""
+        out: dict[int, list[Sample]] = {}
+        for sample in self._latest.values():
+            if sample.gpu is not None:
+                out.setdefault(sample.gpu, []).append(sample)
+        return out
+
     def series(self) -> Iterator[tuple[SeriesKey, Ring]]:
         yield from self._series.items()
 

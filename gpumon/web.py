@@ -11,16 +11,18 @@ answer only under the `web.write_endpoints` policy, only to JSON, and never to a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import html
 import ipaddress
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from urllib.parse import urlsplit
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from gpumon import __version__
+from gpumon.backend import Backend
 from gpumon.config import Listen, WebConfig
 from gpumon.exporter import OPENMETRICS_TYPE, TEXT_TYPE, Exporter
 from gpumon.health import Health
@@ -93,14 +95,14 @@ class ConnectionGuard:
 
 
 class WebServer:
-    def __init__(self, sampler: Sampler, exporter: Exporter, *, demo_note: str = "",
+    def __init__(self, sampler: Sampler, exporter: Exporter, backend: Backend, *,
                  rules: RuleService | None = None, silences: Silences | None = None,
                  health: Health | None = None, settings: WebConfig | None = None) -> None:
         self.sampler = sampler
+        self.backend = backend
         self.rules = rules
         self.silences = silences
         self.exporter = exporter
-        self.demo_note = demo_note
         self.health = health or Health()
         self.settings = settings or WebConfig()
         self.security = WebSecurity()
@@ -143,6 +145,15 @@ class WebServer:
         self.security, self._runner, self._server, self.guard = security, runner, server, guard
         self._listen = listen
         self.bound = [tuple(s.getsockname()[:2]) for s in server.sockets]
+
+    @contextlib.asynccontextmanager
+    async def serving(self, listen: Listen, security: WebSecurity) -> AsyncIterator[WebServer]:
+        """Bound and serving inside the block (ListenError if it cannot bind), stopped after it."""
+        await self.start(listen, security)
+        try:
+            yield self
+        finally:
+            await self.stop()
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -300,16 +311,16 @@ class WebServer:
         rows = "".join(
             f"<tr><td>{d.index}</td><td>{html.escape(d.name)}</td><td><code>{html.escape(d.uuid)}</code></td>"
             f"<td>{html.escape(d.pci_bus_id)}</td><td>{'GPM' if d.gpm_supported else 'util.gpu only'}</td></tr>"
-            for d in self.sampler.devices)
-        banner = (f'<p class="demo"><strong>DEMO DATA</strong>: {html.escape(self.demo_note)}</p>'
-                  if self.demo_note else "")
+            for d in self.backend.devices)
+        note = self.backend.demo_note
+        banner = f'<p class="demo"><strong>DEMO DATA</strong>: {html.escape(note)}</p>' if note else ""
         page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>gpumon</title>
 <style>body{{font-family:sans-serif;margin:2em}} td,th{{padding:.2em .8em;text-align:left}}
 .demo{{background:#fde68a;border:2px solid #b45309;padding:.6em}}</style></head>
 <body><h1>gpumon {html.escape(__version__)}</h1>
 {banner}
-<p>Backend: <strong>{html.escape(self.sampler.source.backend)}</strong>.
+<p>Backend: <strong>{html.escape(self.backend.name)}</strong>.
 <a href="/metrics">Metrics</a> · <a href="/api/v1/alerts">Alerts</a> · <a href="/api/v1/rules">Rules</a> ·
 <a href="/-/healthy">Health</a> · <a href="/-/ready">Readiness</a></p>
 <table><tr><th>GPU</th><th>Name</th><th>UUID</th><th>PCI bus</th><th>SM activity</th></tr>{rows}</table>

@@ -279,7 +279,7 @@ def test_eight_h200s_render_as_prometheus_client_renders_them() -> None:
     exporter = Exporter(process_metrics=False)
     for _ in range(2):
         now[0] += 1.0
-        samples = [source.poll(i, tier) for tier in Tier for i in range(8)]
+        samples = [source.read(i, tier) for tier in Tier for i in range(8)]
         exporter.render(samples)
         assert (exporter.body(False, False), exporter.body(True, False)) == library_renders(samples)
     assert exporter.body(False, False).count(b"\n") > 500

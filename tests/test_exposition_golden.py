@@ -37,16 +37,17 @@ async def exposition(tmp: Path) -> list[str]:
     nvml = CaptureNvml(load_capture(DEMO_CAPTURE), gpus=2, clock=clock)
     source = ReplaySource(nvml, backend="replay", clock=clock)
     fabric = build_connectx(tmp)
-    infiniband = InfinibandSource(fabric.ib_root)  # its samples carry wall-clock times, as the exporter expects
-    sampler = Sampler(source, Store(100), Exporter(process_metrics=False), Intervals(1.0, 30.0),
-                      infiniband=infiniband, pci_root=str(fabric.pci_root), health=Health())
+    infiniband = InfinibandSource(fabric.ib_root, gpus=lambda: source.devices, pci_root=fabric.pci_root)
+    exporter = Exporter(process_metrics=False)
+    sampler = Sampler([source, infiniband], Store(100), Intervals(1.0, 30.0), health=Health())
+    exporter.follow(sampler.rounds, sampler.fresh)
     try:
         await sampler.open()
         for _ in range(FAST_ROUNDS):
             clock.advance(1.0)
             await sampler.poll_round(Tier.FAST)
         await sampler.poll_round(Tier.SLOW)
-        body = sampler.exporter.body(False, False).decode()
+        body = exporter.body(False, False).decode()
     finally:
         await sampler.stop()
     lines = []

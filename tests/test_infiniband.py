@@ -66,14 +66,14 @@ def plain(tmp_path: Path) -> IbSysfs:
 
 
 def test_discovers_ports_and_units(connectx: IbSysfs, plain: IbSysfs) -> None:
-    assert [p.unit for p in InfinibandSource(connectx.ib_root).open()] == ["ib:mlx5_0:1", "ib:mlx5_1:1"]
-    assert [p.unit for p in InfinibandSource(plain.ib_root).open()] == ["ib:mthca0:1", "ib:mthca0:2"]
+    assert [p.unit for p in InfinibandSource(connectx.ib_root).discover()] == ["ib:mlx5_0:1", "ib:mlx5_1:1"]
+    assert [p.unit for p in InfinibandSource(plain.ib_root).discover()] == ["ib:mthca0:1", "ib:mthca0:2"]
 
 
 def test_missing_root_is_no_ports(tmp_path: Path) -> None:
     source = InfinibandSource(tmp_path / "nope")
-    assert source.open() == []
-    assert source.poll() == []
+    assert source.discover() == []
+    assert source.poll_ports() == []
 
 
 def test_connectx_metrics(connectx: IbSysfs) -> None:
@@ -82,7 +82,7 @@ def test_connectx_metrics(connectx: IbSysfs) -> None:
     connectx.set("mlx5_0", 1, "port_xmit_wait", 77)
     connectx.set("mlx5_0", 1, "np_cnp_sent", 12)
     connectx.set("mlx5_0", 1, "out_of_sequence", 3)
-    samples = InfinibandSource(connectx.ib_root).poll()
+    samples = InfinibandSource(connectx.ib_root).poll_ports()
     assert [(s.unit, s.tier) for s in samples] == [("ib:mlx5_0:1", "fast"), ("ib:mlx5_0:1", "slow"),
                                                    ("ib:mlx5_1:1", "fast"), ("ib:mlx5_1:1", "slow")]
     assert value(samples, "gpumon_ib_port_transmit_bytes_total", "mlx5_0") == 4_000_000
@@ -102,7 +102,7 @@ def test_connectx_metrics(connectx: IbSysfs) -> None:
 
 
 def test_plain_device_has_no_hw_counters(plain: IbSysfs) -> None:
-    samples = InfinibandSource(plain.ib_root).poll()
+    samples = InfinibandSource(plain.ib_root).poll_ports()
     assert "gpumon_ib_port_hw_events_total" not in names(samples)
     assert value(samples, "gpumon_ib_port_rate_bytes_per_second", "mthca0", "2") == 40e9 / 8
 
@@ -124,7 +124,7 @@ def test_every_metric_is_in_the_catalog_in_its_tier_and_passes_promtool(tmp_path
     """Every series has the catalog's labels and comes in the catalog's tier (the saturation flag in
     its counter's), and the exposition of every kind of port is clean for promtool."""
     fs = every_kind_of_port(tmp_path)
-    samples = InfinibandSource(fs.ib_root).poll()
+    samples = InfinibandSource(fs.ib_root).poll_ports()
     affinity = affinity_sample(gpu_affinity([gpu(0, "00000000:03:00.0")], ib_root=fs.ib_root,
                                             pci_root=fs.pci_root))
     tiers = {name: s.tier for s in samples for name, _, _ in s.values if name != "gpumon_ib_port_pma_saturated"}
@@ -149,12 +149,12 @@ def test_rate_over_two_polls(connectx: IbSysfs) -> None:
     clock = FakeClock(1000.0)
     source = InfinibandSource(connectx.ib_root, clock=clock)
     connectx.set("mlx5_0", 1, "port_xmit_data", 5_000_000_000)  # > 2^32: a 64-bit counter
-    first = source.poll()
+    first = source.poll_ports()
     connectx.add("mlx5_0", 1, "port_xmit_data", 2_500_000_000)  # 10 GB in 10 s
     connectx.add("mlx5_0", 1, "port_rcv_packets", 1_000_000)
     connectx.add("mlx5_0", 1, "np_cnp_sent", 500)
     clock.advance(10.0)
-    second = source.poll()
+    second = source.poll_ports()
     dt = second[0].timestamp - first[0].timestamp
     assert dt == 10.0
 
@@ -177,20 +177,20 @@ def test_pma_counter_pins_at_its_maximum_and_says_so(plain: IbSysfs, counter: st
     top = (1 << PMA_BITS[counter]) - 1
     scale = infiniband.PMA_COUNTERS[counter][1]
     plain.set("mthca0", 1, counter, top - 3)
-    before = source.poll()
+    before = source.poll_ports()
     assert value(before, "gpumon_ib_port_pma_saturated", "mthca0", counter=counter) == 0
     plain.add("mthca0", 1, counter, 10)
     assert plain.raw("mthca0", 1, counter) == top  # the kernel shows the pinned value, not a wrapped one
-    pinned = source.poll()
+    pinned = source.poll_ports()
     assert value(pinned, pma_metric(counter), "mthca0") - value(before, pma_metric(counter), "mthca0") == 3 * scale
     assert value(pinned, "gpumon_ib_port_pma_saturated", "mthca0", counter=counter) == 1
     plain.add("mthca0", 1, counter, 1000)
-    still = source.poll()
+    still = source.poll_ports()
     assert value(still, pma_metric(counter), "mthca0") == value(pinned, pma_metric(counter), "mthca0")
     assert value(still, "gpumon_ib_port_pma_saturated", "mthca0", counter=counter) == 1
     plain.reset("mthca0", 1, counter)  # perfquery -R
     plain.add("mthca0", 1, counter, 2)
-    cleared = source.poll()
+    cleared = source.poll_ports()
     assert value(cleared, pma_metric(counter), "mthca0") - value(still, pma_metric(counter), "mthca0") == 2 * scale
     assert value(cleared, "gpumon_ib_port_pma_saturated", "mthca0", counter=counter) == 0
 
@@ -200,7 +200,7 @@ def test_pinned_port_xmit_wait_is_flagged_on_a_connectx(connectx: IbSysfs) -> No
     only the saturation flag tells congestion went blind."""
     source = InfinibandSource(connectx.ib_root)
     connectx.set("mlx5_0", 1, "port_xmit_wait", MAX32 + 5_000_000)
-    samples = source.poll()
+    samples = source.poll_ports()
     assert value(samples, "gpumon_ib_port_transmit_wait_ticks_total", "mlx5_0") == MAX32
     assert value(samples, "gpumon_ib_port_pma_saturated", "mlx5_0", counter="port_xmit_wait") == 1
     flagged = {dict(labels)["counter"] for (name, labels) in values(samples)
@@ -215,13 +215,13 @@ def test_a_perfmgr_clear_past_half_the_range_is_a_reset_not_a_wrap(plain: IbSysf
     source = InfinibandSource(plain.ib_root, clock=clock)
     plain.set("mthca0", 1, "port_xmit_data", 3_500_000_000)
     plain.set("mthca0", 1, "port_xmit_wait", 3_400_000_000)
-    before = source.poll()
+    before = source.poll_ports()
     assert plain.perfmgr_sweep("mthca0", 1)  # 3.5e9 > 0.75 * 2^32: cleared
     assert plain.raw("mthca0", 1, "port_xmit_data") == plain.raw("mthca0", 1, "port_xmit_wait") == 0
     plain.add("mthca0", 1, "port_xmit_data", 1000)
     plain.add("mthca0", 1, "port_xmit_wait", 500)
     clock.advance(1)
-    after = source.poll()
+    after = source.poll_ports()
     sent = value(after, "gpumon_ib_port_transmit_bytes_total", "mthca0")
     assert sent - value(before, "gpumon_ib_port_transmit_bytes_total", "mthca0") == 1000 * 4
     waited = value(after, "gpumon_ib_port_transmit_wait_ticks_total", "mthca0")
@@ -237,14 +237,14 @@ def test_perfmgr_cycles_keep_every_total_monotonic_and_exact(connectx: IbSysfs) 
     counted = {"port_xmit_wait": 0, "symbol_error": 0, "port_xmit_data": 0}
     steps = {"port_xmit_wait": 700_000_000, "symbol_error": 9_000, "port_xmit_data": 900_000_000}
     metrics = {c: pma_metric(c) for c in counted}
-    last = {c: value(source.poll(), m, "mlx5_0") for c, m in metrics.items()}
+    last = {c: value(source.poll_ports(), m, "mlx5_0") for c, m in metrics.items()}
     clears = 0
     for _ in range(40):
         for c, step in steps.items():
             connectx.add("mlx5_0", 1, c, step)
             counted[c] += step
         clock.advance(1)
-        samples = source.poll()
+        samples = source.poll_ports()
         for c, m in metrics.items():
             now = value(samples, m, "mlx5_0")
             assert now >= last[c], c
@@ -264,7 +264,7 @@ def test_pre_4_5_kernels_counters_ext_is_preferred(tmp_path: Path) -> None:
     fs.set("mlx4_0", 1, "port_xmit_data", 5_000_000_000)
     fs.set("mlx4_0", 1, "unicast_rcv_packets", 77)
     assert fs.raw("mlx4_0", 1, "port_xmit_data") == MAX32  # counters/ is pinned
-    samples = InfinibandSource(fs.ib_root).poll()
+    samples = InfinibandSource(fs.ib_root).poll_ports()
     assert value(samples, "gpumon_ib_port_transmit_bytes_total", "mlx4_0") == 5_000_000_000 * 4
     assert value(samples, "gpumon_ib_port_receive_unicast_packets_total", "mlx4_0") == 77
     saturation = {dict(labels)["counter"] for (name, labels) in values(samples)
@@ -277,10 +277,10 @@ def test_a_reset_of_an_extended_counter_below_2_32_is_not_a_wrap(connectx: IbSys
     the first read: a driver reload at 3.9e9 words is a reset, not a wrap of the 32-bit range."""
     source = InfinibandSource(connectx.ib_root)
     connectx.set("mlx5_0", 1, "port_xmit_data", 3_900_000_000)
-    before = value(source.poll(), "gpumon_ib_port_transmit_bytes_total", "mlx5_0")
+    before = value(source.poll_ports(), "gpumon_ib_port_transmit_bytes_total", "mlx5_0")
     connectx.reset("mlx5_0", 1)
     connectx.add("mlx5_0", 1, "port_xmit_data", 10)
-    after = value(source.poll(), "gpumon_ib_port_transmit_bytes_total", "mlx5_0")
+    after = value(source.poll_ports(), "gpumon_ib_port_transmit_bytes_total", "mlx5_0")
     assert after - before == 10 * 4
 
 
@@ -291,9 +291,9 @@ def test_a_pma_without_ietf_counters_widens_at_2_32(tmp_path: Path) -> None:
     fs.add_device("mlx5_3", ["pci0000:00", "0000:00:07.0", "0000:0b:00.0"], pma="noietf")
     source = InfinibandSource(fs.ib_root)
     fs.set("mlx5_3", 1, "port_rcv_data", MAX32)
-    assert value(source.poll(), "gpumon_ib_port_pma_saturated", "mlx5_3", counter="port_rcv_data") == 1
+    assert value(source.poll_ports(), "gpumon_ib_port_pma_saturated", "mlx5_3", counter="port_rcv_data") == 1
     fs.add("mlx5_3", 1, "port_rcv_data", 100)
-    samples = source.poll()
+    samples = source.poll_ports()
     assert value(samples, "gpumon_ib_port_receive_bytes_total", "mlx5_3") == (MAX32 + 100) * 4
     assert value(samples, "gpumon_ib_port_pma_saturated", "mlx5_3", counter="port_rcv_data") == 0
 
@@ -323,10 +323,10 @@ def test_reset_is_not_mistaken_for_a_wrap(connectx: IbSysfs) -> None:
     source = InfinibandSource(connectx.ib_root, slow_interval=0)
     connectx.set("mlx5_0", 1, "port_xmit_data", 6_000_000_000)
     connectx.set("mlx5_0", 1, "symbol_error", 100)
-    first = source.poll()
+    first = source.poll_ports()
     connectx.set("mlx5_0", 1, "port_xmit_data", 1000)  # perfquery -R, or a driver reload
     connectx.set("mlx5_0", 1, "symbol_error", 3)
-    second = source.poll()
+    second = source.poll_ports()
     assert (value(second, "gpumon_ib_port_transmit_bytes_total", "mlx5_0")
             - value(first, "gpumon_ib_port_transmit_bytes_total", "mlx5_0")) == 4000
     assert value(second, "gpumon_ib_port_symbol_errors_total", "mlx5_0") == 103
@@ -355,7 +355,7 @@ def test_switchdev_device_level_hw_counters(tmp_path: Path) -> None:
     fs.set("mlx5_2", 0, "np_cnp_sent", 40)
     fs.set("mlx5_2", 0, "out_of_sequence", 7)
     fs.set("mlx5_2", 1, "vport_out_of_sequence", 2)
-    samples = InfinibandSource(fs.ib_root).poll()
+    samples = InfinibandSource(fs.ib_root).poll_ports()
     assert "ib:mlx5_2" in {s.unit for s in samples}
     assert value(samples, "gpumon_ib_device_hw_events_total", "mlx5_2", None, counter="np_cnp_sent") == 40
     assert value(samples, "gpumon_ib_device_hw_events_total", "mlx5_2", None, counter="out_of_sequence") == 7
@@ -369,10 +369,10 @@ def test_rx_icrc_encapsulated_is_64_bit(connectx: IbSysfs) -> None:
     """rx_icrc_encapsulated comes from PPCNT as a 64-bit value: a reset just below 2^32 is a reset."""
     source = InfinibandSource(connectx.ib_root)
     connectx.set("mlx5_0", 1, "rx_icrc_encapsulated", 4_200_000_000)
-    before = value(source.poll(), "gpumon_ib_port_hw_events_total", "mlx5_0", counter="rx_icrc_encapsulated")
+    before = value(source.poll_ports(), "gpumon_ib_port_hw_events_total", "mlx5_0", counter="rx_icrc_encapsulated")
     connectx.reset("mlx5_0", 1, "rx_icrc_encapsulated")  # driver reload
     connectx.add("mlx5_0", 1, "rx_icrc_encapsulated", 5)
-    after = value(source.poll(), "gpumon_ib_port_hw_events_total", "mlx5_0", counter="rx_icrc_encapsulated")
+    after = value(source.poll_ports(), "gpumon_ib_port_hw_events_total", "mlx5_0", counter="rx_icrc_encapsulated")
     assert after - before == 5
 
 
@@ -387,11 +387,11 @@ def test_32_bit_q_counters_wrap(tmp_path: Path) -> None:
              ("mlx5_2", 0, "local_ack_timeout_err", "gpumon_ib_device_hw_events_total")]
     for dev, port, counter, _ in cases:
         fs.set(dev, port, counter, MAX32 - 4)
-    before = source.poll()
+    before = source.poll_ports()
     for dev, port, counter, _ in cases:
         fs.add(dev, port, counter, 20)
         assert fs.raw(dev, port, counter) == 15
-    after = source.poll()
+    after = source.poll_ports()
     for dev, port, counter, metric in cases:
         at = str(port) if port else None
         assert value(after, metric, dev, at, counter=counter) - value(before, metric, dev, at, counter=counter) == 20
@@ -404,9 +404,9 @@ def test_hw_counters_of_other_drivers_are_64_bit(plain: IbSysfs) -> None:
     hw.mkdir()
     (hw / "duplicate_request").write_text("4200000000\n")
     source = InfinibandSource(plain.ib_root)
-    before = value(source.poll(), "gpumon_ib_port_hw_events_total", "mthca0", counter="duplicate_request")
+    before = value(source.poll_ports(), "gpumon_ib_port_hw_events_total", "mthca0", counter="duplicate_request")
     (hw / "duplicate_request").write_text("3\n")
-    after = value(source.poll(), "gpumon_ib_port_hw_events_total", "mthca0", counter="duplicate_request")
+    after = value(source.poll_ports(), "gpumon_ib_port_hw_events_total", "mthca0", counter="duplicate_request")
     assert after - before == 3
 
 
@@ -432,7 +432,7 @@ def test_no_pma_counters_are_absent_and_logged_once(tmp_path: Path, monkeypatch:
     clock = FakeClock()
     source = InfinibandSource(fs.ib_root, clock=clock, slow_interval=1, rescan_interval=2)
     for _ in range(5):  # polls, slow rounds and two rescans
-        samples = source.poll()
+        samples = source.poll_ports()
         clock.advance(1)
     assert value(samples, "gpumon_ib_port_up", "i40iw0") == 1
     assert not {m for m in names(samples) if m.endswith("_total")}
@@ -463,7 +463,7 @@ def test_einval_counter_is_absent_and_not_read_again(connectx: IbSysfs, monkeypa
     clock = FakeClock()
     source = InfinibandSource(connectx.ib_root, clock=clock, slow_interval=0)
     for _ in range(3):
-        samples = source.poll()
+        samples = source.poll_ports()
         clock.advance(1)
     assert len(attempts) == 1
     assert pma_metric(counter) not in names(samples, "mlx5_0")
@@ -483,7 +483,7 @@ def test_node_exporter_counters_and_identity(connectx: IbSysfs) -> None:
                 "multicast_rcv_packets": 1004}
     for counter, n in expected.items():
         connectx.set("mlx5_0", 1, counter, n)
-    samples = InfinibandSource(connectx.ib_root).poll()
+    samples = InfinibandSource(connectx.ib_root).poll_ports()
     for counter, n in expected.items():
         assert value(samples, pma_metric(counter), "mlx5_0") == n, counter
     info = [dict(labels) for (name, labels) in values(samples) if name == "gpumon_ib_port_info"]
@@ -507,7 +507,7 @@ def test_error_counters_are_read_in_the_slow_tier(connectx: IbSysfs, monkeypatch
     clock = FakeClock()
     source = InfinibandSource(connectx.ib_root, clock=clock, slow_interval=30)
     connectx.set("mlx5_0", 1, "symbol_error", 9)
-    first = source.poll()
+    first = source.poll_ports()
     assert {s.tier for s in first} == {"fast", "slow"}
     assert value(first, "gpumon_ib_port_symbol_errors_total", "mlx5_0") == 9
     slow_files = {c for c, (m, _, _) in infiniband.PMA_COUNTERS.items() if catalog.BY_NAME[m].tier is Tier.SLOW}
@@ -518,24 +518,24 @@ def test_error_counters_are_read_in_the_slow_tier(connectx: IbSysfs, monkeypatch
     for _ in range(29):
         read.clear()
         clock.advance(1)
-        fast = source.poll()
+        fast = source.poll_ports()
         assert {s.tier for s in fast} == {"fast"}
         assert read and not (slow_files | {"rate"}) & set(read)
         assert {"port_xmit_data", "port_xmit_wait", "np_cnp_sent", "state"} <= set(read)
         assert "gpumon_ib_port_symbol_errors_total" not in names(fast)
     connectx.add("mlx5_0", 1, "symbol_error", 1)
     clock.advance(1)
-    again = source.poll()
+    again = source.poll_ports()
     assert {s.tier for s in again} == {"fast", "slow"}
     assert value(again, "gpumon_ib_port_symbol_errors_total", "mlx5_0") == 10
 
 
 def test_link_going_down(connectx: IbSysfs) -> None:
     source = InfinibandSource(connectx.ib_root, slow_interval=0)
-    up = source.poll()
+    up = source.poll_ports()
     assert value(up, "gpumon_ib_port_up", "mlx5_0") == 1
     connectx.link_down("mlx5_0", 1)
-    down = source.poll()
+    down = source.poll_ports()
     assert value(down, "gpumon_ib_port_up", "mlx5_0") == 0
     assert value(down, "gpumon_ib_port_state", "mlx5_0") == 1
     assert value(down, "gpumon_ib_port_physical_state", "mlx5_0") == 2
@@ -549,7 +549,7 @@ def test_unreadable_or_garbage_files_are_skipped(connectx: IbSysfs) -> None:
     (port / "counters" / "port_rcv_data").write_text("garbage\n")
     (port / "rate").write_text("unknown\n")
     (port / "counters" / "symbol_error").unlink()
-    names_ = names(source.poll(), "mlx5_0")
+    names_ = names(source.poll_ports(), "mlx5_0")
     assert "gpumon_ib_port_receive_bytes_total" not in names_
     assert "gpumon_ib_port_rate_bytes_per_second" not in names_
     assert "gpumon_ib_port_symbol_errors_total" not in names_
@@ -562,7 +562,7 @@ def test_ports_that_vanish_and_appear(connectx: IbSysfs) -> None:
     source = InfinibandSource(connectx.ib_root, clock=clock, rescan_interval=60)
 
     def units() -> list[str]:
-        return sorted({s.unit for s in source.poll()})
+        return sorted({s.unit for s in source.poll_ports()})
 
     assert units() == ["ib:mlx5_0:1", "ib:mlx5_1:1"]
     connectx.add_device("mlx5_2", ["pci0000:00", "0000:00:05.0", "0000:09:00.0"])
@@ -579,7 +579,7 @@ def test_a_port_whose_files_fail_is_withdrawn_and_rescanned(connectx: IbSysfs,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     clock = FakeClock()
     source = InfinibandSource(connectx.ib_root, clock=clock, rescan_interval=3600)
-    assert len(source.poll()) == 4
+    assert len(source.poll_ports()) == 4
     real_pread = os.pread
     gone = str(connectx.ports[("mlx5_1", 1)].path)
 
@@ -590,14 +590,14 @@ def test_a_port_whose_files_fail_is_withdrawn_and_rescanned(connectx: IbSysfs,
 
     monkeypatch.setattr(os, "pread", pread)
     clock.advance(1)
-    samples = {(s.unit, s.tier): s for s in source.poll()}
+    samples = {(s.unit, s.tier): s for s in source.poll_ports()}
     # no series at all in either tier, not stale ones
     assert samples[("ib:mlx5_1:1", "fast")].values == samples[("ib:mlx5_1:1", "slow")].values == []
     assert samples[("ib:mlx5_0:1", "fast")].values
     shutil.rmtree(connectx.ib_root / "mlx5_1")
     monkeypatch.setattr(os, "pread", real_pread)
     clock.advance(1)
-    assert {s.unit for s in source.poll()} == {"ib:mlx5_0:1"}  # rescanned at once, not in an hour
+    assert {s.unit for s in source.poll_ports()} == {"ib:mlx5_0:1"}  # rescanned at once, not in an hour
 
 
 def test_a_port_that_comes_back_gets_its_slow_counters_at_once(connectx: IbSysfs,
@@ -605,7 +605,7 @@ def test_a_port_that_comes_back_gets_its_slow_counters_at_once(connectx: IbSysfs
     """The slow series left with the port; they return with it, not up to slow_interval later."""
     clock = FakeClock()
     source = InfinibandSource(connectx.ib_root, clock=clock, rescan_interval=3600, slow_interval=30)
-    source.poll()
+    source.poll_ports()
     real_pread = os.pread
     state = str(connectx.ports[("mlx5_1", 1)].path / "state")
 
@@ -616,10 +616,10 @@ def test_a_port_that_comes_back_gets_its_slow_counters_at_once(connectx: IbSysfs
 
     monkeypatch.setattr(os, "pread", pread)
     clock.advance(1)
-    source.poll()
+    source.poll_ports()
     monkeypatch.setattr(os, "pread", real_pread)
     clock.advance(1)
-    back = source.poll()
+    back = source.poll_ports()
     assert ("ib:mlx5_1:1", "slow") in {(s.unit, s.tier) for s in back}
     assert ("ib:mlx5_0:1", "slow") not in {(s.unit, s.tier) for s in back}
 
@@ -628,7 +628,7 @@ def test_polls_from_many_threads_stay_consistent(connectx: IbSysfs) -> None:
     source = InfinibandSource(connectx.ib_root)
     connectx.set("mlx5_0", 1, "port_xmit_data", 100)
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(lambda _: source.poll(), range(32)))
+        results = list(pool.map(lambda _: source.poll_ports(), range(32)))
     assert {value(r, "gpumon_ib_port_transmit_bytes_total", "mlx5_0") for r in results} == {400}
 
 
@@ -677,11 +677,11 @@ def test_polls_do_not_rediscover_ports(tmp_path: Path, monkeypatch: pytest.Monke
     for i in range(8):
         fs.add_device(f"mlx5_{i}", ["pci0000:00", f"0000:00:{i + 1:02x}.0", f"0000:{i + 1:02x}:00.0"])
     source = InfinibandSource(fs.ib_root)
-    source.poll()
+    source.poll_ports()
     listings = []
     real = Path.iterdir
     monkeypatch.setattr(Path, "iterdir", lambda self: (listings.append(self), real(self))[1])
     for _ in range(5):
-        source.poll()
+        source.poll_ports()
     source.close()
     assert listings == []

@@ -205,7 +205,7 @@ def short_budget(monkeypatch: pytest.MonkeyPatch) -> float:
 
 async def test_good_status_json() -> None:
     async with FakeRas() as ras:
-        sample = await source(ras).poll()
+        sample = await source(ras).query()
     m = metrics(sample)
     assert ras.commands == [f"CLIENT PROTOCOL {PROTOCOL_VERSION}", "TIMEOUT 2", "SET FORMAT json", "STATUS"]
     assert sample.unit == f"nccl_ras:127.0.0.1:{ras.port}"
@@ -228,7 +228,7 @@ async def test_dead_rank_and_async_error() -> None:
     report = status_json([rank(0), rank(1, async_error=6)], [missing(2, dead=True), missing(3, dead=False)],
                          timeouts=1)
     async with FakeRas(lambda: report) as ras:
-        m = metrics(await source(ras).poll())
+        m = metrics(await source(ras).query())
     assert m["gpumon_nccl_ras_up"] == 1
     assert m["gpumon_nccl_ranks"] == 4
     assert m["gpumon_nccl_missing_ranks"] == 2
@@ -243,27 +243,27 @@ async def test_stalled_job() -> None:
     count = {"n": 100}
     async with FakeRas(lambda: status_json([rank(0, allreduce=count["n"]), rank(1, allreduce=count["n"])])) as ras:
         src = source(ras, clock=clock)
-        assert metrics(await src.poll())["gpumon_nccl_collective_stall_seconds"] == 0
+        assert metrics(await src.query())["gpumon_nccl_collective_stall_seconds"] == 0
         clock.advance(15)
-        assert metrics(await src.poll())["gpumon_nccl_collective_stall_seconds"] == 15
+        assert metrics(await src.query())["gpumon_nccl_collective_stall_seconds"] == 15
         clock.advance(15)
-        assert metrics(await src.poll())["gpumon_nccl_collective_stall_seconds"] == 30
+        assert metrics(await src.query())["gpumon_nccl_collective_stall_seconds"] == 30
         count["n"] += 1  # it moves again
         clock.advance(15)
-        assert metrics(await src.poll())["gpumon_nccl_collective_stall_seconds"] == 0
+        assert metrics(await src.query())["gpumon_nccl_collective_stall_seconds"] == 0
 
 
 async def test_no_stall_gauge_without_running_ranks() -> None:
     report = status_json([rank(0, abort=True), rank(1, init_state=7)])
     async with FakeRas(lambda: report) as ras:
-        m = metrics(await source(ras).poll())
+        m = metrics(await source(ras).query())
     assert "gpumon_nccl_collective_stall_seconds" not in m
     assert m["gpumon_nccl_init_error_ranks"] == 0  # ncclInProgress is not an error
 
 
 async def test_text_fallback_for_older_nccl() -> None:
     async with FakeRas(lambda: TEXT_STATUS, json_supported=False) as ras:
-        m = metrics(await source(ras).poll())
+        m = metrics(await source(ras).query())
     assert m["gpumon_nccl_ras_up"] == 1
     assert m["gpumon_nccl_info{nccl_version=2.24.3+cuda12.6,format=text}"] == 1
     assert (m["gpumon_nccl_communicators"], m["gpumon_nccl_ranks"]) == (1, 16)
@@ -278,7 +278,7 @@ async def test_text_fallback_for_older_nccl() -> None:
 async def test_protocol_errors(behaviour: str) -> None:
     async with FakeRas(behaviour=behaviour) as ras:
         src = source(ras)
-        m = metrics(await src.poll())
+        m = metrics(await src.query())
     assert m["gpumon_nccl_ras_up"] == 0
     assert m["gpumon_nccl_ras_query_failures_total{reason=protocol}"] == 1
     assert "gpumon_nccl_communicators" not in m
@@ -288,7 +288,7 @@ async def test_protocol_errors(behaviour: str) -> None:
                                      b"{\"communicators\": [{\"size\": \"big\"}]}"])
 async def test_garbage_status(payload: bytes) -> None:
     async with FakeRas(lambda: payload) as ras:
-        m = metrics(await source(ras).poll())
+        m = metrics(await source(ras).query())
     assert m["gpumon_nccl_ras_up"] == 0
     assert m["gpumon_nccl_ras_query_failures_total{reason=protocol}"] == 1
 
@@ -298,7 +298,7 @@ async def test_server_that_never_answers_times_out(behaviour: str, short_budget:
     async with FakeRas(behaviour=behaviour) as ras:
         src = source(ras, timeout=1)
         started = time.monotonic()
-        m = metrics(await asyncio.wait_for(src.poll(), 3.0))
+        m = metrics(await asyncio.wait_for(src.query(), 3.0))
         assert time.monotonic() - started < 1.5
     assert m["gpumon_nccl_ras_up"] == 0
     assert m["gpumon_nccl_ras_query_failures_total{reason=timeout}"] == 1
@@ -308,7 +308,7 @@ async def test_no_job_listening() -> None:
     async with FakeRas() as ras:
         port = ras.port
     src = NcclRasSource("127.0.0.1", port, timeout=1.0)
-    m = metrics(await src.poll())
+    m = metrics(await src.query())
     assert m["gpumon_nccl_ras_up"] == 0
     assert m["gpumon_nccl_ras_query_failures_total{reason=connect}"] == 1
 
@@ -324,7 +324,7 @@ async def test_event_loop_keeps_running_during_a_hung_query(short_budget: float)
 
     async with FakeRas(behaviour="silent") as ras:
         task = asyncio.create_task(ticker())
-        await source(ras, timeout=1).poll()
+        await source(ras, timeout=1).query()
         task.cancel()
     assert ticks >= 10
 
@@ -378,7 +378,7 @@ async def test_degraded_job_that_answers_after_its_leg_timeout_is_not_a_timeout(
     async with FakeRas(lambda: degraded, answer_after=lambda leg: leg + 0.6) as ras:
         src = source(ras, timeout=1)
         started = time.monotonic()
-        m = metrics(await src.poll())
+        m = metrics(await src.query())
         took = time.monotonic() - started
     assert m["gpumon_nccl_ras_query_failures_total{reason=timeout}"] == 0
     assert m["gpumon_nccl_ras_up"] == 1
@@ -407,7 +407,7 @@ async def test_ranks_that_left_a_communicator_are_not_missing() -> None:
                                                missing(3, dead=False, unresponsive=False)], hash_="0xa"),
                     comm([rank(0, pid=2002, gpu=2), rank(1, pid=2002, gpu=2)], hash_="0xb")])
     async with FakeRas(lambda: split) as ras:
-        m = metrics(await source(ras).poll())
+        m = metrics(await source(ras).query())
     assert m["gpumon_nccl_ras_up"] == 1
     assert m["gpumon_nccl_missing_ranks"] == 0  # NcclRankLost (missing_ranks > 0) must not fire on a split
     assert (m["gpumon_nccl_dead_processes"], m["gpumon_nccl_unresponsive_processes"]) == (0, 0)
@@ -457,7 +457,7 @@ async def test_two_jobs_answering_in_turn_are_not_merged_into_one() -> None:
         src = source(ras, clock=clock)
         with capture_logs() as logs:
             for _ in range(6):
-                seen.append(metrics(await src.poll()))
+                seen.append(metrics(await src.query()))
                 clock.advance(15)
     stall = [m["gpumon_nccl_collective_stall_seconds"] for m in seen]
     assert stall == [0, 0, 30, 0, 60, 75]  # A: hung since the first query; B: moving
@@ -490,7 +490,7 @@ async def test_one_job_changing_its_communicators_is_still_one_job() -> None:
         src = source(ras, clock=clock)
         seen = []
         for _ in range(5):
-            seen.append(metrics(await src.poll()))
+            seen.append(metrics(await src.query()))
             clock.advance(15)
     assert [m["gpumon_nccl_collective_operations_total{operation=AllReduce}"] for m in seen] == [0, 5, 5, 14, 16]
     assert [m["gpumon_nccl_collective_stall_seconds"] for m in seen] == [0, 0, 15, 0, 0]
@@ -501,14 +501,14 @@ async def test_a_job_ending_forgets_it_and_text_reports_tell_jobs_apart_by_versi
     clock = FakeClock()
     async with FakeRas(lambda: job_a(100)) as ras:
         src = source(ras, clock=clock)
-        await src.poll()
+        await src.query()
     clock.advance(15)
-    m = metrics(await src.poll())  # nothing listens: the job ended
+    m = metrics(await src.query())  # nothing listens: the job ended
     assert m["gpumon_nccl_ras_query_failures_total{reason=connect}"] == 1
     # The next job, whatever it is, starts a fresh count and is not a change of job.
     async with FakeRas(lambda: job_b(7000)) as ras2:
         src.port = ras2.port
-        m = metrics(await src.poll())
+        m = metrics(await src.query())
     assert m["gpumon_nccl_ras_job_changes_total"] == 0
     assert m["gpumon_nccl_collective_operations_total{operation=AllReduce}"] == 0
 
@@ -516,7 +516,7 @@ async def test_a_job_ending_forgets_it_and_text_reports_tell_jobs_apart_by_versi
     async with FakeRas(lambda: TEXT_STATUS.replace(b"2.24.3+cuda12.6", next(versions).encode()),
                        json_supported=False) as ras:
         text_src = source(ras)
-        changes = [metrics(await text_src.poll())["gpumon_nccl_ras_job_changes_total"] for _ in range(4)]
+        changes = [metrics(await text_src.query())["gpumon_nccl_ras_job_changes_total"] for _ in range(4)]
     assert changes == [0, 0, 1, 2]
 
 
@@ -524,8 +524,8 @@ async def test_every_nccl_metric_is_produced_and_the_exposition_passes_promtool(
     answers = iter([job_a(100), job_b(50)])
     async with FakeRas(lambda: next(answers)) as ras:
         src = source(ras)
-        await src.poll()
-        sample = await src.poll()
+        await src.query()
+        sample = await src.query()
     produced = {name for name, _, _ in sample.values}
     assert produced == {m.name for m in catalog.METRICS if m.source == "nccl_ras"}
     text = Exporter(process_metrics=False).render([sample]).text

@@ -10,7 +10,8 @@ import pynvml
 import pytest
 
 from gpumon import catalog
-from gpumon.model import BackendUnavailable, DeviceLost, Sample, Tier
+from gpumon.model import BackendUnavailable, Sample, Tier
+from gpumon.sources.base import Unit, UnitLost
 from gpumon.sources.capture import Capture, CaptureNvml, Faults
 from gpumon.sources.nvml import NvmlSource
 from tests.conftest import FakeClock
@@ -51,7 +52,7 @@ def test_static_facts_match_probe(capture: Capture, clock: FakeClock) -> None:
     assert device.gpm_supported
     assert device.driver_version == "580.159.04"
     assert device.cuda_driver_version == "13.0"
-    static = values(source.poll(0, Tier.STATIC))
+    static = values(source.read(0, Tier.STATIC))
     assert static[("gpumon_power_limit_max_watts", ())] == 700.0
     assert static[("gpumon_pcie_link_max_generation", ())] == 5
     assert static[("gpumon_temperature_threshold_celsius", (("threshold", "slowdown"),))] == 89
@@ -61,7 +62,7 @@ def test_static_facts_match_probe(capture: Capture, clock: FakeClock) -> None:
 def test_fast_tier_follows_the_trace_in_base_units(capture: Capture, clock: FakeClock) -> None:
     source, fake = opened(capture, clock)
     clock.advance(1.0)  # GPM needs two samples >= 100 ms apart
-    sample = source.poll(0, Tier.FAST)
+    sample = source.read(0, Tier.FAST)
     rec = fake._record(0)
     got = values(sample)
     assert got[("gpumon_power_draw_watts", ())] == pytest.approx(rec["power_mw"] / 1000)
@@ -83,9 +84,9 @@ def test_gpm_distinguishes_pcie_copies_from_sm_activity(capture: Capture, clock:
     phases = {p["name"]: p for p in capture.phases}
     t0 = capture.traces[0][0]["t"]
     clock.advance(phases["pcie"]["start"] - t0 + 1.0)
-    source.poll(0, Tier.FAST)
+    source.read(0, Tier.FAST)
     clock.advance(2.0)
-    got = values(source.poll(0, Tier.FAST))
+    got = values(source.read(0, Tier.FAST))
     assert got[("gpumon_gpu_utilization_ratio", ())] > 0.9
     assert got[("gpumon_sm_active_ratio", ())] < 0.05
     assert got[("gpumon_pcie_tx_bytes_per_second", ())] + got[("gpumon_pcie_rx_bytes_per_second", ())] > 1e9
@@ -94,9 +95,9 @@ def test_gpm_distinguishes_pcie_copies_from_sm_activity(capture: Capture, clock:
 def test_first_gpm_poll_too_soon_yields_nothing(capture: Capture, clock: FakeClock) -> None:
     source, _ = opened(capture, clock)
     clock.advance(0.05)
-    assert "gpumon_sm_active_ratio" not in names(source.poll(0, Tier.FAST))
+    assert "gpumon_sm_active_ratio" not in names(source.read(0, Tier.FAST))
     clock.advance(0.1)
-    assert "gpumon_sm_active_ratio" in names(source.poll(0, Tier.FAST))
+    assert "gpumon_sm_active_ratio" in names(source.read(0, Tier.FAST))
 
 
 def test_non_finite_gpm_values_are_dropped(capture: Capture, clock: FakeClock) -> None:
@@ -104,14 +105,14 @@ def test_non_finite_gpm_values_are_dropped(capture: Capture, clock: FakeClock) -
         rec["gpm"]["sm_util"] = float("nan")
     source, _ = opened(capture, clock)
     clock.advance(1.0)
-    sample = source.poll(0, Tier.FAST)
+    sample = source.read(0, Tier.FAST)
     assert "gpumon_sm_active_ratio" not in names(sample)
     assert "gpumon_tensor_active_ratio" in names(sample)
 
 
 def test_slow_tier(capture: Capture, clock: FakeClock) -> None:
     source, _ = opened(capture, clock)
-    got = values(source.poll(0, Tier.SLOW))
+    got = values(source.read(0, Tier.SLOW))
     assert got[("gpumon_energy_joules_total", ())] == pytest.approx(capture.traces[0][0]["energy_mj_call"] / 1000)
     assert got[("gpumon_ecc_aggregate_errors_total", (("severity", "corrected"),))] == 31
     assert got[("gpumon_remapped_rows_total", (("cause", "uncorrectable"),))] == 0
@@ -140,8 +141,8 @@ def test_not_supported_means_no_series_counted_and_logged_once(
     fake.nvmlDeviceGetPowerUsage = counting  # type: ignore[method-assign]
     for _ in range(3):
         clock.advance(1.0)
-        fast = source.poll(0, Tier.FAST)
-        slow = source.poll(0, Tier.SLOW)
+        fast = source.read(0, Tier.FAST)
+        slow = source.read(0, Tier.SLOW)
     assert "gpumon_power_draw_watts" not in names(fast)
     assert "gpumon_pcie_replays_total" not in names(slow)
     assert calls["n"] == 1  # not asked again once NVML said NotSupported
@@ -155,7 +156,7 @@ def test_per_field_not_supported(capture: Capture, clock: FakeClock) -> None:
     for rec in capture.traces[0]:
         rec["fields"]["mem_temp_c"] = {"err": 3}
     source, _ = opened(capture, clock)
-    assert "gpumon_memory_temperature_celsius" not in names(source.poll(0, Tier.FAST))
+    assert "gpumon_memory_temperature_celsius" not in names(source.read(0, Tier.FAST))
     assert source.unsupported_count(0) == NO_NVLINK + 1
 
 
@@ -164,7 +165,7 @@ def test_without_gpm_sm_activity_is_absent_not_faked(capture: Capture, clock: Fa
     source, _ = opened(capture, clock)
     assert not source.devices[0].gpm_supported
     clock.advance(1.0)
-    got = names(source.poll(0, Tier.FAST))
+    got = names(source.read(0, Tier.FAST))
     assert "gpumon_sm_active_ratio" not in got
     assert "gpumon_gpu_utilization_ratio" in got
     assert source.unsupported_count(0) == NO_NVLINK + sum(1 for m in catalog.METRICS if m.reading == "gpm"
@@ -180,7 +181,7 @@ def test_memory_info_v1_fallback_on_old_driver(capture: Capture, clock: FakeCloc
             raise pynvml.NVMLError_FunctionNotFound()
         return real(handle)
     fake.nvmlDeviceGetMemoryInfo = v1_only  # type: ignore[method-assign]
-    got = names(source.poll(0, Tier.FAST))
+    got = names(source.read(0, Tier.FAST))
     assert "gpumon_memory_used_bytes" in got
     assert "gpumon_memory_reserved_bytes" not in got
 
@@ -189,7 +190,7 @@ def test_other_errors_are_counted_and_skipped(capture: Capture, clock: FakeClock
     faults = Faults(errors=[("nvmlDeviceGetUtilizationRates", None, pynvml.NVML_ERROR_TIMEOUT)])
     source, _ = opened(capture, clock, faults=faults)
     for _ in range(2):
-        sample = source.poll(0, Tier.FAST)
+        sample = source.read(0, Tier.FAST)
     assert "gpumon_gpu_utilization_ratio" not in names(sample)
     assert "gpumon_memory_used_bytes" in names(sample)
     assert source.error_counts() == {("nvmlDeviceGetUtilizationRates", "NVMLError_Timeout"): 2}
@@ -200,17 +201,17 @@ def test_other_errors_are_counted_and_skipped(capture: Capture, clock: FakeClock
 def test_lost_gpu_raises_device_lost_and_reopens(capture: Capture, clock: FakeClock, code: int) -> None:
     faults = Faults(errors=[("nvmlDeviceGetPowerUsage", 1, code)], lost=[(1, 10.0, 20.0)])
     source, fake = opened(capture, clock, faults=faults, gpus=2)
-    source.poll(0, Tier.FAST)
-    with pytest.raises(DeviceLost) as info:
-        source.poll(1, Tier.FAST)
-    assert info.value.index == 1
+    source.read(0, Tier.FAST)
+    with pytest.raises(UnitLost) as info:
+        source.read(1, Tier.FAST)
+    assert info.value.unit == Unit("gpu1", gpu=1)
     fake.faults.errors.clear()
     clock.advance(10.0)
-    with pytest.raises(DeviceLost):
-        source.reopen(1)
+    with pytest.raises(UnitLost):
+        source.reopen(Unit("gpu1", gpu=1))
     clock.advance(10.0)
-    assert source.reopen(1).uuid == source.devices[1].uuid
-    source.poll(1, Tier.FAST)
+    source.reopen(Unit("gpu1", gpu=1))
+    source.read(1, Tier.FAST)
 
 
 def test_opt_in_process_pids(capture: Capture, clock: FakeClock) -> None:
@@ -218,12 +219,12 @@ def test_opt_in_process_pids(capture: Capture, clock: FakeClock) -> None:
     with_procs = next(r for r in capture.traces[0] if r["procs"])
     source, _ = opened(capture, clock, opt_ins=frozenset({"process_pids"}))
     clock.advance(with_procs["t"] - t0)
-    got = values(source.poll(0, Tier.FAST))
+    got = values(source.read(0, Tier.FAST))
     pid = str(with_procs["procs"][0]["pid"])
     assert got[("gpumon_process_memory_bytes", (("pid", pid),))] == with_procs["procs"][0]["used"]
     assert got[("gpumon_compute_processes", ())] == 1
     source.configure(frozenset())
-    assert "gpumon_process_memory_bytes" not in names(source.poll(0, Tier.FAST))
+    assert "gpumon_process_memory_bytes" not in names(source.read(0, Tier.FAST))
 
 
 def test_init_failure_is_one_sentence(capture: Capture, clock: FakeClock) -> None:
@@ -257,11 +258,10 @@ def test_xid_events_reach_the_callback(capture: Capture) -> None:
 
 
 def test_every_nvml_catalog_reading_has_a_reader() -> None:
-    from gpumon.sources.nvml import READING_CALLS
+    from gpumon.sources.nvml_readers import READERS
     for m in catalog.METRICS:
         if m.source == "nvml":
-            assert hasattr(NvmlSource, f"_read_{m.reading}"), m.name
-            assert m.reading in READING_CALLS, m.name
+            assert m.reading in READERS, m.name  # registered with @reads, with the NVML call it makes
 
 
 def test_clock_reasons_on_a_driver_without_the_event_reason_calls(capture: Capture, clock: FakeClock) -> None:
@@ -271,7 +271,7 @@ def test_clock_reasons_on_a_driver_without_the_event_reason_calls(capture: Captu
         del rec["clocks_event_reasons"]
     del getters["nvmlDeviceGetCurrentClocksEventReasons"]
     source, _ = opened(capture, clock)
-    got = values(source.poll(0, Tier.FAST))
+    got = values(source.read(0, Tier.FAST))
     assert got[("gpumon_clock_event_reason_active", (("reason", "gpu_idle"),))] == 1.0  # from ThrottleReasons
 
 
@@ -287,8 +287,8 @@ def test_nvlink_active_links_only(capture: Capture, clock: FakeClock) -> None:
     with_nvlink_speed_and_totals(capture, speed_mbps=25000)
     source, fake = opened(capture, clock)
     clock.advance(1.0)
-    slow = values(source.poll(0, Tier.SLOW))  # the speed is read in the slow tier, before the ratio
-    fast = values(source.poll(0, Tier.FAST))
+    slow = values(source.read(0, Tier.SLOW))  # the speed is read in the slow tier, before the ratio
+    fast = values(source.read(0, Tier.FAST))
     assert fast[("gpumon_nvlink_rx_bytes_per_second", (("link", "1"),))] == 2.0 * 1048576
     assert ("gpumon_nvlink_rx_bytes_per_second", (("link", "2"),)) not in fast  # inactive: no series
     assert slow[("gpumon_nvlink_up", (("link", "0"),))] == 1.0
@@ -331,7 +331,7 @@ def test_nvlink_without_speed_has_no_utilisation_and_no_error(capture: Capture, 
     source, _ = opened(capture, clock)
     for _ in range(2):
         clock.advance(1.0)
-        slow, fast = names(source.poll(0, Tier.SLOW)), values(source.poll(0, Tier.FAST))
+        slow, fast = names(source.read(0, Tier.SLOW)), values(source.read(0, Tier.FAST))
     assert "gpumon_nvlink_speed_bytes_per_second" not in slow
     assert fast[("gpumon_nvlink_rx_bytes_per_second", (("link", "0"),))] == 5.0 * 1048576  # rates stay
     assert ("gpumon_nvlink_rx_bytes_total", ()) in fast
@@ -350,7 +350,7 @@ def test_nvlink_speed_of_zero_gives_no_ratio(capture: Capture, clock: FakeClock)
     capture.probe["devices"][0]["fields"]["by_id"]["90"] = {"ret": 0, "type": 1, "value": 0}
     source, _ = opened(capture, clock)
     clock.advance(1.0)
-    slow, fast = names(source.poll(0, Tier.SLOW)), names(source.poll(0, Tier.FAST))
+    slow, fast = names(source.read(0, Tier.SLOW)), names(source.read(0, Tier.FAST))
     assert "gpumon_nvlink_rx_bytes_per_second" in fast
     assert "gpumon_nvlink_speed_bytes_per_second" not in slow and "gpumon_nvlink_utilization_ratio" not in fast
     assert source.error_counts() == {}
@@ -366,7 +366,7 @@ def test_one_refused_nvlink_error_counter_leaves_the_others(capture: Capture, cl
     params["nvmlDeviceGetNvLinkState(2)"] = {"err": "NVMLError_InvalidArgument(2)"}
     source, _ = opened(capture, clock)
     for _ in range(2):  # the refused kind is remembered, not asked again and not counted as an error
-        slow = values(source.poll(0, Tier.SLOW))
+        slow = values(source.read(0, Tier.SLOW))
     errors = {(dict(labels)["link"], dict(labels)["type"]): v
               for (name, labels), v in slow.items() if name == "gpumon_nvlink_errors_total"}
     assert errors == {(str(link), kind): 10 * link + code for link in (0, 1)
@@ -377,7 +377,8 @@ def test_one_refused_nvlink_error_counter_leaves_the_others(capture: Capture, cl
 def test_plain_view_reads_and_writes_the_same_memory_as_pynvmls_structures() -> None:
     import pynvml
 
-    from gpumon.sources.nvml import _field_value, _plain_view
+    from gpumon.sources.nvml_readers import _field_value
+    from gpumon.sources.nvml_readers import plain_view as _plain_view
 
     values = (pynvml.c_nvmlFieldValue_t * 3)()
     for i, v in enumerate(values):
@@ -400,7 +401,7 @@ def test_nvlink_byte_counters_sum_all_links(clock: FakeClock) -> None:
 
     nvlink = load_capture(generate.OUT_DIR)
     source, _ = opened(nvlink, clock)
-    got = values(source.poll(0, Tier.FAST))
+    got = values(source.read(0, Tier.FAST))
     fields = nvlink.traces[0][0]["fields"]
     assert len(fields["nvlink_tx_kib"]) == generate.LINKS
     assert got[("gpumon_nvlink_tx_bytes_total", ())] == sum(fields["nvlink_tx_kib"]) * 1024.0
@@ -419,7 +420,7 @@ def test_nvlink4_has_no_crc_data_counter_and_asking_is_no_error(capture: Capture
     params["nvmlDeviceGetNvLinkState(2)"] = {"err": "NVMLError_InvalidArgument(2)"}
     source, _ = opened(capture, clock)
     for _ in range(2):
-        slow = values(source.poll(0, Tier.SLOW))
+        slow = values(source.read(0, Tier.SLOW))
     kinds = {dict(labels)["type"] for (name, labels) in slow if name == "gpumon_nvlink_errors_total"}
     assert kinds == {"replay", "recovery", "crc_flit", "ecc_data"}
     assert slow[("gpumon_nvlink_errors_total", (("link", "1"), ("type", "ecc_data")))] == 14
@@ -440,7 +441,7 @@ def test_memory_v1_drivers_are_labelled_and_used_includes_reserved(capture: Capt
     source = NvmlSource(fake, clock=clock)
     source.open()
     assert source.devices[0].memory_info == "v1"
-    got = values(source.poll(0, Tier.FAST))
+    got = values(source.read(0, Tier.FAST))
     total, free = got[("gpumon_memory_total_bytes", ())], got[("gpumon_memory_free_bytes", ())]
     assert got[("gpumon_memory_used_bytes", ())] == total - free  # reserved included, as v1 counts it
     assert ("gpumon_memory_reserved_bytes", ()) not in got
@@ -455,7 +456,7 @@ def test_board_limit_and_reliability_clock_event_reasons(capture: Capture, clock
     for rec in capture.traces[0]:
         rec["clocks_event_reasons"] = 0x600  # nvmlClocksThrottleReasonBoardLimit | Reliability
     source, _ = opened(capture, clock)
-    got = values(source.poll(0, Tier.FAST))
+    got = values(source.read(0, Tier.FAST))
     assert got[("gpumon_clock_event_reason_active", (("reason", "board_limit"),))] == 1.0
     assert got[("gpumon_clock_event_reason_active", (("reason", "reliability"),))] == 1.0
     assert got[("gpumon_clock_event_reason_active", (("reason", "gpu_idle"),))] == 0.0

@@ -113,11 +113,11 @@ def source(capture: Capture, clock: FakeClock) -> ReplaySource:
 
 def test_phase_on_fast_polls(source: ReplaySource, clock: FakeClock) -> None:
     clock.advance(COMPUTE_AT)
-    series = phase_series(source.poll(0, Tier.FAST).values)
+    series = phase_series(source.read(0, Tier.FAST).values)
     device = source.devices[0]
     assert series == [({"gpu": "0", "uuid": device.uuid, "phase": "compute"}, 1.0)]
-    assert phase_series(source.poll(0, Tier.SLOW).values) == []
-    assert phase_series(source.poll(0, Tier.STATIC).values) == []
+    assert phase_series(source.read(0, Tier.SLOW).values) == []
+    assert phase_series(source.read(0, Tier.STATIC).values) == []
 
 
 def test_phase_follows_the_trace(source: ReplaySource, capture: Capture, clock: FakeClock) -> None:
@@ -125,21 +125,21 @@ def test_phase_follows_the_trace(source: ReplaySource, capture: Capture, clock: 
     seen = []
     for ph in capture.phases:
         clock.now = 1000.0 + (ph["start"] + ph["end"]) / 2 - t0
-        series = phase_series(source.poll(0, Tier.FAST).values)
+        series = phase_series(source.read(0, Tier.FAST).values)
         assert len(series) == 1
         seen.append(series[0][0]["phase"])
     assert seen == [ph["name"] for ph in capture.phases]
 
 
 def test_no_phase_series_outside_phases(source: ReplaySource) -> None:
-    assert phase_series(source.poll(0, Tier.FAST).values) == []  # the trace starts before `idle`
+    assert phase_series(source.read(0, Tier.FAST).values) == []  # the trace starts before `idle`
 
 
 def test_phase_per_fanned_out_gpu(capture: Capture, clock: FakeClock) -> None:
     src = ReplaySource(CaptureNvml(capture, clock=clock, gpus=2), backend="replay")
     src.open()
     clock.advance(COMPUTE_AT)
-    phases = [phase_series(src.poll(i, Tier.FAST).values) for i in range(2)]
+    phases = [phase_series(src.read(i, Tier.FAST).values) for i in range(2)]
     assert phases[0][0][0]["phase"] == "compute"
     assert phases[1][0][0]["gpu"] == "1"
     assert phases[1][0][0]["uuid"] == src.devices[1].uuid != src.devices[0].uuid

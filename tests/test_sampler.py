@@ -22,7 +22,10 @@ from gpumon.store import Store
 Build = Callable[..., Sampler]
 
 
-def scraped(exporter: Exporter) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def scraped(sampler: Sampler) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """/metrics as the exporter following the sampler's rounds would render it now."""
+    exporter = Exporter(process_metrics=False)
+    exporter.render(sampler.fresh(time.time()))
     out = {}
     for family in text_string_to_metric_families(exporter.body(False, False).decode()):
         for s in family.samples:
@@ -36,7 +39,7 @@ async def build(capture: Capture) -> AsyncIterator[Build]:
 
     def make(faults: Faults | None = None, gpus: int = 2, fast: float = 0.2, deadline: float | None = None) -> Sampler:
         source = NvmlSource(CaptureNvml(capture, gpus=gpus, faults=faults), backend="replay")
-        s = Sampler(source, Store(100), Exporter(process_metrics=False), Intervals(fast, 5.0, deadline))
+        s = Sampler([source], Store(100), Intervals(fast, 5.0, deadline))
         made.append(s)
         return s
     yield make
@@ -50,7 +53,7 @@ async def test_ready_after_first_complete_fast_poll(build: Build) -> None:
     assert not s.ready.is_set()
     await s.poll_round(Tier.FAST)
     assert s.ready.is_set()
-    got = scraped(s.exporter)
+    got = scraped(s)
     assert got[("gpumon_gpu_up", (("gpu", "1"),))] == 1.0
     assert got[("gpumon_build_info", (("backend", "replay"), ("capture", ""), ("version", "0.1.0")))] == 1.0
 
@@ -61,7 +64,7 @@ async def test_lost_gpu_goes_down_and_comes_back_others_unaffected(
     s = build(Faults(lost=[(1, 0.5, 1.5)]))
     await s.start()
     await asyncio.sleep(1.0)
-    down = scraped(s.exporter)
+    down = scraped(s)
     assert down[("gpumon_gpu_up", (("gpu", "1"),))] == 0.0
     assert ("gpumon_power_draw_watts", (("gpu", "1"),)) not in down  # withdrawn, not stale
     assert ("gpumon_power_draw_watts", (("gpu", "0"),)) in down
@@ -69,7 +72,7 @@ async def test_lost_gpu_goes_down_and_comes_back_others_unaffected(
             ("driver_version", "580.159.04"), ("gpm", "true"), ("gpu", "1"), ("memory_info", "v2"),
             ("name", "NVIDIA H200"), ("pci_bus_id", "00000000:11:00.0"), ("sm_activity_source", "gpm"))) in down
     await asyncio.sleep(1.5)
-    up = scraped(s.exporter)
+    up = scraped(s)
     assert up[("gpumon_gpu_up", (("gpu", "1"),))] == 1.0
     assert up[("gpumon_gpu_reinit_total", (("gpu", "1"),))] == 1.0
     assert ("gpumon_power_draw_watts", (("gpu", "1"),)) in up
@@ -83,7 +86,7 @@ async def test_hung_call_does_not_delay_other_gpus_or_rounds(build: Build) -> No
     now = time.time()
     gpu0 = next(x for x in s.store.latest() if x.unit == "gpu0" and x.tier == "fast")
     assert now - gpu0.timestamp < 0.5  # GPU 0 kept being polled on time
-    got = scraped(s.exporter)
+    got = scraped(s)
     assert got[("gpumon_poll_deadline_exceeded_total", (("gpu", "1"), ("tier", "fast")))] >= 3
     assert got[("gpumon_poll_deadline_exceeded_total", (("gpu", "0"), ("tier", "fast")))] == 0
     assert got[("gpumon_poll_duration_seconds", (("tier", "fast"),))] < 0.3
@@ -98,7 +101,7 @@ async def test_xid_event_is_counted(build: Build) -> None:
     await s.start()
     for _ in range(50):
         await asyncio.sleep(0.1)
-        got = scraped(s.exporter)
+        got = scraped(s)
         if got.get(("gpumon_xid_errors_total", (("gpu", "1"), ("xid", "79")))) == 1.0:
             break
     assert got[("gpumon_xid_errors_total", (("gpu", "0"), ("xid", "48")))] == 2.0
@@ -109,7 +112,7 @@ async def test_errors_are_exported_by_call(build: Build) -> None:
     s = build(Faults(errors=[("nvmlDeviceGetUtilizationRates", 0, pynvml.NVML_ERROR_TIMEOUT)]))
     await s.open()
     await s.poll_round(Tier.FAST)
-    got = scraped(s.exporter)
+    got = scraped(s)
     key = ("gpumon_nvml_errors_total", (("call", "nvmlDeviceGetUtilizationRates"), ("error", "NVMLError_Timeout")))
     assert got[key] == 1.0
     nvlink = sum(1 for m in catalog.METRICS  # none in the capture

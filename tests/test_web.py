@@ -18,10 +18,12 @@ import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 
+from gpumon.backend import Backend
 from gpumon.config import Listen
 from gpumon.exporter import OPENMETRICS_TYPE, TEXT_TYPE, Exporter
 from gpumon.model import Tier
 from gpumon.sampler import Intervals, Sampler
+from gpumon.sources.nvml import NvmlSource
 from gpumon.sources.replay import parse_replay_spec, replay_source
 from gpumon.store import Store
 from gpumon.web import ListenError, WebServer
@@ -37,7 +39,18 @@ Serve = Callable[..., Awaitable[tuple[WebServer, str]]]
 def make_sampler() -> tuple[Sampler, Exporter]:
     source = replay_source(parse_replay_spec("replay:demo,loop"))
     exporter = Exporter()
-    return Sampler(source, Store(100), exporter, Intervals(0.2, 1.0)), exporter
+    sampler = Sampler([source], Store(100), Intervals(0.2, 1.0))
+    exporter.follow(sampler.rounds, sampler.fresh)
+    return sampler, exporter
+
+
+def backend_of(sampler: Sampler, capture: str | None = None) -> Backend:
+    """The sampler's sources as the daemon's Backend; `capture` renames the replayed capture."""
+    gpus = sampler.sources[0]
+    assert isinstance(gpus, NvmlSource)
+    if capture is not None:
+        gpus.capture = capture
+    return Backend(gpus, list(sampler.sources))
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +85,8 @@ async def serve() -> AsyncIterator[Serve]:
     servers: list[WebServer] = []
 
     async def start(sampler: Sampler, exporter: Exporter, security: WebSecurity | None = None,
-                    demo_note: str = "demo") -> tuple[WebServer, str]:
-        server = WebServer(sampler, exporter, demo_note=demo_note)
+                    capture: str | None = None) -> tuple[WebServer, str]:
+        server = WebServer(sampler, exporter, backend_of(sampler, capture))
         servers.append(server)
         security = security or WebSecurity()
         port = free_port()
@@ -115,7 +128,7 @@ async def test_metrics_text_exposition(polled: tuple[Sampler, Exporter], serve: 
     assert "gpumon_sm_active_ratio" in names
     assert "gpumon_build_info" in names
     info = next(s for f in families for s in f.samples if s.name == "gpumon_gpu_info")
-    assert info.labels["name"] == polled[0].devices[0].name
+    assert info.labels["name"] == backend_of(polled[0]).devices[0].name
     build = next(s for f in families for s in f.samples if s.name == "gpumon_build_info")
     assert build.labels["backend"] == "replay"
     assert "# EOF" not in body
@@ -215,15 +228,16 @@ async def test_ready_only_after_a_fast_poll(opened: tuple[Sampler, Exporter], se
 
 async def test_landing_page(polled: tuple[Sampler, Exporter], serve: Serve) -> None:
     sampler, exporter = polled
-    _, url = await serve(sampler, exporter, demo_note="replaying <the> bundled capture")
+    _, url = await serve(sampler, exporter, capture="<the> bundled capture")
     async with aiohttp.ClientSession() as session, session.get(f"{url}/") as resp:
         assert resp.status == 200
         assert resp.content_type == "text/html"
         page = await resp.text()
     assert "DEMO DATA" in page
-    assert "replaying &lt;the&gt; bundled capture" in page  # escaped
-    assert sampler.devices
-    for device in sampler.devices:
+    assert "replaying a recorded capture (&lt;the&gt; bundled capture)" in page  # escaped
+    devices = backend_of(sampler).devices
+    assert devices
+    for device in devices:
         assert html.escape(device.name) in page
         assert device.uuid in page
     assert "Backend: <strong>replay</strong>" in page
@@ -231,7 +245,7 @@ async def test_landing_page(polled: tuple[Sampler, Exporter], serve: Serve) -> N
 
 
 async def test_landing_page_without_demo_note(polled: tuple[Sampler, Exporter], serve: Serve) -> None:
-    _, url = await serve(*polled, demo_note="")
+    _, url = await serve(*polled, capture="")  # real GPUs
     async with aiohttp.ClientSession() as session, session.get(f"{url}/") as resp:
         assert "DEMO DATA" not in await resp.text()
 
@@ -383,7 +397,7 @@ async def test_port_in_use_is_a_listen_error(polled: tuple[Sampler, Exporter]) -
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        server = WebServer(sampler, exporter)
+        server = WebServer(sampler, exporter, backend_of(sampler))
         previous = server.security
         try:
             with pytest.raises(ListenError, match=rf"cannot listen on 127\.0\.0\.1:{port}: ") as info:
@@ -396,7 +410,7 @@ async def test_port_in_use_is_a_listen_error(polled: tuple[Sampler, Exporter]) -
 
 
 async def test_address_not_on_this_machine_is_a_listen_error(polled: tuple[Sampler, Exporter]) -> None:
-    server = WebServer(*polled)
+    server = WebServer(*polled, backend_of(polled[0]))
     try:
         with pytest.raises(ListenError, match=r"cannot listen on 192\.0\.2\.1:"):
             await server.start(Listen("192.0.2.1", free_port()), WebSecurity())  # TEST-NET-1
@@ -405,7 +419,7 @@ async def test_address_not_on_this_machine_is_a_listen_error(polled: tuple[Sampl
 
 
 async def test_stop_frees_the_port_and_restart_works(polled: tuple[Sampler, Exporter]) -> None:
-    server = WebServer(*polled)
+    server = WebServer(*polled, backend_of(polled[0]))
     listen = Listen("127.0.0.1", free_port())
     try:
         await server.start(listen, WebSecurity())

@@ -95,7 +95,7 @@ def _with_cryptography(d: Path) -> None:  # pragma: no cover - only where openss
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
 
     def write(name: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> None:
         (d / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))

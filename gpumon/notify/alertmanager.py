@@ -21,6 +21,7 @@ import aiohttp
 import structlog
 
 from gpumon.health import Health, start
+from gpumon.lifecycle import Service
 from gpumon.model import Sample
 from gpumon.notify.payload import rfc3339
 from gpumon.notify.urls import redacted
@@ -32,8 +33,10 @@ RESEND_S = 60.0
 TIMEOUT_S = 10.0
 
 
-class AlertmanagerPusher:
-    def __init__(self, urls: list[str], *, resend_s: float = RESEND_S, generator_url: str = "") -> None:
+class AlertmanagerPusher(Service):
+    def __init__(self, urls: list[str], *, resend_s: float = RESEND_S, generator_url: str = "",
+                 health: Health | None = None) -> None:
+        self.health = health or Health()
         self.urls = [u.rstrip("/") for u in urls]
         # How each URL is shown in logs and labels: user:password@ and query strings are secrets.
         self.shown = {u: redacted(u, keep_path=True) for u in self.urls}
@@ -76,12 +79,12 @@ class AlertmanagerPusher:
             self._outgoing[url].extend(body)
             self._wakes[url].set()
 
-    def start(self, health: Health) -> None:
+    def start(self) -> None:
         """One supervised task per Alertmanager: a slow one delays nobody else, and what piles up
         while it is slow goes out in one push."""
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT_S))
-        self._tasks = [start(f"alertmanager-push:{self.shown[url]}", functools.partial(self._push_loop, url), health)
-                       for url in self.urls]
+        self._tasks = [start(f"alertmanager-push:{self.shown[url]}", functools.partial(self._push_loop, url),
+                             self.health) for url in self.urls]
 
     async def _push_loop(self, url: str) -> None:
         while True:
@@ -99,7 +102,7 @@ class AlertmanagerPusher:
                 await r.read()
                 ok = 200 <= r.status < 300
                 detail = f"HTTP {r.status}"
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
             ok, detail = False, type(exc).__name__  # not str(exc): it may quote the URL
         self.counts[(url, "sent" if ok else "failed")] += 1
         if not ok:

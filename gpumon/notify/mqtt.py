@@ -26,6 +26,7 @@ import aiomqtt
 import structlog
 
 from gpumon.health import Health, start
+from gpumon.lifecycle import Service
 from gpumon.notify.payload import AlertEvent
 from gpumon.rules.alerting import Alert, State
 from gpumon.store import Store
@@ -39,10 +40,11 @@ def default_prefix() -> str:
     return f"gpumon/{socket.gethostname()}"
 
 
-class MqttPublisher:
+class MqttPublisher(Service):
     def __init__(self, host: str, port: int, *, prefix: str, store: Store, telemetry_interval: float = 10.0,
                  username: str | None = None, password: str | None = None, tls: bool = False,
-                 client_id: str | None = None, qos: int = 1) -> None:
+                 client_id: str | None = None, qos: int = 1, health: Health | None = None) -> None:
+        self.health = health or Health()
         self.host, self.port = host, port
         self.prefix = prefix.rstrip("/")
         self.store = store
@@ -81,8 +83,8 @@ class MqttPublisher:
         self._changes[event.fingerprint] = event
         self._changed.set()
 
-    def start(self, health: Health) -> None:
-        self._task = start("mqtt", self._run, health)
+    def start(self) -> None:
+        self._task = start("mqtt", self._run, self.health)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -157,18 +159,16 @@ class MqttPublisher:
 def telemetry(store: Store) -> dict[str, dict[str, Any]]:
     """Per GPU index: uuid, timestamp and the latest value of every metric (labelled ones nested)."""
     out: dict[str, dict[str, Any]] = {}
-    for sample in store.latest():
-        if not sample.unit.startswith("gpu"):
-            continue
-        index = sample.unit.removeprefix("gpu")
-        doc = out.setdefault(index, {"gpu": index, "timestamp": sample.timestamp, "metrics": {}})
-        doc["timestamp"] = max(doc["timestamp"], sample.timestamp)
-        for name, labels, value in sample.values:
-            extra = {k: v for k, v in labels if k not in ("gpu", "uuid")}
-            doc.setdefault("uuid", dict(labels).get("uuid", ""))
-            if extra:
-                key = ",".join(f"{k}={v}" for k, v in extra.items())
-                doc["metrics"].setdefault(name, {})[key] = value
-            else:
-                doc["metrics"][name] = value
+    for gpu, samples in sorted(store.latest_by_gpu().items()):
+        doc: dict[str, Any] = {"gpu": str(gpu), "timestamp": max(s.timestamp for s in samples), "metrics": {}}
+        for sample in samples:
+            for name, labels, value in sample.values:
+                extra = {k: v for k, v in labels if k not in ("gpu", "uuid")}
+                doc.setdefault("uuid", dict(labels).get("uuid", ""))
+                if extra:
+                    key = ",".join(f"{k}={v}" for k, v in extra.items())
+                    doc["metrics"].setdefault(name, {})[key] = value
+                else:
+                    doc["metrics"][name] = value
+        out[str(gpu)] = doc
     return out

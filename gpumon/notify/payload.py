@@ -4,7 +4,7 @@ Alertmanager webhook receiver works unchanged."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 FNV_OFFSET = 14695981039346656037
@@ -36,7 +36,7 @@ def _escape(v: str) -> str:
 def rfc3339(seconds: float | None) -> str:
     if not seconds:
         return ZERO_TIME
-    return datetime.fromtimestamp(seconds, timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)

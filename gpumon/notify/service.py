@@ -22,6 +22,7 @@ import aiohttp
 import structlog
 
 from gpumon.health import Health, start
+from gpumon.lifecycle import Service
 from gpumon.model import Sample
 from gpumon.notify import slack
 from gpumon.notify.outbox import Entry, Outbox, backoff
@@ -65,7 +66,7 @@ class NotifySetup:
     inhibit_rules: list[InhibitRule]
 
 
-class NotifyService:
+class NotifyService(Service):
     def __init__(self, route: Route, receivers: dict[str, Receiver], state_dir: Path, *,
                  max_age_s: float = 86400.0, external_url: str = "",
                  inhibit_rules: list[InhibitRule] | None = None, silences: Silences | None = None,
@@ -87,6 +88,7 @@ class NotifyService:
         self._wakes: dict[str, asyncio.Event] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._session: aiohttp.ClientSession | None = None
+        self._stopped = False
         self._restore(time.time())
 
     def _restore(self, now: float) -> None:
@@ -202,6 +204,10 @@ class NotifyService:
                 self._tasks[task] = start(task, functools.partial(self._deliver_loop, name), self.health)
 
     async def stop(self) -> None:
+        """Stop delivering and close the outbox (once: a second call does nothing)."""
+        if self._stopped:
+            return
+        self._stopped = True
         for task in self._tasks.values():
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)

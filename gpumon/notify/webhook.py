@@ -3,7 +3,6 @@ TLS verified, 10 s timeout. The outcome decides what the outbox does next."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import enum
 import hashlib
@@ -79,7 +78,7 @@ async def deliver(session: aiohttp.ClientSession, target: WebhookTarget, msg_id:
             await response.read()
             status = response.status
             retry_after = _retry_after(response.headers.get("Retry-After"))
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientError) as exc:
         return Result(Outcome.RETRY, f"{type(exc).__name__}: {_without_url(str(exc), target)}")
     if 200 <= status < 300:
         return Result(Outcome.DELIVERED, str(status))

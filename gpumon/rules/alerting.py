@@ -24,7 +24,7 @@ ALERT_NAME = "alertname"
 Sink = Callable[[Labels, int, float], None]  # where recording rules write their samples
 
 
-class State(str, enum.Enum):
+class State(enum.StrEnum):
     INACTIVE = "inactive"
     PENDING = "pending"
     FIRING = "firing"

@@ -4,21 +4,21 @@ state in SQLite, exports `gpumon_alerts` series and serves the Prometheus-shaped
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import structlog
 
 from gpumon.health import Health, start
+from gpumon.lifecycle import Service
 from gpumon.model import Labels
 from gpumon.model import Sample as StoreSample
+from gpumon.rounds import Round
 from gpumon.rules.alerting import Alert, RuleEngine, RuleState, State
 from gpumon.rules.promql import Evaluator, Matcher, Series
 from gpumon.rules.rulefile import AlertRule, RuleGroup, load_rule_files
@@ -50,27 +50,31 @@ class Evaluation:
     at: float = 0.0
 
 
-class RuleService:
+class RuleService(Service):
+    """Evaluates each group when its interval has passed, right after the round that is in the store
+    then (`on_round`, subscribed to the sampler's rounds before the exposition, so the alert series
+    an evaluation makes are in that round's exposition). Should rounds stop coming (a sampler that
+    hangs), a watchdog evaluates the groups on their intervals anyway: the alerts about a stalled
+    poll must still fire."""
+
     def __init__(self, groups: list[RuleGroup], store: Store, *, default_interval_s: float,
                  state_dir: Path | None, external_labels: dict[str, str] | None = None,
-                 health: Health | None = None, next_round: Callable[[], Awaitable[None]] | None = None,
+                 health: Health | None = None,
                  on_evaluated: Callable[[list[Alert]], None] | None = None) -> None:
         self.store = store
         self.default_interval_s = default_interval_s
         self.external_labels = external_labels or {}
         self.health = health or Health()
         self.db = AlertStateDB(state_dir / STATE_FILE, self.health) if state_dir is not None else None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._watchdog: asyncio.Task[None] | None = None
         self.evaluations: dict[tuple[str, str], Evaluation] = {}
         self.on_evaluated = on_evaluated  # notifications hook here
-        # Returns once the sampler's next poll round is in the store. Without it a group's timer,
-        # started with the sampler's and as regular, can keep landing just before each round is
-        # stored, so every alert would wait one extra interval for data that was already there.
-        self.next_round = next_round
+        self._due: dict[tuple[str, str], float] = {}  # group -> Unix time of its next evaluation
         self._install(groups)
 
     def _install(self, groups: list[RuleGroup]) -> None:
         self.groups = groups
+        self._due = {(g.file, g.name): 0.0 for g in groups}  # each evaluates at the first round
         self.engine = RuleEngine(groups, Evaluator(StoreStorage(self.store)), self._record, self.external_labels)
         if self.db is not None:
             restored = self.db.restore(list(self.engine.states.values()))
@@ -88,32 +92,37 @@ class RuleService:
     # --- running -------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._tasks = [start(f"rules:{g.name}", functools.partial(self._run, g), self.health) for g in self.groups]
+        self._watchdog = start("rules-watchdog", self._watch, self.health)
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            await asyncio.gather(self._watchdog, return_exceptions=True)
+            self._watchdog = None
+        self.save()
 
     async def reload(self, groups: list[RuleGroup]) -> None:
         """Swap in new groups; alert state of rules that are unchanged carries over."""
-        await self.stop()
         self.save()
         self._install(groups)
-        self.start()
 
-    async def _run(self, group: RuleGroup) -> None:
-        loop = asyncio.get_running_loop()
-        interval = self.interval_of(group)
-        next_at = loop.time()
+    def on_round(self, round_: Round) -> None:
+        """After a round is stored: evaluate every group whose interval has passed."""
+        self.evaluate_due(round_.at)
+
+    def evaluate_due(self, now: float, overdue: bool = False) -> None:
+        """Evaluate the groups due at `now` (with `overdue`, only those late by a whole interval)."""
+        for group in self.groups:
+            key, interval = (group.file, group.name), self.interval_of(group)
+            if now >= self._due[key] + (interval if overdue else 0.0):
+                self._due[key] = now + interval
+                self.evaluate(group, now)
+
+    async def _watch(self) -> None:
+        """Evaluate groups that no round has let evaluate for a whole interval."""
         while True:
-            if self.next_round is not None:  # evaluate right after the next round, at most an interval late
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self.next_round(), timeout=interval)
-            self.evaluate(group)
-            next_at += interval
-            await asyncio.sleep(max(0.0, next_at - loop.time()))
+            await asyncio.sleep(min((self.interval_of(g) for g in self.groups), default=self.default_interval_s))
+            self.evaluate_due(time.time(), overdue=True)
 
     def evaluate(self, group: RuleGroup, now: float | None = None) -> None:
         started = time.perf_counter()
@@ -202,7 +211,7 @@ def _alert_json(a: Any) -> dict[str, Any]:
 def _rfc3339(seconds: float) -> str:
     if not seconds:
         return "0001-01-01T00:00:00Z"
-    return datetime.fromtimestamp(seconds, timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
 
 
 def _go_float(v: float) -> str:

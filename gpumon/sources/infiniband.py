@@ -36,6 +36,7 @@ import structlog
 
 from gpumon import catalog
 from gpumon.model import Device, Labels, Sample, Tier
+from gpumon.sources.base import Schedule, Unit, UnitHealth
 
 log = structlog.get_logger("gpumon.infiniband")
 
@@ -209,10 +210,20 @@ class InfinibandSource:
     (the catalog's slow tier), the traffic counters and port_xmit_wait at every poll.
     """
 
+    name = "infiniband"
+    schedule = Schedule.SHARED_THREAD  # one thread: a wedged HCA driver stalls only InfiniBand, never a GPU
+    essential = False  # a host without ports, or a port that hangs, must not keep gpumon unready
+
     def __init__(self, root: str | os.PathLike[str] = DEFAULT_ROOT, *, tier: Tier = Tier.FAST,
                  clock: Callable[[], float] = time.time, rescan_interval: float = 60.0,
-                 slow_interval: float = 30.0) -> None:
+                 slow_interval: float = 30.0, gpus: Callable[[], Sequence[Device]] | None = None,
+                 pci_root: str | os.PathLike[str] | None = None) -> None:
         self.root = Path(root)
+        # For gpumon_ib_gpu_affinity_info: the GPUs (another source's, opened before this one) and
+        # where their PCI addresses resolve. None: no affinity (replayed GPUs are not on this bus).
+        self._gpus = gpus
+        self.pci_root = pci_root
+        self._affinity: Sample | None = None
         self.tier = tier
         self.rescan_interval = rescan_interval
         self.slow_interval = slow_interval
@@ -225,10 +236,37 @@ class InfinibandSource:
         self._absent: set[str] = set()  # counter files found absent (no PMA), logged once each
         self._fds: dict[str, int] = {}  # sysfs attribute -> open fd, re-read with pread at offset 0
 
-    def open(self) -> list[IbPort]:
+    def open(self) -> list[Unit]:
+        """Discover devices and ports, and the GPUs' distance to each device. One unit: the fabric of
+        this host, however many ports it has now (they come and go with rescans)."""
+        ports = self.discover()
+        affinity = []
+        if self._gpus is not None and self.pci_root is not None:
+            affinity = gpu_affinity(self._gpus(), ib_root=self.root, pci_root=self.pci_root)
+            self._affinity = affinity_sample(affinity, clock=self._clock)
+        log.info("InfiniBand ports found", ports=[p.unit for p in ports], gpu_nic_pairs=len(affinity))
+        return [Unit("infiniband")]
+
+    def discover(self) -> list[IbPort]:
         """Discover devices and ports; returns them (empty when the root does not exist)."""
         with self._lock:
             return self._discover()
+
+    def poll(self, unit: Unit, tier: Tier) -> list[Sample]:
+        """The static round gives the GPU affinity, the fast one every port (`poll_ports`), which
+        reads the slow counters on its own timer, set to the slow tier's interval."""
+        if tier is Tier.STATIC:
+            return [self._affinity] if self._affinity is not None else []
+        return self.poll_ports() if tier is Tier.FAST else []
+
+    def reopen(self, unit: Unit) -> None:
+        """Never lost as a whole: ports that vanish are found again by the next rescan."""
+
+    def health(self, units: dict[Unit, UnitHealth]) -> Sample | None:
+        return None
+
+    def start(self, changed: Callable[[], None]) -> None:
+        """Nothing runs in the background: rescans happen inside polls."""
 
     def close(self) -> None:
         """Close the attribute files kept open between polls."""
@@ -242,8 +280,8 @@ class InfinibandSource:
         self._fds.clear()
 
     def rescan(self) -> list[IbPort]:
-        """Discover again now (hot-plugged HCA, a port that came back); `open()` by another name."""
-        return self.open()
+        """Discover again now (hot-plugged HCA, a port that came back)."""
+        return self.discover()
 
     @property
     def ports(self) -> list[IbPort]:
@@ -261,7 +299,7 @@ class InfinibandSource:
         with self._lock:
             return sorted(self._absent)
 
-    def poll(self) -> list[Sample]:
+    def poll_ports(self) -> list[Sample]:
         """A fast Sample per port and per device with hw_counters, plus a slow Sample per port when due.
 
         Ports that vanished are dropped, new ones appear after a rescan."""

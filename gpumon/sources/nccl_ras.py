@@ -30,11 +30,12 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import structlog
 
 from gpumon.model import Sample, Tier
+from gpumon.sources.base import Schedule, Unit
 
 log = structlog.get_logger("gpumon.nccl_ras")
 
@@ -304,12 +305,12 @@ async def query_status(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, le
     async def step(aw: Awaitable[T]) -> T:
         remaining = deadline - loop.time()
         if remaining <= 0:
-            raise asyncio.TimeoutError
+            raise TimeoutError
         return await asyncio.wait_for(aw, remaining)
 
     try:
         reader, writer = await step(asyncio.open_connection(host, port, limit=MAX_LINE_BYTES))
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise RasError("timeout", f"connecting to NCCL RAS at {host}:{port} timed out") from None
     except OSError as exc:
         raise RasError("connect", f"cannot connect to NCCL RAS at {host}:{port}: {exc.strerror or exc}") from None
@@ -342,7 +343,7 @@ async def query_status(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, le
         if not payload:
             raise RasError("protocol", "NCCL RAS sent an empty status")
         return fmt, payload
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise RasError("timeout", f"NCCL RAS at {host}:{port} did not answer within {budget:g} s") from None
     except (ValueError, asyncio.LimitOverrunError, asyncio.IncompleteReadError) as exc:
         raise RasError("protocol", f"bad RAS reply: {exc}") from None
@@ -414,8 +415,12 @@ class NcclRasSource:
     ever sees it half-updated.
     """
 
+    name: ClassVar[str] = "nccl_ras"
+    schedule: ClassVar[Schedule] = Schedule.ASYNC  # network I/O with its own timeout: never in a round
+
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
+    interval: float = 30.0  # seconds between queries (the daemon sets nccl_ras.interval or the slow tier's)
     timeout: float | None = None
     timeout_factor: int = DEFAULT_TIMEOUT_FACTOR
     prefer_json: bool = True
@@ -451,7 +456,18 @@ class NcclRasSource:
     def budget(self) -> float:
         return query_budget(self.leg, self.timeout_factor)
 
-    async def poll(self) -> Sample:
+    async def open(self) -> list[Unit]:
+        """One unit, the endpoint: whether a job answers there is a state, found out by polling."""
+        return [Unit(self.unit)]
+
+    async def poll(self, unit: Unit, tier: Tier) -> list[Sample]:
+        return [await self.query()]
+
+    async def close(self) -> None:
+        """No connection outlives a query."""
+
+    async def query(self) -> Sample:
+        """One status query, as one Sample; overlapping calls wait their turn."""
         if self._lock is None:
             self._lock = asyncio.Lock()
         async with self._lock:

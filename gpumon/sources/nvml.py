@@ -1,156 +1,75 @@
-"""The NVML source: static facts, tiered readings and XID events from nvidia-ml-py.
+"""The NVML source: static facts, tiered readings, self-metrics and XID events from nvidia-ml-py.
 
 It talks to NVML only through the `nvml` object it is given: the real `pynvml` module in
 production, or `gpumon.sources.capture.CaptureNvml` (a recorded capture behind the same API) in
 demo mode and tests. Errors become values here, in one place: NotSupported makes a metric absent
-and is logged once; GpuIsLost/Unknown raise `DeviceLost`; anything else is counted and skipped.
+and is logged once; GpuIsLost/Unknown raise `UnitLost`; anything else is counted and skipped. What
+each reading calls is in `gpumon.sources.nvml_readers`.
 
-Every method that calls NVML is meant to run in a worker thread owned by the sampler, one thread
-per GPU, so the state of one GPU (`_Gpu`) is only ever touched by one thread at a time.
+Its units are the GPUs, each polled in its own worker thread owned by the sampler, so the state of
+one GPU (`GpuState`) is only ever touched by one thread at a time.
 """
 
 from __future__ import annotations
 
 import ctypes
-import functools
-import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import structlog
 
-from gpumon import catalog
+from gpumon import __version__, catalog
 from gpumon.catalog import Metric
-from gpumon.model import BackendUnavailable, Device, DeviceLost, Labels, Sample, Tier
+from gpumon.model import BackendUnavailable, Device, Sample, Tier
+from gpumon.sources.base import Schedule, Unit, UnitHealth, UnitLost
+from gpumon.sources.nvml_readers import (
+    ABSENT_CODES,
+    ARCHITECTURES,
+    ARGUMENT_VERSION_MISMATCH,
+    EVENT_WAIT_MS,
+    FUNCTION_NOT_FOUND,
+    LABEL_CACHE_MAX,
+    LOST_CODES,
+    NO_PERMISSION,
+    NVLINK_ABSENT,
+    NVLINK_COUNTERS_BEFORE_4,
+    NVLINK_COUNTERS_FROM_4,
+    NVLINK_MAX_LINKS,
+    NVLINK_VERSION_4_0,
+    READERS,
+    TIMEOUT,
+    XID_EVENT,
+    GpuState,
+    Plan,
+    Readers,
+    code,
+    plain_view,
+    text,
+)
 
 log = structlog.get_logger("gpumon.nvml")
 
-# NVML return codes the source treats specially.
-NOT_SUPPORTED, NO_PERMISSION, TIMEOUT, FUNCTION_NOT_FOUND, GPU_IS_LOST, UNKNOWN = 3, 4, 10, 13, 15, 999
-ABSENT_CODES = {NOT_SUPPORTED, FUNCTION_NOT_FOUND, NO_PERMISSION}
-ARGUMENT_VERSION_MISMATCH = 25  # an older driver refusing a versioned struct (nvmlMemory_v2)
-LOST_CODES = {GPU_IS_LOST, UNKNOWN}
-
-ARCHITECTURES = {2: "kepler", 3: "maxwell", 4: "pascal", 5: "volta", 6: "turing", 7: "ampere",
-                 8: "ada", 9: "hopper", 10: "blackwell", 13: "rubin"}
-
-# GPM metric ids (NVML_GPM_METRIC_*) keyed as the catalog's `key`.
-GPM_METRICS = {"graphics_util": 1, "sm_util": 2, "sm_occupancy": 3, "any_tensor_util": 5,
-               "dram_bw_util": 10, "fp64_util": 11, "fp32_util": 12, "fp16_util": 13,
-               "pcie_tx": 20, "pcie_rx": 21, "nvlink_rx_total": 60, "nvlink_tx_total": 61}
-GPM_MIN_INTERVAL_S = 0.1  # NVML needs two GPM samples at least this far apart
-NVLINK_MAX_LINKS = 36
-LABEL_CACHE_MAX = 4096
-NVLINK_ERRORS = {0: "replay", 1: "recovery", 2: "crc_flit", 3: "crc_data", 4: "ecc_data"}
-# NVLink 4.0 and later (nvmlDeviceGetNvLinkVersion >= NVML_NVLINK_VERSION_4_0) protect data with ECC
-# and count no data CRC errors: crc_data does not exist there and is not asked for (not an error).
-NVLINK_VERSION_4_0 = 6
-NVLINK_COUNTERS_BEFORE_4 = frozenset({"replay", "recovery", "crc_flit", "crc_data", "ecc_data"})
-NVLINK_COUNTERS_FROM_4 = frozenset({"replay", "recovery", "crc_flit", "ecc_data"})
-# Fields that take a link in scopeId; UINT_MAX sums all links (NVML_FI_DEV_NVLINK_THROUGHPUT_*).
-ALL_LINKS = 0xFFFFFFFF
-NVLINK_SUMMED_FIELDS = frozenset({138, 139, 140, 141})
-NVLINK_SPEED_FIELD = 90  # NVML_FI_DEV_NVLINK_SPEED_MBPS_COMMON: MB/s per active link and direction
-# What a GPU without an active NVLink lacks, as `_Gpu.absent` names it: every gpumon_nvlink_* metric
-# (GPM answers its NVLink ids with 0 on such a GPU, so asking is not enough).
-NVLINK_ABSENT = frozenset(f"{m.reading}:{m.key}" if m.key else m.reading for m in catalog.METRICS
-                          if m.source == "nvml" and m.name.startswith("gpumon_nvlink_"))
-
-
-def gpm_nvlink_ids(link: int) -> tuple[int, int]:
-    """NVML_GPM_METRIC_NVLINK_L<n>_{RX,TX}_PER_SEC: links 0-17 from id 62, links 18-35 from id 212."""
-    base = 62 + 2 * link if link < 18 else 212 + 2 * (link - 18)
-    return base, base + 1
-
-CLOCK_EVENT_REASONS = {0x1: "gpu_idle", 0x2: "applications_clocks_setting", 0x4: "sw_power_cap",
-                       0x8: "hw_slowdown", 0x10: "sync_boost", 0x20: "sw_thermal_slowdown",
-                       0x40: "hw_thermal_slowdown", 0x80: "hw_power_brake_slowdown",
-                       0x100: "display_clock_setting",
-                       # nvmlClocksThrottleReasonBoardLimit / Reliability in nvidia-ml-py: the same
-                       # bits as the board_limit and reliability violation counters
-                       0x200: "board_limit", 0x400: "reliability"}
-VIOLATION_POLICIES = {0: "power", 1: "thermal", 2: "sync_boost", 3: "board_limit", 4: "low_utilization",
-                      5: "reliability", 10: "total_app_clocks", 11: "total_base_clocks"}
-TEMPERATURE_THRESHOLDS = {0: "shutdown", 1: "slowdown", 2: "mem_max", 3: "gpu_max"}
-ECC_SEVERITIES = {0: "corrected", 1: "uncorrected"}
-XID_EVENT = 0x8  # nvmlEventTypeXidCriticalError
-EVENT_WAIT_MS = 500
-
-# Reading -> the NVML function it calls, for error accounting.
-READING_CALLS = {
-    "gpm": "nvmlGpmMetricsGet", "utilization": "nvmlDeviceGetUtilizationRates",
-    "memory": "nvmlDeviceGetMemoryInfo", "temperature": "nvmlDeviceGetTemperature",
-    "fields": "nvmlDeviceGetFieldValues", "temperature_thresholds": "nvmlDeviceGetTemperatureThreshold",
-    "power_usage": "nvmlDeviceGetPowerUsage", "power_limit": "nvmlDeviceGetEnforcedPowerLimit",
-    "power_constraints": "nvmlDeviceGetPowerManagementLimitConstraints",
-    "energy": "nvmlDeviceGetTotalEnergyConsumption", "clocks": "nvmlDeviceGetClockInfo",
-    "clocks_max": "nvmlDeviceGetMaxClockInfo", "clock_event_reasons": "nvmlDeviceGetCurrentClocksEventReasons",
-    "pstate": "nvmlDeviceGetPerformanceState", "violations": "nvmlDeviceGetViolationStatus",
-    "pcie_link": "nvmlDeviceGetCurrPcieLinkGeneration", "pcie_link_max": "nvmlDeviceGetMaxPcieLinkGeneration",
-    "pcie_replay": "nvmlDeviceGetPcieReplayCounter", "ecc_volatile": "nvmlDeviceGetTotalEccErrors",
-    "ecc_aggregate": "nvmlDeviceGetTotalEccErrors", "remapped_rows": "nvmlDeviceGetRemappedRows",
-    "processes": "nvmlDeviceGetComputeRunningProcesses",
-    "nvlink_state": "nvmlDeviceGetNvLinkState", "nvlink_errors": "nvmlDeviceGetNvLinkErrorCounter",
-    "nvlink_speed": "nvmlDeviceGetFieldValues",
-}
-
-Reading = Iterable[tuple[str, tuple[str, ...], float]]
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _code(exc: Exception) -> int:
-    return int(getattr(exc, "value", UNKNOWN))
-
-
-@dataclass
-class _Plan:
-    """What one tier reads: reader name -> {catalog key -> metric}."""
-
-    readings: dict[str, dict[str, Metric]]
-    field_ids: list[int]
-
-
-@dataclass
-class _Gpu:
-    index: int
-    handle: Any
-    device: Device
-    labels: Labels
-    absent: set[str] = field(default_factory=set)  # "reading" or "reading:key" found unsupported
-    reasons_supported: int = 0
-    reasons_legacy: bool = False  # driver older than 535: only the "ThrottleReasons" names exist
-    gpm_prev: Any = None
-    gpm_next: Any = None
-    gpm_prev_t: float | None = None
-    gpm_get: Any = None
-    gpm_results: Any = None  # gpm_get.metrics, read through plain ctypes (see _plain_view)
-    # (catalog key, label values, GPM metric id, utilisation label values or None) per requested metric
-    gpm_wanted: list[tuple[str, tuple[str, ...], int, tuple[str, ...] | None]] = field(default_factory=list)
-    gpm_wanted_for: tuple[int, int] = (-1, -1)  # (id of the plan, len(absent)) gpm_wanted was made for
-    memory_v2: bool = True
-    nvlinks: tuple[int, ...] = ()  # links active at (re)initialisation
-    nvlink_counters: dict[int, frozenset[str]] = field(default_factory=dict)  # link -> error kinds it has
-    nvlink_ratio: float = 0.0  # GPM MiB/s -> fraction of link speed; 0 while the speed is unknown
-    label_cache: dict[tuple[str, tuple[str, ...]], Labels] = field(default_factory=dict)
-
-
-class NvmlSource:
+class NvmlSource(Readers):
     """Reads GPUs through an NVML API object (real `pynvml` or a capture-backed fake)."""
 
-    def __init__(self, nvml: Any, *, backend: str = "nvml", opt_ins: frozenset[str] = frozenset(),
+    name = "nvml"
+    schedule = Schedule.THREAD_PER_UNIT
+    essential = True  # readiness waits for the GPUs
+
+    def __init__(self, nvml: Any, *, backend: str = "nvml", capture: str = "", opt_ins: frozenset[str] = frozenset(),
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.nvml = nvml
         self._clock = clock  # for the GPM sample spacing; injectable for tests
         self.backend = backend
+        self.capture = capture  # the replayed capture's name, "" for real GPUs (gpumon_build_info)
+        self._xids: list[Counter[int]] = []  # per GPU, XID events since start (the event thread adds)
+        self._last_xid: list[float | None] = []
+        self._changed: Callable[[], None] | None = None
         self._plans = {tier: self._plan(tier, opt_ins) for tier in Tier}
-        self._gpus: list[_Gpu] = []
+        self._gpus: list[GpuState] = []
         self._errors: Counter[tuple[str, str]] = Counter()
         self._errors_lock = threading.Lock()
         self._driver_version = ""
@@ -161,18 +80,26 @@ class NvmlSource:
 
     # --- lifecycle -----------------------------------------------------------------------------
 
-    def open(self) -> list[Device]:
-        """Initialise NVML and read every GPU's static facts. Raises BackendUnavailable."""
+    def open(self) -> list[Unit]:
+        """Initialise NVML and read every GPU's static facts; the units are the GPUs. Raises
+        BackendUnavailable."""
         try:
             self.nvml.nvmlInit()
         except Exception as exc:  # NVMLError_LibraryNotFound, DriverNotLoaded, ...
             raise BackendUnavailable(self._init_failure(exc)) from None
-        self._driver_version = self._system(self.nvml.nvmlSystemGetDriverVersion, _text)
+        self._driver_version = self._system(self.nvml.nvmlSystemGetDriverVersion, text)
         self._cuda_version = self._system(
             self.nvml.nvmlSystemGetCudaDriverVersion, lambda v: f"{int(v) // 1000}.{int(v) % 1000 // 10}")
         count = self.nvml.nvmlDeviceGetCount()
         self._gpus = [self._open_gpu(i, self.nvml.nvmlDeviceGetHandleByIndex(i)) for i in range(count)]
-        return [g.device for g in self._gpus]
+        self._xids = [Counter() for _ in self._gpus]
+        self._last_xid = [None for _ in self._gpus]
+        return [Unit(f"gpu{g.index}", gpu=g.index) for g in self._gpus]
+
+    def start(self, changed: Callable[[], None]) -> None:
+        """Start the XID event thread; each event is counted here and `changed()` asked for."""
+        self._changed = changed
+        self.start_events(self._count_xid)
 
     def close(self) -> None:
         self.stop_events()
@@ -181,19 +108,20 @@ class NvmlSource:
         except Exception as exc:
             log.debug("nvml shutdown failed", error=str(exc))
 
-    def reopen(self, index: int) -> Device:
-        """Re-acquire a lost GPU by UUID and re-read its static facts. Raises DeviceLost."""
+    def reopen(self, unit: Unit) -> None:
+        """Re-acquire a lost GPU by UUID and re-read its static facts. Raises UnitLost."""
+        assert unit.gpu is not None
+        index = unit.gpu
         old = self._gpus[index]
         try:
             handle = self.nvml.nvmlDeviceGetHandleByUUID(old.device.uuid)
             gpu = self._open_gpu(index, handle)
         except Exception as exc:
-            raise DeviceLost(index, str(exc)) from None
+            raise UnitLost(unit, str(exc)) from None
         self._free_gpm(old)  # GPM samples are the caller's to free; each re-initialisation allocates two
         self._gpus[index] = gpu
         if self._event_set is not None:
             self._register_events(gpu)
-        return gpu.device
 
     def configure(self, opt_ins: frozenset[str]) -> None:
         """Switch opt-in metrics on or off; takes effect at the next poll."""
@@ -213,18 +141,64 @@ class NvmlSource:
         return sum(1 for m in catalog.METRICS if m.source == "nvml"
                    and (m.reading in absent or f"{m.reading}:{m.key}" in absent))
 
+    # --- self-metrics ----------------------------------------------------------------------------
+
+    def health(self, units: dict[Unit, UnitHealth]) -> Sample:
+        """Identity, up, re-initialisations, poll times, deadline misses, XIDs and NVML errors."""
+        s = Sample("self", "self", time.time())
+        s.add("gpumon_build_info", (("version", __version__), ("backend", self.backend),
+                                    ("capture", self.capture)), 1.0)
+        for (call, error), count in sorted(self.error_counts().items()):
+            s.add("gpumon_nvml_errors_total", (("call", call), ("error", error)), count)
+        for unit, h in units.items():
+            assert unit.gpu is not None
+            d = self._gpus[unit.gpu].device
+            ids = d.labels
+            s.add("gpumon_gpu_info", (*ids, ("name", d.name), ("pci_bus_id", d.pci_bus_id),
+                                      ("architecture", d.architecture), ("driver_version", d.driver_version),
+                                      ("cuda_driver_version", d.cuda_driver_version),
+                                      ("gpm", "true" if d.gpm_supported else "false"),
+                                      ("sm_activity_source", "gpm" if d.gpm_supported else "none"),
+                                      ("memory_info", d.memory_info)), 1.0)
+            s.add("gpumon_gpu_up", ids, 1.0 if h.up else 0.0)
+            s.add("gpumon_unsupported_metrics", ids, self.unsupported_count(unit.gpu))
+            s.add("gpumon_gpu_reinit_total", ids, h.reopens)
+            for tier, duration in h.durations.items():
+                s.add("gpumon_gpu_poll_duration_seconds", (*ids, ("tier", tier)), duration)
+            for tier in (Tier.FAST.value, Tier.SLOW.value):
+                s.add("gpumon_poll_deadline_exceeded_total", (*ids, ("tier", tier)), h.deadline_misses[tier])
+            for xid, count in sorted(self._xids[unit.gpu].items()):
+                s.add("gpumon_xid_errors_total", (*ids, ("xid", str(xid))), count)
+            if (last := self._last_xid[unit.gpu]) is not None:
+                s.add("gpumon_last_xid_timestamp_seconds", ids, last)
+        return s
+
+    def _count_xid(self, index: int, xid: int, at: float) -> None:
+        """From the event thread: one more XID (a Counter update is atomic under the GIL)."""
+        self._xids[index][xid] += 1
+        self._last_xid[index] = at
+        log.error("XID error", gpu=index, uuid=self._gpus[index].device.uuid, xid=xid)
+        if self._changed is not None:
+            self._changed()
+
     # --- polling -------------------------------------------------------------------------------
 
-    def poll(self, index: int, tier: Tier) -> Sample:
-        """Read one tier of one GPU. Runs in that GPU's worker thread. Raises DeviceLost."""
+    def poll(self, unit: Unit, tier: Tier) -> list[Sample]:
+        """Read one tier of one GPU. Runs in that GPU's worker thread. Raises UnitLost."""
+        assert unit.gpu is not None
+        return [self.read(unit.gpu, tier)]
+
+    def read(self, index: int, tier: Tier) -> Sample:
+        """One tier of GPU `index` as one Sample. Raises UnitLost."""
         gpu = self._gpus[index]
-        sample = Sample(f"gpu{index}", tier.value, time.time())
+        sample = Sample(f"gpu{index}", tier.value, time.time(), gpu=index)
         plan = self._plans[tier]
         for reading, metrics in plan.readings.items():
             if reading in gpu.absent:
                 continue
             try:
-                for key, label_values, raw in getattr(self, f"_read_{reading}")(gpu, plan):
+                call, read = READERS[reading]
+                for key, label_values, raw in read(self, gpu, plan):
                     metric = metrics.get(key)
                     if metric is None:
                         continue
@@ -237,23 +211,23 @@ class NvmlSource:
                         gpu.label_cache[(metric.name, label_values)] = labels
                     sample.add(metric.name, labels, raw * metric.scale)
             except Exception as exc:
-                self._failed(gpu, reading, READING_CALLS[reading], exc)
+                self._failed(gpu, reading, call, exc)
         return sample
 
-    def _failed(self, gpu: _Gpu, what: str, call: str, exc: Exception) -> None:
-        code = _code(exc)
-        if code in LOST_CODES:
-            raise DeviceLost(gpu.index, f"{call}: {type(exc).__name__}") from None
-        if code in ABSENT_CODES:
+    def _failed(self, gpu: GpuState, what: str, call: str, exc: Exception) -> None:
+        rc = code(exc)
+        if rc in LOST_CODES:
+            raise UnitLost(Unit(f"gpu{gpu.index}", gpu=gpu.index), f"{call}: {type(exc).__name__}") from None
+        if rc in ABSENT_CODES:
             self._mark_absent(gpu, what, exc)
             return
         self._count_error(call, exc)
 
-    def _mark_absent(self, gpu: _Gpu, what: str, exc: Exception) -> None:
+    def _mark_absent(self, gpu: GpuState, what: str, exc: Exception) -> None:
         if what in gpu.absent:
             return
         gpu.absent.add(what)
-        level = log.warning if _code(exc) == NO_PERMISSION else log.info
+        level = log.warning if code(exc) == NO_PERMISSION else log.info
         metrics = [m.name for m in catalog.METRICS if m.source == "nvml"
                    and (what == m.reading or what == f"{m.reading}:{m.key}")]
         level("metric not available on this GPU; no series will be exported", gpu=gpu.index,
@@ -265,14 +239,14 @@ class NvmlSource:
 
     # --- static facts --------------------------------------------------------------------------
 
-    def _open_gpu(self, index: int, handle: Any) -> _Gpu:
+    def _open_gpu(self, index: int, handle: Any) -> GpuState:
         n = self.nvml
-        uuid = _text(n.nvmlDeviceGetUUID(handle))
+        uuid = text(n.nvmlDeviceGetUUID(handle))
         device = Device(
             index=index,
             uuid=uuid,
-            name=self._static(lambda: _text(n.nvmlDeviceGetName(handle)), "unknown"),
-            pci_bus_id=self._static(lambda: _text(n.nvmlDeviceGetPciInfo(handle).busId), ""),
+            name=self._static(lambda: text(n.nvmlDeviceGetName(handle)), "unknown"),
+            pci_bus_id=self._static(lambda: text(n.nvmlDeviceGetPciInfo(handle).busId), ""),
             architecture=self._static(
                 lambda: ARCHITECTURES.get(int(n.nvmlDeviceGetArchitecture(handle)), "unknown"), "unknown"),
             gpm_supported=self._static(
@@ -281,15 +255,15 @@ class NvmlSource:
             cuda_driver_version=self._cuda_version,
             memory_info="v2" if self._has_memory_v2(handle) else "v1",
         )
-        gpu = _Gpu(index, handle, device, device.labels, memory_v2=device.memory_info == "v2")
+        gpu = GpuState(index, handle, device, device.labels, memory_v2=device.memory_info == "v2")
         gpu.nvlinks = self._active_nvlinks(handle)
         gpu.nvlink_counters = {link: self._nvlink_counters(handle, link) for link in gpu.nvlinks}
         try:
             gpu.reasons_supported = int(n.nvmlDeviceGetSupportedClocksEventReasons(handle))
         except Exception as exc:
-            if _code(exc) in LOST_CODES:
+            if code(exc) in LOST_CODES:
                 raise
-            gpu.reasons_legacy = _code(exc) == FUNCTION_NOT_FOUND
+            gpu.reasons_legacy = code(exc) == FUNCTION_NOT_FOUND
             gpu.reasons_supported = self._static(lambda: int(n.nvmlDeviceGetSupportedClocksThrottleReasons(handle)), 0)
         if not gpu.nvlinks:  # no NVLink (or none active): those metrics are simply absent
             gpu.absent.update(NVLINK_ABSENT)
@@ -297,7 +271,7 @@ class NvmlSource:
             try:
                 gpu.gpm_prev, gpu.gpm_next = n.nvmlGpmSampleAlloc(), n.nvmlGpmSampleAlloc()
                 gpu.gpm_get = n.c_nvmlGpmMetricsGet_t()
-                gpu.gpm_results = _plain_view(gpu.gpm_get.metrics)
+                gpu.gpm_results = plain_view(gpu.gpm_get.metrics)
                 gpu.gpm_wanted_for = (-1, -1)
                 n.nvmlGpmSampleGet(handle, gpu.gpm_prev)
                 gpu.gpm_prev_t = self._clock()
@@ -318,7 +292,7 @@ class NvmlSource:
                 if int(self.nvml.nvmlDeviceGetNvLinkState(handle, link)) == 1:
                     links.append(link)
             except Exception as exc:
-                if _code(exc) in LOST_CODES:
+                if code(exc) in LOST_CODES:
                     raise
                 break
         return tuple(links)
@@ -329,12 +303,12 @@ class NvmlSource:
         try:
             n.nvmlDeviceGetMemoryInfo(handle, version=n.nvmlMemory_v2)
         except Exception as exc:
-            if _code(exc) in LOST_CODES:
+            if code(exc) in LOST_CODES:
                 raise
-            if _code(exc) in ABSENT_CODES | {ARGUMENT_VERSION_MISMATCH}:
+            if code(exc) in ABSENT_CODES | {ARGUMENT_VERSION_MISMATCH}:
                 log.info("GPU memory is read with nvmlMemory_v1: `used` includes the driver's reserved memory "
                          "and no reserved figure is exported (gpumon_gpu_info{memory_info=\"v1\"})",
-                         uuid=_text(n.nvmlDeviceGetUUID(handle)))
+                         uuid=text(n.nvmlDeviceGetUUID(handle)))
                 return False
         return True
 
@@ -343,7 +317,7 @@ class NvmlSource:
         version = self._static(lambda: int(self.nvml.nvmlDeviceGetNvLinkVersion(handle, link)), 0)
         return NVLINK_COUNTERS_FROM_4 if version >= NVLINK_VERSION_4_0 else NVLINK_COUNTERS_BEFORE_4
 
-    def _free_gpm(self, gpu: _Gpu) -> None:
+    def _free_gpm(self, gpu: GpuState) -> None:
         """Free a GPU's GPM samples. Runs in its worker thread, so no poll is using them."""
         for sample in (gpu.gpm_prev, gpu.gpm_next):
             if sample is not None:
@@ -357,7 +331,7 @@ class NvmlSource:
         try:
             return read()
         except Exception as exc:
-            if _code(exc) in LOST_CODES:
+            if code(exc) in LOST_CODES:
                 raise
             return default
 
@@ -379,228 +353,12 @@ class NvmlSource:
     # --- plans ---------------------------------------------------------------------------------
 
     @staticmethod
-    def _plan(tier: Tier, opt_ins: frozenset[str]) -> _Plan:
+    def _plan(tier: Tier, opt_ins: frozenset[str]) -> Plan:
         readings: dict[str, dict[str, Metric]] = {}
         for m in catalog.nvml_metrics(tier, opt_ins):
             readings.setdefault(m.reading, {})[m.key] = m
         field_ids = [int(k) for k in readings.get("fields", {})]
-        return _Plan(readings, field_ids)
-
-    # --- readers: each yields (catalog key, extra label values, raw value) ----------------------
-
-    def _read_utilization(self, gpu: _Gpu, plan: _Plan) -> Reading:
-        u = self.nvml.nvmlDeviceGetUtilizationRates(gpu.handle)
-        return (("gpu", (), u.gpu), ("memory", (), u.memory))
-
-    def _read_memory(self, gpu: _Gpu, plan: _Plan) -> Reading:
-        n = self.nvml
-        if gpu.memory_v2:
-            try:
-                m = n.nvmlDeviceGetMemoryInfo(gpu.handle, version=n.nvmlMemory_v2)
-                return (("used", (), m.used), ("free", (), m.free), ("total", (), m.total),
-                        ("reserved", (), m.reserved))
-            except Exception as exc:
-                if _code(exc) not in ABSENT_CODES | {ARGUMENT_VERSION_MISMATCH}:
-                    raise
-                gpu.memory_v2 = False  # refused after all: v1 from now on (gpumon_gpu_info says v2 until re-init)
-        m = n.nvmlDeviceGetMemoryInfo(gpu.handle)
-        return (("used", (), m.used), ("free", (), m.free), ("total", (), m.total))
-
-    def _read_temperature(self, gpu: _Gpu, plan: _Plan) -> Reading:
-        return (("", (), self.nvml.nvmlDeviceGetTemperature(gpu.handle, 0)),)
-
-    def _read_power_usage(self, gpu: _Gpu, plan: _Plan) -> Reading:
-        return (("", (), self.nvml.nvmlDeviceGetPowerUsage(gpu.handle)),)
-
-    def _read_power_limit(self, gpu: _Gpu, plan: _Plan) -> Reading:
-        return (("", (), self.nvml.nvmlDeviceGetEnforcedPowerLimit(gpu.handle)),)
-
-    def _read_power_constraints(self, gpu: _Gpu, plan: _Plan) -> Reading:
-        low, high = self.nvml.nvmlDeviceGetPowerManagementLimitConstraints(gpu.handle)
-        return (("min", (), low), ("max", (), high))
-
-    def _read_energy(self, gpu: _Gpu, plan: _Plan) -> Reading:
-        return (("", (), self.nvml.nvmlDeviceGetTotalEnergyConsumption(gpu.handle)),)
-
-    def _read_clocks(self, gpu: _Gpu, plan: _Plan) -> Reading:
-        n = self.nvml
-        return (("sm", (), n.nvmlDeviceGetClockInfo(gpu.handle, n.NVML_CLOCK_SM)),
-                ("mem", (), n.nvmlDeviceGetClockInfo(gpu.handle, n.NVML_CLOCK_MEM)))
-
-    def _read_clocks_max(self, gpu: _Gpu, plan: _Plan) -> Reading:
-        n = self.nvml
-        return (("sm", (), n.nvmlDeviceGetMaxClockInfo(gpu.handle, n.NVML_CLOCK_SM)),
-                ("mem", (), n.nvmlDeviceGetMaxClockInfo(gpu.handle, n.NVML_CLOCK_MEM)))
-
-    def _read_pstate(self, gpu: _Gpu, plan: _Plan) -> Reading:
-        return (("", (), self.nvml.nvmlDeviceGetPerformanceState(gpu.handle)),)
-
-    def _read_clock_event_reasons(self, gpu: _Gpu, plan: _Plan) -> Reading:
-        n = self.nvml
-        if gpu.reasons_legacy:
-            active = int(n.nvmlDeviceGetCurrentClocksThrottleReasons(gpu.handle))
-        else:
-            active = int(n.nvmlDeviceGetCurrentClocksEventReasons(gpu.handle))
-        supported = gpu.reasons_supported or active
-        return [("", (name,), 1.0 if active & bit else 0.0)
-                for bit, name in CLOCK_EVENT_REASONS.items() if supported & bit]
-
-    def _read_pcie_link(self, gpu: _Gpu, plan: _Plan) -> Reading:
-        n = self.nvml
-        return (("generation", (), n.nvmlDeviceGetCurrPcieLinkGeneration(gpu.handle)),
-                ("width", (), n.nvmlDeviceGetCurrPcieLinkWidth(gpu.handle)))
-
-    def _read_pcie_link_max(self, gpu: _Gpu, plan: _Plan) -> Reading:
-        n = self.nvml
-        return (("generation", (), n.nvmlDeviceGetMaxPcieLinkGeneration(gpu.handle)),
-                ("width", (), n.nvmlDeviceGetMaxPcieLinkWidth(gpu.handle)))
-
-    def _read_pcie_replay(self, gpu: _Gpu, plan: _Plan) -> Reading:
-        return (("", (), self.nvml.nvmlDeviceGetPcieReplayCounter(gpu.handle)),)
-
-    def _read_remapped_rows(self, gpu: _Gpu, plan: _Plan) -> Reading:
-        corr, unc, pending, failure = self.nvml.nvmlDeviceGetRemappedRows(gpu.handle)
-        return (("", ("correctable",), corr), ("", ("uncorrectable",), unc),
-                ("pending", (), pending), ("failure", (), failure))
-
-    def _read_ecc_volatile(self, gpu: _Gpu, plan: _Plan) -> Reading:
-        return self._ecc(gpu, 0)
-
-    def _read_ecc_aggregate(self, gpu: _Gpu, plan: _Plan) -> Reading:
-        return self._ecc(gpu, 1)
-
-    def _ecc(self, gpu: _Gpu, counter: int) -> Reading:
-        get = self.nvml.nvmlDeviceGetTotalEccErrors
-        return [("", (sev,), get(gpu.handle, code, counter)) for code, sev in ECC_SEVERITIES.items()]
-
-    def _read_temperature_thresholds(self, gpu: _Gpu, plan: _Plan) -> Reading:
-        return self._per_key(gpu, "temperature_thresholds", TEMPERATURE_THRESHOLDS,
-                             lambda code: self.nvml.nvmlDeviceGetTemperatureThreshold(gpu.handle, code))
-
-    def _read_violations(self, gpu: _Gpu, plan: _Plan) -> Reading:
-        return self._per_key(gpu, "violations", VIOLATION_POLICIES,
-                             lambda code: self.nvml.nvmlDeviceGetViolationStatus(gpu.handle, code).violationTime)
-
-    def _per_key(self, gpu: _Gpu, reading: str, keys: dict[int, str], read: Callable[[int], Any]) -> Reading:
-        """Readings made of one call per label value, each of which may be unsupported on its own."""
-        out = []
-        for code, name in keys.items():
-            if f"{reading}:{name}" in gpu.absent:
-                continue
-            try:
-                out.append(("", (name,), read(code)))
-            except Exception as exc:
-                self._failed(gpu, f"{reading}:{name}", READING_CALLS[reading], exc)
-        return out
-
-    def _read_nvlink_state(self, gpu: _Gpu, plan: _Plan) -> Reading:
-        state = self.nvml.nvmlDeviceGetNvLinkState
-        return [("", (str(link),), 1.0 if int(state(gpu.handle, link)) == 1 else 0.0) for link in gpu.nvlinks]
-
-    def _read_nvlink_errors(self, gpu: _Gpu, plan: _Plan) -> Reading:
-        # Counter by counter: a driver may refuse one kind (CRC data on newer NVLink generations)
-        # and still count the others.
-        get = self.nvml.nvmlDeviceGetNvLinkErrorCounter
-        out: list[tuple[str, tuple[str, ...], float]] = []
-        for code, name in NVLINK_ERRORS.items():
-            if f"nvlink_errors:{name}" in gpu.absent:
-                continue
-            links = [link for link in gpu.nvlinks if name in gpu.nvlink_counters.get(link, NVLINK_COUNTERS_BEFORE_4)]
-            try:
-                out.extend([("", (str(link), name), get(gpu.handle, link, code)) for link in links])
-            except Exception as exc:
-                self._failed(gpu, f"nvlink_errors:{name}", READING_CALLS["nvlink_errors"], exc)
-        return out
-
-    def _read_nvlink_speed(self, gpu: _Gpu, plan: _Plan) -> Reading:
-        # Its own call rather than a row of `fields`: the value is also kept for the utilisation ratio.
-        (v,) = _plain_view(self.nvml.nvmlDeviceGetFieldValues(gpu.handle, [NVLINK_SPEED_FIELD]))
-        if v.nvmlReturn != 0:
-            err = self.nvml.NVMLError(v.nvmlReturn)
-            if _code(err) in ABSENT_CODES:  # no speed, no ratio: both count as unsupported
-                self._mark_absent(gpu, "gpm:nvlink_utilization", err)
-            raise err
-        speed = _field_value(v)
-        if not (math.isfinite(speed) and speed > 0):
-            gpu.nvlink_ratio = 0.0
-            return ()
-        gpu.nvlink_ratio = catalog.MIB / (speed * catalog.MEGA)
-        return (("", (), speed),)
-
-    def _read_processes(self, gpu: _Gpu, plan: _Plan) -> Reading:
-        procs = self.nvml.nvmlDeviceGetComputeRunningProcesses(gpu.handle)
-        used = [(p.pid, p.usedGpuMemory) for p in procs]
-        out: list[tuple[str, tuple[str, ...], float]] = [
-            ("count", (), len(used)), ("memory", (), sum(mem or 0 for _, mem in used))]
-        if "pid" in plan.readings["processes"]:
-            out.extend(("pid", (str(pid),), mem) for pid, mem in used if mem is not None)
-        return out
-
-    def _read_fields(self, gpu: _Gpu, plan: _Plan) -> Reading:
-        ids = [i for i in plan.field_ids if f"fields:{i}" not in gpu.absent]
-        if not ids:
-            return ()
-        out = []
-        # NVLink throughput fields read one link per scopeId (scope 0 is link 0 alone): ask for the sum.
-        request = [(i, ALL_LINKS) if i in NVLINK_SUMMED_FIELDS else i for i in ids]
-        for fid, v in zip(ids, _plain_view(self.nvml.nvmlDeviceGetFieldValues(gpu.handle, request)), strict=True):
-            if v.nvmlReturn != 0:
-                err = self.nvml.NVMLError(v.nvmlReturn)
-                self._failed(gpu, f"fields:{fid}", READING_CALLS["fields"], err)
-                continue
-            out.append((str(fid), (), _field_value(v)))
-        return out
-
-    def _read_gpm(self, gpu: _Gpu, plan: _Plan) -> Reading:
-        n = self.nvml
-        now = self._clock()
-        n.nvmlGpmSampleGet(gpu.handle, gpu.gpm_next)
-        if gpu.gpm_prev_t is None:
-            gpu.gpm_prev, gpu.gpm_next, gpu.gpm_prev_t = gpu.gpm_next, gpu.gpm_prev, now
-            return ()
-        if now - gpu.gpm_prev_t < GPM_MIN_INTERVAL_S:
-            return ()  # keep the older sample; the next poll measures over a longer window
-        mg = gpu.gpm_get
-        if gpu.gpm_wanted_for != (id(plan), len(gpu.absent)):  # absent only grows: its size tells
-            self._plan_gpm(gpu, plan)
-        wanted, results = gpu.gpm_wanted, gpu.gpm_results
-        mg.sample1, mg.sample2 = gpu.gpm_prev, gpu.gpm_next
-        n.nvmlGpmMetricsGet(mg)
-        gpu.gpm_prev, gpu.gpm_next, gpu.gpm_prev_t = gpu.gpm_next, gpu.gpm_prev, now
-        out = []
-        isfinite = math.isfinite
-        ratio = gpu.nvlink_ratio
-        for j, (key, label_values, _, ratio_labels) in enumerate(wanted):
-            metric = results[j]
-            if metric.nvmlReturn != 0:
-                self._failed(gpu, f"gpm:{key}", "nvmlGpmMetricsGet", n.NVMLError(metric.nvmlReturn))
-            elif isfinite(value := metric.value):  # NVML can return NaN with success
-                out.append((key, label_values, value))
-                if ratio_labels is not None and ratio:
-                    out.append(("nvlink_utilization", ratio_labels, value * ratio))
-        return out
-
-    def _plan_gpm(self, gpu: _Gpu, plan: _Plan) -> None:
-        """Which GPM metrics to ask for, written into the request once: NVML leaves the ids alone."""
-        # One entry per metric, per link for NVLink rates; a per-link rate also carries the labels of
-        # its utilisation ratio (computed from it in `_read_gpm`), or None when that is not exported.
-        wanted: list[tuple[str, tuple[str, ...], int, tuple[str, ...] | None]] = []
-        ratios = "nvlink_utilization" in plan.readings["gpm"] and "gpm:nvlink_utilization" not in gpu.absent
-        for key in plan.readings["gpm"]:
-            if f"gpm:{key}" in gpu.absent or key == "nvlink_utilization":
-                continue
-            if key in ("nvlink_rx", "nvlink_tx"):
-                direction = key.removeprefix("nvlink_")
-                wanted.extend((key, (str(link),), gpm_nvlink_ids(link)[key == "nvlink_tx"],
-                               (str(link), direction) if ratios else None) for link in gpu.nvlinks)
-            else:
-                wanted.append((key, (), GPM_METRICS[key], None))
-        mg = gpu.gpm_get
-        mg.version = self.nvml.NVML_GPM_METRICS_GET_VERSION
-        mg.numMetrics = len(wanted)
-        for j, (_, _, metric_id, _) in enumerate(wanted):
-            gpu.gpm_results[j].metricId = metric_id
-        gpu.gpm_wanted, gpu.gpm_wanted_for = wanted, (id(plan), len(gpu.absent))
+        return Plan(readings, field_ids)
 
     # --- XID events ----------------------------------------------------------------------------
 
@@ -631,7 +389,7 @@ class NvmlSource:
             log.debug("event set free failed", error=str(exc))
         self._event_set = None
 
-    def _register_events(self, gpu: _Gpu) -> None:
+    def _register_events(self, gpu: GpuState) -> None:
         try:
             self.nvml.nvmlDeviceRegisterEvents(gpu.handle, XID_EVENT, self._event_set)
         except Exception as exc:
@@ -642,7 +400,7 @@ class NvmlSource:
             try:
                 data = self.nvml.nvmlEventSetWait_v2(self._event_set, EVENT_WAIT_MS)
             except Exception as exc:
-                if _code(exc) != TIMEOUT:
+                if code(exc) != TIMEOUT:
                     self._count_error("nvmlEventSetWait_v2", exc)
                     self._events_stop.wait(EVENT_WAIT_MS / 1000)  # a failing wait must not spin
                 continue
@@ -652,11 +410,11 @@ class NvmlSource:
                     on_xid(index, int(data.eventData), time.time())
 
     def _index_of(self, handle: Any) -> int | None:
-        key = _handle_key(handle)
-        return next((g.index for g in self._gpus if _handle_key(g.handle) == key), None)
+        key = handle_key(handle)
+        return next((g.index for g in self._gpus if handle_key(g.handle) == key), None)
 
 
-def _handle_key(handle: Any) -> int:
+def handle_key(handle: Any) -> int:
     """Compare NVML device handles by address (ctypes pointers) or identity (fakes)."""
     try:
         return int(ctypes.cast(handle, ctypes.c_void_p).value or 0)
@@ -664,27 +422,3 @@ def _handle_key(handle: Any) -> int:
         return id(handle)
 
 
-@functools.cache
-def _plain_type(cls: type[ctypes.Structure]) -> type[ctypes.Structure] | None:
-    """`cls`'s layout as a plain ctypes structure, or None if it would not be the same layout."""
-    attrs: dict[str, Any] = {"_fields_": cls._fields_}
-    if hasattr(cls, "_pack_"):
-        attrs["_pack_"] = cls._pack_
-    plain = type(f"Plain{cls.__name__}", (ctypes.Structure,), attrs)
-    return plain if ctypes.sizeof(plain) == ctypes.sizeof(cls) else None
-
-
-def _plain_view(array: Any) -> Any:
-    """The same memory as a ctypes array of pynvml structures, read without pynvml's per-attribute
-    hook: `_PrintableStructure.__getattribute__` is Python code run on every field read, and
-    reading GPM results and field values through it was a quarter of a poll's Python time."""
-    if not isinstance(array, ctypes.Array) or not issubclass(array._type_, ctypes.Structure):
-        return array  # not ctypes (a test double): read it as it is
-    plain = _plain_type(array._type_)
-    return array if plain is None else (plain * len(array)).from_buffer(array)
-
-
-def _field_value(v: Any) -> float:
-    kind = int(v.valueType)
-    u = v.value
-    return float((u.dVal, u.uiVal, u.ulVal, u.ullVal, u.sllVal, u.siVal, u.usVal)[kind]) if kind <= 6 else math.nan

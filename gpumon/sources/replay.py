@@ -29,6 +29,11 @@ class ReplaySpec:
     def is_demo(self) -> bool:
         return self.path == DEMO_CAPTURE
 
+    @property
+    def name(self) -> str:
+        """How the capture is named to users (gpumon_build_info, the DEMO DATA banner)."""
+        return "bundled H200 demo capture" if self.is_demo else str(self.path)
+
 
 def parse_replay_spec(spec: str) -> ReplaySpec:
     """Parse `replay:PATH[,loop][,speed=X][,gpus=N]`; raises ValueError naming the bad part."""
@@ -64,8 +69,8 @@ class ReplaySource(NvmlSource):
 
     nvml: CaptureNvml
 
-    def poll(self, index: int, tier: Tier) -> Sample:
-        sample = super().poll(index, tier)
+    def read(self, index: int, tier: Tier) -> Sample:
+        sample = super().read(index, tier)
         if tier is Tier.FAST:
             phase = self.nvml.phase(index)
             if phase is not None:
@@ -79,4 +84,4 @@ def replay_source(spec: ReplaySpec, opt_ins: frozenset[str] = frozenset(),
     """An NvmlSource over the capture. Raises CaptureError if it cannot be read."""
     capture = load_capture(spec.path)
     nvml = CaptureNvml(capture, gpus=spec.gpus, speed=spec.speed, loop=spec.loop, faults=faults)
-    return ReplaySource(nvml, backend="replay", opt_ins=opt_ins)
+    return ReplaySource(nvml, backend="replay", capture=spec.name, opt_ins=opt_ins)

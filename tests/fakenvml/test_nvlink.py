@@ -20,7 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gpumon.model import Sample, Tier
 from gpumon.sources.capture import CaptureNvml, load_capture
-from gpumon.sources.nvml import NVLINK_ERRORS, NvmlSource
+from gpumon.sources.nvml import NvmlSource
+from gpumon.sources.nvml_readers import NVLINK_ERRORS
 from tests.conftest import FakeClock
 from tests.fakenvml import StartAt, environment
 from tests.fakenvml.conftest import Fake
@@ -81,7 +82,7 @@ def polled(source: NvmlSource) -> Series:
     got: Series = {}
     for gpu in range(GPUS):
         for tier in (Tier.SLOW, Tier.FAST):  # open() took the first GPM sample, 1 s before
-            got.update(series(source.poll(gpu, tier), gpu))
+            got.update(series(source.read(gpu, tier), gpu))
     return got
 
 

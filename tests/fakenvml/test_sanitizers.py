@@ -32,7 +32,7 @@ PYNVML_SESSION = textwrap.dedent("""
     time.sleep(0.3)
     for tier in Tier:
         for gpu in range(len(source.devices)):
-            source.poll(gpu, tier)
+            source.read(gpu, tier)
     source.close()
     print("errors", source.error_counts())
 """)

@@ -20,8 +20,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from gpumon import catalog
 from gpumon import sampler as sampler_module
 from gpumon.exporter import Exporter
-from gpumon.model import BackendUnavailable, DeviceLost, Sample, Tier
+from gpumon.model import BackendUnavailable, Sample, Tier
 from gpumon.sampler import Intervals, Sampler
+from gpumon.sources.base import Unit, UnitLost
 from gpumon.sources.capture import CaptureNvml, load_capture
 from gpumon.sources.nvml import NvmlSource
 from gpumon.sources.replay import DEMO_CAPTURE
@@ -86,7 +87,7 @@ def test_static_facts(fake: Fake) -> None:
     assert first.uuid == CAPTURE.probe["devices"][0]["getters"]["nvmlDeviceGetUUID"]["ok"]
     assert (first.driver_version, first.cuda_driver_version, first.gpm_supported) == ("580.159.04", "13.0", True)
     assert copy.uuid != first.uuid and copy.pci_bus_id == "00000000:11:00.0"
-    static = values(source.poll(0, Tier.STATIC))
+    static = values(source.read(0, Tier.STATIC))
     assert static[("gpumon_power_limit_max_watts", first.labels)] == 700.0
     assert static[("gpumon_sm_clock_max_hertz", first.labels)] == 1980e6
     source.close()
@@ -105,7 +106,7 @@ def test_every_tier_reads_what_the_python_fake_reads(fake: Fake, phase: str) -> 
     first: dict[Tier, Values] = {}
     for gpu in (0, 1):
         for tier in Tier:
-            got, want = values(source.poll(gpu, tier)), values(oracle.poll(gpu, tier))
+            got, want = values(source.read(gpu, tier)), values(oracle.read(gpu, tier))
             first.setdefault(tier, dict(got))
             # The one deliberate difference: the C library's energy counter keeps counting when
             # the trace loops (GPU 1 plays half a trace ahead), where capture.py's starts again.
@@ -132,8 +133,8 @@ def test_gpumon_calls_nothing_the_library_lacks(fake: Fake, resolved: list[str])
     for tier in Tier:
         clock.advance(1.0)
         for gpu in (0, 1):
-            source.poll(gpu, tier)
-    source.reopen(1)
+            source.read(gpu, tier)
+    source.reopen(Unit("gpu1", gpu=1))
     assert got.wait(5)
     source.close()
     # Every function pynvml looked up was there (a missing one raises FunctionNotFound, which
@@ -150,7 +151,7 @@ def test_gpm_over_a_window_while_time_runs(fake: Fake) -> None:
     source, clock = opened(fake, speed=10, start=middle_of("pcie") - 2.0)
     time.sleep(0.3)  # three trace seconds of PCIe copies
     clock.advance(1.0)
-    got = values(source.poll(0, Tier.FAST))
+    got = values(source.read(0, Tier.FAST))
     labels = source.devices[0].labels
     assert got[("gpumon_sm_active_ratio", labels)] < 0.05
     assert got[("gpumon_pcie_tx_bytes_per_second", labels)] + got[("gpumon_pcie_rx_bytes_per_second", labels)] > 1e9
@@ -166,7 +167,7 @@ def test_recorded_not_supported_makes_metrics_absent(fake: Fake, tmp_path: Path)
     source, clock = opened(fake, capture=edited_capture(tmp_path / "capture", edit))
     for _ in range(2):
         clock.advance(1.0)
-        fast, slow = source.poll(0, Tier.FAST), source.poll(0, Tier.SLOW)
+        fast, slow = source.read(0, Tier.FAST), source.read(0, Tier.SLOW)
     assert {"gpumon_power_draw_watts", "gpumon_memory_temperature_celsius"}.isdisjoint(names(fast))
     assert "gpumon_pcie_replays_total" not in names(slow)
     assert "gpumon_memory_used_bytes" in names(fast)
@@ -183,7 +184,7 @@ def test_old_driver_fallbacks(fake: Fake) -> None:
         "error nvmlDeviceGetSupportedClocksEventReasons FunctionNotFound\n"
         "error nvmlDeviceGetCurrentClocksEventReasons FunctionNotFound\n"))
     clock.advance(1.0)
-    fast = values(source.poll(0, Tier.FAST))
+    fast = values(source.read(0, Tier.FAST))
     labels = source.devices[0].labels
     assert ("gpumon_memory_used_bytes", labels) in fast
     assert not any(name == "gpumon_memory_reserved_bytes" for name, _ in fast)
@@ -197,7 +198,7 @@ def test_without_gpm_sm_activity_is_absent(fake: Fake, tmp_path: Path) -> None:
     source, clock = opened(fake, capture=edited_capture(tmp_path / "capture", edit))
     assert not source.devices[0].gpm_supported
     clock.advance(1.0)
-    fast = names(source.poll(0, Tier.FAST))
+    fast = names(source.read(0, Tier.FAST))
     assert "gpumon_sm_active_ratio" not in fast and "gpumon_gpu_utilization_ratio" in fast
     assert source.unsupported_count(0) == NO_NVLINK + sum(1 for m in catalog.METRICS if m.reading == "gpm"
                                                                and not m.name.startswith("gpumon_nvlink_"))
@@ -207,7 +208,7 @@ def test_without_gpm_sm_activity_is_absent(fake: Fake, tmp_path: Path) -> None:
 def test_process_list(fake: Fake) -> None:
     rec = next(r for r in TRACE if r["procs"])
     source, _ = opened(fake, speed=0, start=rec["t"] - T0, opt_ins=frozenset({"process_pids"}))
-    got = values(source.poll(0, Tier.FAST))
+    got = values(source.read(0, Tier.FAST))
     labels = source.devices[0].labels
     pid, used = rec["procs"][0]["pid"], rec["procs"][0]["used"]
     assert got[("gpumon_process_memory_bytes", (*labels, ("pid", str(pid))))] == used
@@ -236,17 +237,17 @@ def test_lost_gpu_raises_device_lost_and_reopens(fake: Fake, code: str) -> None:
     before = time.monotonic()
     source, _ = opened(fake, gpus=2, faults=f"error nvmlDeviceGetPowerUsage {code} 1\nlost 1 0.3 0.8\n")
     after = time.monotonic()  # nvmlInit happened in between: the fault times count from it
-    source.poll(0, Tier.FAST)
-    with pytest.raises(DeviceLost) as info:
-        source.poll(1, Tier.FAST)
-    assert info.value.index == 1
+    source.read(0, Tier.FAST)
+    with pytest.raises(UnitLost) as info:
+        source.read(1, Tier.FAST)
+    assert info.value.unit == Unit("gpu1", gpu=1)
     time.sleep(max(0.0, after + 0.35 - time.monotonic()))
     assert time.monotonic() - before < 0.8
-    with pytest.raises(DeviceLost):  # lost now: re-acquiring it by UUID fails too
-        source.reopen(1)
+    with pytest.raises(UnitLost):  # lost now: re-acquiring it by UUID fails too
+        source.reopen(Unit("gpu1", gpu=1))
     time.sleep(max(0.0, after + 0.85 - time.monotonic()))
-    assert source.reopen(1).uuid == source.devices[1].uuid
-    source.poll(1, Tier.SLOW)
+    source.reopen(Unit("gpu1", gpu=1))
+    source.read(1, Tier.SLOW)
     source.close()
 
 
@@ -271,7 +272,10 @@ def test_bad_capture_is_a_clear_message(fake: Fake, tmp_path: Path, capfd: pytes
 # --- the sampler ---------------------------------------------------------------------------------
 
 
-def scraped(exporter: Exporter) -> Values:
+def scraped(sampler: Sampler) -> Values:
+    """/metrics as the exporter following the sampler's rounds would render it now."""
+    exporter = Exporter(process_metrics=False)
+    exporter.render(sampler.fresh(time.time()))
     out = {}
     for family in text_string_to_metric_families(exporter.body(False, False).decode()):
         for s in family.samples:
@@ -288,7 +292,7 @@ async def build(fake: Fake) -> AsyncIterator[Build]:
 
     def make(faults: str = "", gpus: int = 2, fast: float = 0.2, deadline: float | None = None) -> Sampler:
         fake.configure(gpus=gpus, faults=faults)
-        s = Sampler(NvmlSource(fake.nvml), Store(100), Exporter(process_metrics=False), Intervals(fast, 5.0, deadline))
+        s = Sampler([NvmlSource(fake.nvml)], Store(100), Intervals(fast, 5.0, deadline))
         made.append(s)
         return s
     yield make
@@ -301,12 +305,12 @@ async def test_sampler_lost_gpu_goes_down_and_comes_back(build: Build, monkeypat
     s = build("lost 1 0.5 1.5\n")
     await s.start()
     await asyncio.sleep(1.0)
-    down = scraped(s.exporter)
+    down = scraped(s)
     assert down[("gpumon_gpu_up", (("gpu", "1"),))] == 0.0
     assert ("gpumon_power_draw_watts", (("gpu", "1"),)) not in down
     assert ("gpumon_power_draw_watts", (("gpu", "0"),)) in down
     await asyncio.sleep(1.5)
-    up = scraped(s.exporter)
+    up = scraped(s)
     assert up[("gpumon_gpu_up", (("gpu", "1"),))] == 1.0
     assert up[("gpumon_gpu_reinit_total", (("gpu", "1"),))] == 1.0
     assert ("gpumon_power_draw_watts", (("gpu", "1"),)) in up
@@ -320,7 +324,7 @@ async def test_sampler_hung_call_does_not_stall_other_gpus(build: Build) -> None
     now = time.time()
     gpu0 = next(x for x in s.store.latest() if x.unit == "gpu0" and x.tier == "fast")
     assert now - gpu0.timestamp < 0.5
-    got = scraped(s.exporter)
+    got = scraped(s)
     assert got[("gpumon_poll_deadline_exceeded_total", (("gpu", "1"), ("tier", "fast")))] >= 3
     assert got[("gpumon_poll_deadline_exceeded_total", (("gpu", "0"), ("tier", "fast")))] == 0
     assert ("gpumon_power_draw_watts", (("gpu", "0"),)) in got
@@ -337,7 +341,7 @@ async def test_sampler_counts_xids(build: Build) -> None:
     got: Values = {}
     for _ in range(50):
         await asyncio.sleep(0.1)
-        got = scraped(s.exporter)
+        got = scraped(s)
         if got.get(("gpumon_xid_errors_total", (("gpu", "1"), ("xid", "79")))) == 1.0:
             break
     assert got[("gpumon_xid_errors_total", (("gpu", "0"), ("xid", "48")))] == 2.0
@@ -348,7 +352,7 @@ async def test_sampler_exports_errors_by_call(build: Build) -> None:
     s = build("error nvmlDeviceGetUtilizationRates Timeout 0\n")
     await s.open()
     await s.poll_round(Tier.FAST)
-    got = scraped(s.exporter)
+    got = scraped(s)
     key = ("gpumon_nvml_errors_total", (("call", "nvmlDeviceGetUtilizationRates"), ("error", "NVMLError_Timeout")))
     assert got[key] == 1.0
     assert ("gpumon_gpu_utilization_ratio", (("gpu", "1"),)) in got

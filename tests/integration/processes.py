@@ -20,7 +20,7 @@ import pytest
 from tests.conftest import free_port
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
+    from typing import Self
 
 
 def need(command: str) -> str:

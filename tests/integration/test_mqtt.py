@@ -12,7 +12,6 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from gpumon.health import Health
 from gpumon.notify.mqtt import MqttPublisher
 from gpumon.rules.alerting import Alert, State
 from gpumon.store import Store
@@ -50,7 +49,7 @@ async def wait_until(check, timeout: float = 15.0) -> None:  # type: ignore[no-u
 async def test_alerts_retained_cleared_and_survive_a_broker_restart(tmp_path: Path) -> None:
     with Mosquitto(tmp_path) as broker:
         pub = MqttPublisher("127.0.0.1", broker.port, prefix="gpumon/test", store=Store(10), telemetry_interval=60)
-        pub.start(Health())
+        pub.start()
         try:
             pub.update([alert("A")])
 
