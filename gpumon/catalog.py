@@ -7,12 +7,34 @@ against it. Adding a metric is one row (plus a reader in the source if it needs 
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from gpumon.model import Tier
 
-GAUGE, COUNTER, INFO = "gauge", "counter", "info"
+
+class MetricType(enum.StrEnum):
+    GAUGE = "gauge"
+    COUNTER = "counter"
+    INFO = "info"
+
+
+class Origin(enum.StrEnum):
+    """Who produces a metric's series."""
+
+    NVML = "nvml"  # a reader of the nvml source, named by the metric's `reading`
+    DEVICE = "device"  # the GPU's static facts
+    EVENTS = "events"  # NVML's event thread (XIDs)
+    SELF = "self"  # gpumon's own health
+    INFINIBAND = "infiniband"
+    NCCL_RAS = "nccl_ras"
+    REPLAY = "replay"  # demo data only
+    RULES = "rules"
+    NOTIFY = "notify"
+
+
+GAUGE, COUNTER, INFO = MetricType.GAUGE, MetricType.COUNTER, MetricType.INFO
 
 PERCENT = 0.01  # NVML percent -> ratio 0..1
 MILLI = 1e-3  # mW -> W, mJ -> J
@@ -34,10 +56,10 @@ class Metric:
     """
 
     name: str
-    type: str
+    type: MetricType
     unit: str
     help: str
-    source: str
+    source: Origin
     tier: Tier = Tier.FAST
     reading: str = ""
     key: str = ""
@@ -52,8 +74,8 @@ class Metric:
         return self.name.removesuffix("_total") if self.type == COUNTER else self.name
 
 
-def _m(name: str, type_: str, unit: str, help_: str, source: str = "nvml", **kw: object) -> Metric:
-    return Metric(name, type_, unit, help_, source, **kw)  # type: ignore[arg-type]
+def _m(name: str, type_: MetricType, unit: str, help_: str, source: str = "nvml", **kw: object) -> Metric:
+    return Metric(name, type_, unit, help_, Origin(source), **kw)  # type: ignore[arg-type]
 
 
 F, S, ST = Tier.FAST, Tier.SLOW, Tier.STATIC
