@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from gpumon.rules.promql import EvalError, PromQLError, compile_expr, parse_prom_duration
 from gpumon.rules.ruletest import expand_values, run_test_file
 
-CORPUS = yaml.safe_load((Path(__file__).parent / "rules" / "promql_cases.yaml").read_text())
+CORPUS = yaml.safe_load((Path(__file__).parent / "corpus" / "promql_cases.yaml").read_text())
 CASES = {c["name"]: c for c in CORPUS["cases"]}
 
 
@@ -133,6 +133,7 @@ def test_any_corpus_expression_evaluates_at_any_time_without_crashing(name: str,
 def test_set_operators_skip_the_left_series_they_would_drop(monkeypatch: pytest.MonkeyPatch) -> None:
     """`A unless on(gpu) B` averages nothing for a GPU that B has; `A and B` only for those it has."""
     from gpumon.rules import promql
+    from gpumon.rules.promql.functions import RANGE
     from gpumon.rules.ruletest import MemoryStorage, parse_series
 
     storage = MemoryStorage()
@@ -142,13 +143,13 @@ def test_set_operators_skip_the_left_series_they_would_drop(monkeypatch: pytest.
     for gpu in (1, 3):
         storage.add(parse_series(f'sm{{gpu="{gpu}"}}'), 540_000, 0.5)
     averaged: list[int] = []
-    real = promql._RANGE["avg_over_time"]
+    real = RANGE["avg_over_time"]
 
     def counting(times: Any, values: Any, ms: Any, t: int) -> float | None:
         averaged.append(len(values))
         return real(times, values, ms, t)
 
-    monkeypatch.setitem(promql._RANGE, "avg_over_time", counting)
+    monkeypatch.setitem(RANGE, "avg_over_time", counting)
     evaluator = promql.Evaluator(storage)
     got = evaluator.instant(compile_expr("avg_over_time(util[5m]) >= 0 unless on(gpu) sm"), 540_000)
     assert sorted(dict(s.labels)["gpu"] for s in got) == ["0", "2"] and len(averaged) == 2

@@ -1,104 +1,34 @@
-"""A PromQL subset: parsed by promql-parser, checked when a rule loads, evaluated here.
-
-Semantics follow the Prometheus 2.x engine (the version `promtool` on Debian 12 runs): 5 m lookback
-for instant selectors, range selectors closed on both ends, staleness markers, counter resets and the
-extrapolation of rate/increase/delta, vector matching with on/ignoring and group_left/group_right.
-Times are integer milliseconds, as in Prometheus, so interval boundaries compare exactly.
-
-Anything outside the subset is rejected by `compile_expr` with the construct and its column, so a
-rule file that loads cannot fail at 3 a.m. for want of a feature.
-"""
+"""Evaluation of a checked expression at one instant, against a Storage: selectors, functions,
+aggregations and binary operators with vector matching, as the Prometheus 2.x engine does them."""
 
 from __future__ import annotations
 
-import itertools
 import math
-import re
-import struct
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, field
-from datetime import timedelta
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
 import promql_parser as pp
 
-from gpumon.model import STALE_NAN
-from gpumon.regex import Regex, RegexError, anchored, expand
-
-LOOKBACK_MS = 5 * 60 * 1000
-MAX_DEPTH = 128  # nesting levels of an expression: the evaluator recurses (Python's stack is ~1,000 frames)
-MAX_DURATION_MS = (2**63 - 1) // 1_000_000  # Go's time.Duration, as Prometheus's ParseDuration checks
-_STALE_BITS = struct.pack("<d", STALE_NAN)
-NAME = "__name__"
-
-Labels = tuple[tuple[str, str], ...]  # sorted by name; includes __name__ when the series has one
-
-
-_DURATION = re.compile(r"(\d+)(ms|s|m|h|d|w|y)")
-_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000,
-            "y": 31_536_000_000}
-
-
-def parse_prom_duration(text: str) -> int:
-    """Prometheus duration (`1h30m`, `0s`, `5m`) in milliseconds; ValueError when malformed."""
-    text = str(text).strip()
-    if text == "0":
-        return 0
-    if not text or _DURATION.sub("", text) != "":
-        raise ValueError(f"not a valid duration string: {text!r}")
-    ms = sum(int(n) * _UNIT_MS[u] for n, u in _DURATION.findall(text))
-    if ms > MAX_DURATION_MS:
-        raise ValueError("duration out of range")
-    return ms
-
-
-def format_duration(ms: int) -> str:
-    """Milliseconds as Prometheus prints a duration (`1h30m`, `0s`)."""
-    if ms == 0:
-        return "0s"
-    parts = []
-    for unit in ("y", "w", "d", "h", "m", "s", "ms"):
-        n, ms = divmod(ms, _UNIT_MS[unit])
-        if n:
-            parts.append(f"{n}{unit}")
-    return "".join(parts)
-
-
-def is_stale(v: float) -> bool:
-    return v != v and struct.pack("<d", v) == _STALE_BITS
-
-
-class PromQLError(Exception):
-    """An expression outside the supported subset, or malformed; raised when the rule loads."""
-
-
-class EvalError(Exception):
-    """An evaluation that Prometheus would also fail (e.g. many-to-many matching)."""
-
-
-@dataclass(slots=True)
-class Sample:
-    labels: Labels
-    value: float
-    t: int = 0  # sample timestamp (ms); what timestamp() returns for a plain selector
-
-
-@dataclass(slots=True)
-class Series:
-    """A series in a range: times (ms) and values side by side, as storages slice them cheaply."""
-
-    labels: Labels
-    times: Sequence[float] = field(default_factory=list)
-    values: Sequence[float] = field(default_factory=list)
-    # The storage knows there is no NaN (so no staleness marker) among the values: the evaluator
-    # need not look for one, and max/min_over_time are the builtins.
-    nan_free: bool = False
-
-
-Vector = list[Sample]
-Matrix = list[Series]
-Value = Vector | Matrix | float | str
+from gpumon.regex import expand
+from gpumon.rules.promql.functions import NAN_FREE_BUILTINS, RANGE, incremental_mean, quantile
+from gpumon.rules.promql.parse import ARITHMETIC, COMPARISON, SET_OPS, anchored_regex, selector_matchers
+from gpumon.rules.promql.values import (
+    LOOKBACK_MS,
+    NAME,
+    EvalError,
+    Labels,
+    Matcher,
+    Matrix,
+    Sample,
+    Series,
+    Storage,
+    Value,
+    Vector,
+    duration_ms,
+    is_stale,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,165 +56,6 @@ def _admitted(labels: Labels, filters: Filters) -> bool:
     return all(f.admits(labels) for f in filters)
 
 
-@dataclass(frozen=True)
-class Matcher:
-    name: str
-    op: str  # "=", "!=", "=~", "!~"
-    value: str
-    regex: Regex | None = None  # anchored, for =~ and !~
-
-    def matches(self, labels: dict[str, str]) -> bool:
-        v = labels.get(self.name, "")
-        if self.op == "=":
-            return v == self.value
-        if self.op == "!=":
-            return v != self.value
-        assert self.regex is not None
-        return self.regex.matches(v) == (self.op == "=~")
-
-
-class Storage(Protocol):
-    """Where selectors read from: series whose labels satisfy all matchers, points in [start, end]."""
-
-    def select(self, matchers: Sequence[Matcher], start: int, end: int) -> Iterable[Series]: ...
-
-
-# --- the subset ------------------------------------------------------------------------------------
-
-RANGE_FUNCTIONS = {"rate", "irate", "increase", "delta", "idelta", "changes", "resets", "avg_over_time",
-                   "min_over_time", "max_over_time", "sum_over_time", "count_over_time", "last_over_time",
-                   "quantile_over_time", "absent_over_time"}
-VECTOR_FUNCTIONS = {"absent", "abs", "clamp", "clamp_min", "clamp_max", "timestamp", "label_replace", "scalar"}
-SCALAR_FUNCTIONS = {"time", "vector"}
-FUNCTIONS = RANGE_FUNCTIONS | VECTOR_FUNCTIONS | SCALAR_FUNCTIONS
-AGGREGATIONS = {"sum", "avg", "min", "max", "count", "topk", "bottomk"}
-ARITHMETIC = {"+", "-", "*", "/", "%", "^"}
-COMPARISON = {"==", "!=", ">", "<", ">=", "<="}
-SET_OPS = {"and", "or", "unless"}
-_MATCH_OPS = {"MatchOp.Equal": "=", "MatchOp.NotEqual": "!=", "MatchOp.Re": "=~", "MatchOp.NotRe": "!~"}
-_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
-
-
-def compile_expr(text: str) -> Any:
-    """Parse and check an expression; raises PromQLError naming the construct and its column."""
-    try:
-        expr = pp.parse(text)
-    except (ValueError, RuntimeError, TypeError) as exc:
-        raise PromQLError(f"cannot parse expression: {exc}") from None
-    if _depth(expr) > MAX_DEPTH:
-        raise PromQLError(f"the expression nests more than {MAX_DEPTH} levels deep, which gpumon does not "
-                          "evaluate (Prometheus has no such limit)")
-    _check(expr, text)
-    return expr
-
-
-def _children(e: Any) -> list[Any]:
-    if isinstance(e, pp.BinaryExpr):
-        return [e.lhs, e.rhs]
-    if isinstance(e, pp.Call):
-        return list(e.args)
-    if isinstance(e, pp.AggregateExpr):
-        return [e.expr] if e.param is None else [e.expr, e.param]
-    if isinstance(e, pp.MatrixSelector):
-        return [e.vector_selector]
-    if isinstance(e, (pp.ParenExpr, pp.UnaryExpr, pp.SubqueryExpr)):
-        return [e.expr]
-    return []
-
-
-def _depth(expr: Any) -> int:
-    """How deep the tree goes, found without recursion (the checks and the evaluator recurse)."""
-    deepest, stack = 0, [(expr, 1)]
-    while stack:
-        e, depth = stack.pop()
-        deepest = max(deepest, depth)
-        if depth <= MAX_DEPTH:  # deeper is refused anyway: no need to walk a 5,000-level tree
-            stack.extend((child, depth + 1) for child in _children(e))
-    return deepest
-
-
-def _where(text: str, token: str) -> str:
-    i = text.find(token)
-    return f" at column {i + 1}" if i >= 0 else ""
-
-
-def _check(e: Any, text: str) -> None:
-    if isinstance(e, pp.SubqueryExpr):
-        raise PromQLError(f"subqueries are not supported{_where(text, ':')}")
-    if isinstance(e, pp.VectorSelector):
-        if e.at is not None:
-            raise PromQLError(f"the @ modifier is not supported{_where(text, '@')}")
-        if e.matchers.or_matchers:
-            raise PromQLError(f"'or' inside a selector is not supported{_where(text, ' or ')}")
-        _matchers(e)  # compiles regexes: a bad one is a load error
-    elif isinstance(e, pp.MatrixSelector):
-        _check(e.vector_selector, text)
-    elif isinstance(e, pp.Call):
-        name = e.func.name
-        if name not in FUNCTIONS:
-            raise PromQLError(f"function {name}() is not supported{_where(text, name + '(')}; supported: "
-                              + ", ".join(sorted(FUNCTIONS)))
-        if name == "label_replace":
-            args = e.args
-            if not all(isinstance(a, pp.StringLiteral) for a in args[1:]):
-                raise PromQLError("label_replace() takes string literals after the vector")
-            if not _LABEL_NAME.fullmatch(args[1].val):
-                raise PromQLError(f"label_replace(): invalid destination label name {args[1].val!r}")
-            _anchored(args[4].val, "label_replace()")
-        for a in e.args:
-            _check(a, text)
-    elif isinstance(e, pp.AggregateExpr):
-        op = str(e.op)
-        if op not in AGGREGATIONS:
-            raise PromQLError(f"aggregation {op} is not supported{_where(text, op)}; supported: "
-                              + ", ".join(sorted(AGGREGATIONS)))
-        _check(e.expr, text)
-        if e.param is not None:
-            _check(e.param, text)
-    elif isinstance(e, pp.BinaryExpr):
-        op = str(e.op)
-        if op not in ARITHMETIC | COMPARISON | SET_OPS:
-            raise PromQLError(f"operator {op} is not supported{_where(text, op)}")
-        if e.modifier is not None and getattr(e.modifier, "fill_values", None) and _has_fill(e.modifier):
-            raise PromQLError("fill() modifiers are not supported")
-        _check(e.lhs, text)
-        _check(e.rhs, text)
-    elif isinstance(e, (pp.ParenExpr, pp.UnaryExpr)):
-        _check(e.expr, text)
-    elif not isinstance(e, (pp.NumberLiteral, pp.StringLiteral)):
-        raise PromQLError(f"{type(e).__name__} is not supported")
-
-
-def _has_fill(modifier: Any) -> bool:
-    fv = modifier.fill_values
-    return any(getattr(fv, k, None) is not None for k in ("lhs", "rhs"))
-
-
-def _anchored(pattern: str, where: str) -> Regex:
-    try:
-        return anchored(pattern)
-    except RegexError as exc:
-        raise PromQLError(f"{where}: invalid regular expression {pattern!r}: {exc}") from None
-
-
-def _matchers(vs: Any) -> list[Matcher]:
-    out = []
-    if vs.name:
-        out.append(Matcher(NAME, "=", vs.name))
-    for m in vs.matchers.matchers:
-        op = _MATCH_OPS[str(m.op)]
-        regex = _anchored(m.value, f"matcher {m.name}{op}{m.value!r}") if op in ("=~", "!~") else None
-        out.append(Matcher(m.name, op, m.value, regex))
-    return out
-
-
-def _ms(d: timedelta | None) -> int:
-    return 0 if d is None else round(d.total_seconds() * 1000)
-
-
-# --- evaluation ------------------------------------------------------------------------------------
-
-
 class Evaluator:
     """Evaluates checked expressions at one instant against a Storage."""
 
@@ -303,11 +74,11 @@ class Evaluator:
     def _selector_matchers(self, vs: Any) -> list[Matcher]:
         cached = self._matcher_cache.get(id(vs))
         if cached is None:
-            cached = self._matcher_cache[id(vs)] = (vs, _matchers(vs))
+            cached = self._matcher_cache[id(vs)] = (vs, selector_matchers(vs))
         return cached[1]
 
     def _vector_selector(self, vs: Any, t: int, filters: Filters = ()) -> Vector:
-        ref = t - _ms(vs.offset)
+        ref = t - duration_ms(vs.offset)
         out = []
         # An instant selector needs only each series' last point; storages that can say so cheaply do.
         select = getattr(self.storage, "select_last", self.storage.select)
@@ -322,9 +93,9 @@ class Evaluator:
 
     def _matrix_selector(self, ms: Any, t: int, filters: Filters = ()) -> Matrix:
         vs = ms.vector_selector
-        ref = t - _ms(vs.offset)
+        ref = t - duration_ms(vs.offset)
         out = []
-        for series in self.storage.select(self._selector_matchers(vs), ref - _ms(ms.range), ref):
+        for series in self.storage.select(self._selector_matchers(vs), ref - duration_ms(ms.range), ref):
             if filters and not _admitted(series.labels, filters):
                 continue
             times, values = series.times, series.values
@@ -411,12 +182,12 @@ class Evaluator:
         if name == "quantile_over_time":
             q = _num(self._eval(args[0], t))
             m = _mat(self._eval(args[1], t))
-            return _unique([Sample(_drop_name(s.labels), _quantile(q, list(s.values)), t) for s in m])
+            return _unique([Sample(_drop_name(s.labels), quantile(q, list(s.values)), t) for s in m])
         # range functions over one matrix argument: they keep the labels, so filters pass through
         ms = args[0]
         matrix = _mat(self._eval(ms, t, filters))
-        fn_range = _RANGE[name]
-        builtin = _NAN_FREE_BUILTIN.get(name)
+        fn_range = RANGE[name]
+        builtin = NAN_FREE_BUILTINS.get(name)
         out: Vector = []
         for s in matrix:
             result = builtin(s.values) if builtin is not None and s.nan_free else fn_range(s.times, s.values, ms, t)
@@ -428,7 +199,7 @@ class Evaluator:
     def _label_replace(self, e: Any, t: int) -> Vector:
         vec = _vec(self._eval(e.args[0], t))
         dst, repl, src, pattern = (a.val for a in e.args[1:])
-        regex = _anchored(pattern, "label_replace()")
+        regex = anchored_regex(pattern, "label_replace()")
         out: Vector = []
         for s in vec:
             labels = dict(s.labels)
@@ -490,7 +261,7 @@ class Evaluator:
             elif op == "count":
                 value = float(len(values))
             elif op == "avg":
-                value = _incremental_mean(values)
+                value = incremental_mean(values)
             elif op == "max":
                 value = values[0]
                 for v in values[1:]:
@@ -673,191 +444,6 @@ def _elem(op: str, a: float, b: float) -> tuple[float, bool]:
             return math.nan, True
     keep = {"==": a == b, "!=": a != b, ">": a > b, "<": a < b, ">=": a >= b, "<=": a <= b}[op]
     return a, keep
-
-
-# --- range functions -------------------------------------------------------------------------------
-
-Floats = Sequence[float]
-
-
-def _extrapolated(times: Floats, values: Floats, ms: Any, t: int, counter: bool, rate: bool) -> float | None:
-    if len(times) < 2:
-        return None
-    vs = ms.vector_selector
-    range_ms = _ms(ms.range)
-    range_start = t - range_ms - _ms(vs.offset)
-    range_end = t - _ms(vs.offset)
-    first_t, first_v = times[0], values[0]
-    last_t, last_v = times[-1], values[-1]
-    result = last_v - first_v
-    if counter:
-        previous = 0.0
-        for v in values:
-            if v < previous:
-                result += previous
-            previous = v
-    to_start = (first_t - range_start) / 1000
-    to_end = (range_end - last_t) / 1000
-    sampled = (last_t - first_t) / 1000
-    average = sampled / (len(times) - 1)
-    if counter and result > 0 and first_v >= 0:
-        to_zero = sampled * (first_v / result)
-        if to_zero < to_start:
-            to_start = to_zero
-    threshold = average * 1.1
-    interval = sampled
-    interval += to_start if to_start < threshold else average / 2
-    interval += to_end if to_end < threshold else average / 2
-    factor = interval / sampled  # the same operation order as Prometheus, for identical rounding
-    if rate:
-        factor /= range_ms / 1000
-    return result * factor
-
-
-def _instant(times: Floats, values: Floats, rate: bool) -> float | None:
-    if len(times) < 2:
-        return None
-    t1, v1, t2, v2 = times[-2], values[-2], times[-1], values[-1]
-    value = v2 if rate and v2 < v1 else v2 - v1  # a counter reset: the counter restarted from 0
-    if rate:
-        if t2 == t1:
-            return None
-        return value / ((t2 - t1) / 1000)
-    return value
-
-
-def _incremental_mean(values: list[float]) -> float:
-    mean = 0.0
-    count = 0.0
-    for v in values:
-        count += 1
-        if math.isinf(mean):
-            if math.isinf(v) and (mean > 0) == (v > 0):
-                continue  # the mean stays the same infinity
-            if not math.isinf(v) and not math.isnan(v):
-                continue  # a finite value cannot change an infinite mean
-        mean += v / count - mean / count
-    return mean
-
-
-def _kahan_inc(inc: float, total: float, c: float) -> tuple[float, float]:
-    """Neumaier-compensated addition, as Prometheus's kahanSumInc."""
-    t = total + inc
-    if abs(total) >= abs(inc):
-        c += (total - t) + inc
-    else:
-        c += (inc - t) + total
-    return t, c
-
-
-def _avg_over_time(values: Floats) -> float:
-    mean = c = 0.0
-    count = 0.0
-    if math.isfinite(sum(values)):
-        # No infinity or NaN among the values (their sum would not be finite), so the mean never
-        # becomes infinite either: the same Kahan-compensated running mean without the checks for it,
-        # which take half the time of this loop (it runs for every point of every window).
-        for v in values:
-            count += 1.0
-            inc = v / count - mean / count
-            t = mean + inc
-            if -mean <= inc <= mean or mean <= inc <= -mean:  # abs(mean) >= abs(inc), without two calls
-                c += (mean - t) + inc
-            else:
-                c += (inc - t) + mean
-            mean = t
-        return mean + c
-    isinf = math.isinf
-    for v in values:
-        count += 1
-        if isinf(mean):
-            if isinf(v) and (mean > 0) == (v > 0):
-                continue
-            if not isinf(v) and not math.isnan(v):
-                continue
-        # _kahan_inc inlined: this loop runs for every point of every avg_over_time window
-        inc = v / count - mean / count
-        t = mean + inc
-        if abs(mean) >= abs(inc):
-            c += (mean - t) + inc
-        else:
-            c += (inc - t) + mean
-        mean = t
-    return mean if isinf(mean) else mean + c
-
-
-def _changes(values: Floats) -> float:
-    n = 0
-    for a, b in itertools.pairwise(values):
-        if a != b and not (math.isnan(a) and math.isnan(b)):
-            n += 1
-    return float(n)
-
-
-def _resets(values: Floats) -> float:
-    return float(sum(1 for a, b in itertools.pairwise(values) if b < a))
-
-
-def _min(values: Floats) -> float:
-    if not math.isnan(sum(values)):
-        return min(values)  # no NaN: the builtin gives Prometheus's answer, in C
-    value = values[0]
-    for v in values[1:]:
-        if v < value or math.isnan(value):
-            value = v
-    return value
-
-
-def _max(values: Floats) -> float:
-    if not math.isnan(sum(values)):
-        return max(values)
-    value = values[0]
-    for v in values[1:]:
-        if v > value or math.isnan(value):
-            value = v
-    return value
-
-
-def _sum(values: Floats) -> float:
-    total = c = 0.0
-    for v in values:
-        total, c = _kahan_inc(v, total, c)
-    return total if math.isinf(total) else total + c
-
-
-def _quantile(q: float, values: list[float]) -> float:
-    if not values or math.isnan(q):
-        return math.nan
-    if q < 0:
-        return -math.inf
-    if q > 1:
-        return math.inf
-    ordered = sorted(values)
-    rank = q * (len(ordered) - 1)
-    lower = max(0, math.floor(rank))
-    upper = min(len(ordered) - 1, lower + 1)
-    weight = rank - math.floor(rank)
-    return ordered[lower] * (1 - weight) + ordered[upper] * weight
-
-
-# Without NaN among the values, Prometheus's max/min_over_time are Python's max and min.
-_NAN_FREE_BUILTIN: dict[str, Callable[[Floats], float]] = {"max_over_time": max, "min_over_time": min}
-
-_RANGE: dict[str, Callable[[Floats, Floats, Any, int], float | None]] = {
-    "rate": lambda ts, vs, ms, t: _extrapolated(ts, vs, ms, t, counter=True, rate=True),
-    "increase": lambda ts, vs, ms, t: _extrapolated(ts, vs, ms, t, counter=True, rate=False),
-    "delta": lambda ts, vs, ms, t: _extrapolated(ts, vs, ms, t, counter=False, rate=False),
-    "irate": lambda ts, vs, ms, t: _instant(ts, vs, rate=True),
-    "idelta": lambda ts, vs, ms, t: _instant(ts, vs, rate=False),
-    "changes": lambda ts, vs, ms, t: _changes(vs),
-    "resets": lambda ts, vs, ms, t: _resets(vs),
-    "avg_over_time": lambda ts, vs, ms, t: _avg_over_time(vs),
-    "min_over_time": lambda ts, vs, ms, t: _min(vs),
-    "max_over_time": lambda ts, vs, ms, t: _max(vs),
-    "sum_over_time": lambda ts, vs, ms, t: _sum(vs),
-    "count_over_time": lambda ts, vs, ms, t: float(len(vs)),
-    "last_over_time": lambda ts, vs, ms, t: vs[-1],
-}
 
 
 # --- helpers ---------------------------------------------------------------------------------------
