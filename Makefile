@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 LISTEN ?= 127.0.0.1:9948
 BIN := $(VENV)/bin
-# Real servers the integration tests talk to, and what the fake libnvidia-ml.so.1 (tests/fakenvml)
+# Real servers the integration tests talk to, and what the fake libnvidia-ml.so.1 (tools/fakenvml)
 # is compiled with: a C compiler and cJSON. From Debian's packages.
 TEST_PACKAGES := prometheus prometheus-alertmanager mosquitto systemd gcc libc6-dev libcjson-dev
 TEST_COMMANDS := prometheus promtool prometheus-alertmanager amtool mosquitto systemd-analyze systemd-sysusers cc nm
@@ -33,7 +33,7 @@ system-deps:
 
 ## test: install everything the tests need and run the whole suite (lint and types included)
 test: $(BIN)/.installed system-deps
-	$(BIN)/ruff check gpumon grafana tests benchmarks
+	$(BIN)/ruff check gpumon grafana tools tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/pytest -q
 

@@ -2,7 +2,7 @@
 
     python -m benchmarks.interconnect [--nics 8] [--rounds 500]
 
-The NICs are fake sysfs trees from tests/ibsysfs.py (the InfiniBand tests' generator): ConnectX
+The NICs are fake sysfs trees from tools/ibsysfs.py (the InfiniBand tests' generator): ConnectX
 ports (extended PMA: 21 counters/ files, 8 mlx5 hw_counters) and, for comparison, plain HCAs (no
 hw_counters, 32-bit counters). The sampler runs `poll()` once per fast round in its own thread, so
 one call is what a round costs. A fast round reads state, phys_state, the data/packet counters,
@@ -27,7 +27,7 @@ from typing import Any
 
 from benchmarks.report import percentile
 from gpumon.sources.infiniband import InfinibandSource
-from tests.ibsysfs import IbSysfs
+from tools.ibsysfs import IbSysfs
 
 BUDGET_US = 500.0  # issue 7: interconnect collection adds <= 0.5 ms per poll for 8 NICs
 BUDGET_NICS = 8

@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks import daemon, suite
+from benchmarks import daemon, environment
 from benchmarks.report import percentile, progress
 from gpumon.notify.outbox import Outbox
 from gpumon.notify.payload import AlertEvent, webhook_payload
@@ -181,9 +181,9 @@ def run_once(library: Path, s: Settings, work: Path, name: str, backlog: int) ->
     config = work / f"{name}.yml"
     config.write_text(CONFIG.format(receiver=RECEIVER, url=dead_url()))
     port = daemon.free_port()
-    argv = [*suite.gpumon_argv(port, state), "--config", str(config),
+    argv = [*environment.gpumon_argv(port, state), "--config", str(config),
             "--rule-evaluation-interval", s.rule_evaluation_interval]
-    env = suite.nvml_env(library, gpus=s.gpus, latency=1)
+    env = environment.nvml_env(library, gpus=s.gpus, latency=1)
     p = daemon.Process.start(f"gpumon-{name}", argv, env, f"http://127.0.0.1:{port}", "/-/ready",
                              work / f"gpumon-{name}.log")
     try:
@@ -200,8 +200,8 @@ def run_once(library: Path, s: Settings, work: Path, name: str, backlog: int) ->
 
 def run(s: Settings, work: Path, library: Path | None = None) -> dict[str, Any]:
     """Baseline and backlog runs (`repeats` pairs); `library` is the fake NVML (built here if None)."""
-    machine = suite.machine()  # load average at the start: the VM is shared
-    library = library or suite.fake_library(work)
+    machine = environment.machine()  # load average at the start: the VM is shared
+    library = library or environment.fake_library(work)
     runs: dict[str, list[dict[str, Any]]] = {"baseline": [], "backlog": []}
     for k in range(s.repeats):
         order = ["baseline", "backlog"] if k % 2 == 0 else ["backlog", "baseline"]

@@ -3,7 +3,7 @@
     LD_LIBRARY_PATH=DIR FAKENVML_GPUS=8 FAKENVML_LATENCY=1 \\
         python -m benchmarks.poll [--rounds 30] [--spacing 0.2] [--mode parallel|serial]
 
-DIR holds the fake library (`python -m tests.fakenvml DIR` builds it). Runs in its own process
+DIR holds the fake library (`python -m tools.fakenvml DIR` builds it). Runs in its own process
 because pynvml loads libnvidia-ml.so.1 once per process (the suite starts one per GPU count).
 `parallel` polls every GPU in its own thread, as the sampler does; `serial` polls them one after
 another in one thread (for the Python overhead: no thread hand-offs, nothing overlapping). Rounds

@@ -2,7 +2,7 @@
 
     python -m benchmarks [--gpu] [--quick] [--out build/bench/results.json] [--no-nvitop]
 
-Without --gpu everything runs on the fake libnvidia-ml.so.1 (tests/fakenvml, built into the
+Without --gpu everything runs on the fake libnvidia-ml.so.1 (tools/fakenvml, built into the
 run's temporary directory) replaying the bundled H200 capture with its recorded call latencies
 (FAKENVML_LATENCY=1), fanned out to 1, 8 and 16 GPUs. With --gpu it runs items 1-4 on the real NVML
 of this machine (all its GPUs) and stops with a clear message if there is none. Prints a table with
@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import argparse
 import compileall
-import ctypes
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -27,6 +25,7 @@ from typing import Any
 
 import gpumon
 from benchmarks import daemon, floor, interconnect, notify_backlog
+from benchmarks.environment import fake_library, gpumon_argv, machine, nvml_env, real_nvml_present
 from benchmarks.report import progress
 from gpumon.sources.replay import DEMO_CAPTURE
 
@@ -78,50 +77,6 @@ class Settings:
     interconnect_rounds: int = 500  # InfiniBand polls over 8 fake NICs (benchmarks.interconnect)
 
 
-def fake_library(work: Path) -> Path:
-    """Build the fake libnvidia-ml.so.1 (the test helper's build) into this run's own directory, so
-    nothing else that cleans build/ can pull it away mid-run."""
-    from tests.fakenvml import build
-
-    return build(work / "fakenvml")
-
-
-def nvml_env(library: Path | None, **fake: Any) -> dict[str, str]:
-    """The environment for a process that should load the fake library (or real NVML if None)."""
-    if library is None:
-        return {k: v for k, v in os.environ.items() if not k.startswith("FAKENVML_")}
-    from tests.fakenvml import environment
-
-    return environment(library, capture=DEMO_CAPTURE, **fake)
-
-
-def real_nvml_present() -> str | None:
-    """None when the real libnvidia-ml.so.1 loads and initialises, else why not."""
-    try:
-        lib = ctypes.CDLL("libnvidia-ml.so.1")
-    except OSError as exc:
-        return f"libnvidia-ml.so.1 cannot be loaded ({exc}): no NVIDIA driver on this machine"
-    rc = lib.nvmlInit_v2()
-    if rc != 0:
-        return f"nvmlInit_v2 failed with NVML error {rc} (driver not loaded, or no permission)"
-    lib.nvmlShutdown()
-    return None
-
-
-def machine() -> dict[str, Any]:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpus": os.cpu_count(), "cpu_model": model, "kernel": platform.release(),
-            "python": platform.python_version(), "loadavg_start": os.getloadavg(),
-            "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-
-
 def run_poll(library: Path | None, gpus: int, latency: int, s: Settings, mode: str, bare: bool = False
              ) -> dict[str, Any]:
     """benchmarks.poll in a fresh process (pynvml loads the library once per process)."""
@@ -133,12 +88,6 @@ def run_poll(library: Path | None, gpus: int, latency: int, s: Settings, mode: s
         raise RuntimeError(f"benchmarks.poll failed:\n{out.stderr[-3000:]}")
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
-
-
-def gpumon_argv(port: int, state: Path, rules: Path | None = None) -> list[str]:
-    argv = [sys.executable, "-m", "gpumon", "run", "--backend", "nvml", "--listen", f"127.0.0.1:{port}",
-            "--state-dir", str(state), "--fast-interval", "1s", "--log-level", "warning", "--log-format", "json"]
-    return argv + (["--rules", str(rules)] if rules else [])
 
 
 def measure_exporter(name: str, argv: list[str], env: dict[str, str], port: int, ready: str, s: Settings,

@@ -22,8 +22,8 @@ from gpumon.sources.capture import CaptureNvml, load_capture
 from gpumon.sources.infiniband import InfinibandSource
 from gpumon.sources.replay import DEMO_CAPTURE, ReplaySource
 from gpumon.store import Store
-from tests.conftest import FakeClock
-from tests.ibsysfs import build_connectx
+from tests.support.clock import FakeClock
+from tools.ibsysfs import build_connectx
 
 GOLDEN = Path(__file__).parent / "fixtures" / "exposition" / "replay.txt"
 VOLATILE = frozenset({"gpumon_poll_duration_seconds", "gpumon_gpu_poll_duration_seconds",

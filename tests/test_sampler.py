@@ -1,4 +1,5 @@
-"""The poll loop: parallel GPUs under deadlines, lost GPUs, hung calls, XID events, self-metrics."""
+"""The poll loop: parallel GPUs under deadlines, lost GPUs, hung calls, XID events, self-metrics; on
+each fake NVML in turn."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ from gpumon import sampler as sampler_module
 from gpumon.exporter import Exporter
 from gpumon.model import Tier
 from gpumon.sampler import Intervals, Sampler
-from gpumon.sources.capture import Capture, CaptureNvml, Faults
 from gpumon.sources.nvml import NvmlSource
 from gpumon.store import Store
+from tests.support.faults import Faults, FaultyNvml
+from tests.support.nvml import NvmlFake
 
 Build = Callable[..., Sampler]
 
@@ -34,11 +36,13 @@ def scraped(sampler: Sampler) -> dict[tuple[str, tuple[tuple[str, str], ...]], f
 
 
 @pytest.fixture
-async def build(capture: Capture) -> AsyncIterator[Build]:
+async def build(nvml_fake: NvmlFake) -> AsyncIterator[Build]:
+    """Samplers over the nvml source on each fake in turn, misbehaving as `faults` says (in real time)."""
     made: list[Sampler] = []
 
     def make(faults: Faults | None = None, gpus: int = 2, fast: float = 0.2, deadline: float | None = None) -> Sampler:
-        source = NvmlSource(CaptureNvml(capture, gpus=gpus, faults=faults), backend="replay")
+        nvml = FaultyNvml(nvml_fake.start(gpus=gpus), faults or Faults())
+        source = NvmlSource(nvml, backend="replay")
         s = Sampler([source], Store(100), Intervals(fast, 5.0, deadline))
         made.append(s)
         return s

@@ -28,8 +28,8 @@ from gpumon.sources.replay import parse_replay_spec, replay_source
 from gpumon.store import Store
 from gpumon.web import ListenError, WebServer
 from gpumon.webconfig import WebSecurity, load_web_config
-from tests.conftest import free_port
-from tests.tls import Pki, make_pki
+from tests.support.net import free_port
+from tests.support.tls import Pki, make_pki
 
 PASSWORD = "scrape-me"
 HASH = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4))

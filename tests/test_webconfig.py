@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from gpumon import webconfig
 from gpumon.webconfig import WebSecurity, load_web_config
 from gpumon.yamlfile import ConfigError
-from tests.tls import Pki, make_pki
+from tests.support.tls import Pki, make_pki
 
 PASSWORD = "s3cret"
 HASH = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()

@@ -19,7 +19,7 @@ OpenSM's osm_perfmgr.c), because the source's arithmetic is only as right as the
   (`<dev>/hw_counters/`) and, per port, only the `vport_` Q counters.
 
 A counter is addressed as (device, port, name); port 0 is the device itself, as in the kernel's
-`get_hw_stats(dev, stats, 0, ...)`. `python -m tests.ibsysfs DIR` writes a sample tree.
+`get_hw_stats(dev, stats, 0, ...)`. `python -m tools.ibsysfs DIR` writes a sample tree.
 """
 
 from __future__ import annotations

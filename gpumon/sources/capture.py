@@ -7,8 +7,9 @@ and in the tests. Values and errors are returned exactly as recorded; a call the
 nothing about raises `NVMLError_FunctionNotFound`, as an old driver would.
 
 Trace time is mapped to wall-clock from `nvmlInit`, optionally sped up and looped; one recorded GPU
-can be fanned out to N GPUs with distinct index, UUID and bus id and a phase offset. `Faults`
-scripts lost GPUs, failing or hanging calls and XID events for tests.
+can be fanned out to N GPUs with distinct index, UUID and bus id and a phase offset. A capture
+holds no events: an event wait times out. Tests script lost GPUs, failing or hanging calls and XID
+events with a wrapper around any NVML object (tests/support/faults.py).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pynvml
 
@@ -175,27 +176,16 @@ def _first_non_number(value: Any, at: tuple[str, ...]) -> tuple[str, Any] | None
     return ".".join(at), value
 
 
-@dataclass
-class Faults:
-    """Scripted misbehaviour, times in seconds since nvmlInit (wall-clock, not trace time)."""
-
-    lost: list[tuple[int, float, float]] = field(default_factory=list)  # gpu, from, to
-    errors: list[tuple[str, int | None, int]] = field(default_factory=list)  # call, gpu or any, code
-    hangs: list[tuple[str, int | None, float, float]] = field(default_factory=list)  # call, gpu, at, s
-    xids: list[tuple[int, float, int]] = field(default_factory=list)  # gpu, at, xid
-    init_error: int | None = None
-
-
 class _Handle:
     def __init__(self, index: int) -> None:
         self.index = index
 
 
-def _raise(code: int) -> None:
+def _raise(code: int) -> NoReturn:
     raise pynvml.NVMLError(code)
 
 
-def _raise_recorded(err: Any) -> None:
+def _raise_recorded(err: Any) -> NoReturn:
     """Raise the error a capture recorded: "NVMLError_NotSupported(3)", a class name, or a code."""
     _raise(_error_code(err))
 
@@ -246,7 +236,7 @@ class CaptureNvml:
     """
 
     def __init__(self, capture: Capture, *, gpus: int | None = None, speed: float = 1.0, loop: bool = True,
-                 faults: Faults | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic) -> None:
         if gpus is not None and gpus < 1:
             raise ValueError(f"gpus must be at least 1, not {gpus}")
         if not (math.isfinite(speed) and speed > 0):
@@ -255,15 +245,11 @@ class CaptureNvml:
         self.gpu_count = gpus or len(capture.traces)
         self.speed = speed
         self.loop = loop
-        self.faults = faults or Faults()
         self._clock = clock
         self._start: float | None = None
         self._handles = [_Handle(i) for i in range(self.gpu_count)]
         self._gpm_samples: dict[int, float] = {}
         self._gpm_lock = threading.Lock()
-        self._xids_pending = sorted(self.faults.xids, key=lambda x: x[1])
-        self._xid_lock = threading.Lock()
-        self._registered: set[int] = set()
         self._uuids, self._bus_ids = self._identities()
 
     # --- plumbing ------------------------------------------------------------------------------
@@ -280,7 +266,7 @@ class CaptureNvml:
     def elapsed(self) -> float:
         if self._start is None:
             _raise(pynvml.NVML_ERROR_UNINITIALIZED)
-        return self._clock() - self._start  # type: ignore[operator]
+        return self._clock() - self._start
 
     def _recorded(self, index: int) -> int:
         return index % len(self.capture.traces)
@@ -323,23 +309,11 @@ class CaptureNvml:
         return max(0, bisect.bisect_right(trace, t, key=lambda r: r["t"]) - 1)
 
     def _device(self, handle: Any, call: str) -> int:
-        """Resolve a handle and apply scripted faults for `call`."""
+        """The GPU index of a handle (`call` names the asker, for subclasses that misbehave)."""
         if not isinstance(handle, _Handle):
             _raise(pynvml.NVML_ERROR_INVALID_ARGUMENT)
-        index: int = handle.index
-        now = self.elapsed()
-        for lost_gpu, start, end in self.faults.lost:
-            if lost_gpu == index and start <= now < end:
-                _raise(pynvml.NVML_ERROR_GPU_IS_LOST)
-        for name, hang_gpu, at, seconds in self.faults.hangs:
-            if name == call and hang_gpu in (None, index) and at <= now < at + seconds:
-                # Hang in short naps so nvmlShutdown releases the call (as tests end).
-                while self._start is not None and self.elapsed() < at + seconds:
-                    time.sleep(0.02)
-        for name, error_gpu, code in self.faults.errors:
-            if name == call and error_gpu in (None, index):
-                _raise(code)
-        return index
+        self.elapsed()
+        return handle.index
 
     def _value(self, handle: Any, call: str, trace_key: str, probe_key: str) -> Any:
         """A time-varying answer from the trace, else the static one from probe.json."""
@@ -368,8 +342,6 @@ class CaptureNvml:
     # --- system --------------------------------------------------------------------------------
 
     def nvmlInit(self) -> None:
-        if self.faults.init_error is not None:
-            _raise(self.faults.init_error)
         self._start = self._clock()
 
     def nvmlShutdown(self) -> None:
@@ -404,7 +376,19 @@ class CaptureNvml:
                 self._device(handle, "nvmlDeviceGetHandleByUUID")
                 return handle
         _raise(pynvml.NVML_ERROR_NOT_FOUND)
-        raise AssertionError  # unreachable
+
+    def nvmlDeviceGetHandleByPciBusId(self, bus_id: str | bytes) -> _Handle:
+        """Either spelling of the bus id (8- or 4-digit domain, any case) names the same GPU."""
+        self.elapsed()
+        try:
+            wanted = _parse_bus_id(bus_id.decode() if isinstance(bus_id, bytes) else str(bus_id))
+        except ValueError:
+            _raise(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        for handle in self._handles:
+            if _parse_bus_id(self._bus_ids[handle.index]) == wanted:
+                self._device(handle, "nvmlDeviceGetHandleByPciBusId")
+                return handle
+        _raise(pynvml.NVML_ERROR_NOT_FOUND)
 
     # --- identity: fanned-out GPUs get distinct UUIDs and bus ids ------------------------------
 
@@ -602,7 +586,7 @@ class CaptureNvml:
             _raise(pynvml.NVML_ERROR_INVALID_ARGUMENT)
         index = int(ctypes.cast(mg.sample2, ctypes.POINTER(ctypes.c_uint64)).contents.value)
         self._device(self._handles[index], "nvmlGpmMetricsGet")
-        records = self._records_between(index, t1, t2)  # type: ignore[arg-type]
+        records = self._records_between(index, t1, t2)
         whole: Any = records[-1].get("gpm")
         if _is_error(whole):  # the recorded nvmlGpmMetricsGet itself failed
             _raise_recorded(whole["err"])
@@ -655,29 +639,15 @@ class CaptureNvml:
         supported = int(self._probe_device(index).get("events", {}).get("supported_mask", 0))
         if not event_types or event_types & ~supported:  # NVML refuses any type it cannot deliver
             _raise(pynvml.NVML_ERROR_NOT_SUPPORTED)
-        self._registered.add(index)
 
     def nvmlEventSetWait_v2(self, event_set: Any, timeout_ms: int) -> Any:
-        """The next scripted XID that is due. Times out when the injected clock passes the deadline
-        or, so that a clock a test holds still cannot hang the caller, after timeout_ms of real time."""
-        timeout = max(0, timeout_ms) / 1000
-        deadline = self.elapsed() + timeout
-        real_deadline = time.monotonic() + timeout
-        while True:
-            with self._xid_lock:
-                now = self.elapsed()
-                due = next((x for x in self._xids_pending if x[0] in self._registered), None)
-                if due is not None and due[1] <= now:
-                    self._xids_pending.remove(due)
-                    gpu, _, xid = due
-                    return types.SimpleNamespace(
-                        device=self._handles[gpu], eventType=pynvml.nvmlEventTypeXidCriticalError,
-                        eventData=xid, gpuInstanceId=0, computeInstanceId=0)
-            real_left = real_deadline - time.monotonic()
-            if now >= deadline or real_left <= 0:
-                _raise(pynvml.NVML_ERROR_TIMEOUT)
-            wake = min(deadline, due[1]) if due is not None else deadline
-            time.sleep(min(max(wake - now, 0.001), real_left, 0.05))
+        """A capture records no events: wait out timeout_ms of real time, as NVML does when nothing
+        happens; nvmlShutdown releases the wait."""
+        deadline = time.monotonic() + max(0, timeout_ms) / 1000
+        while (left := deadline - time.monotonic()) > 0:
+            self.elapsed()
+            time.sleep(min(left, 0.05))
+        _raise(pynvml.NVML_ERROR_TIMEOUT)
 
     def nvmlEventSetFree(self, event_set: Any) -> None:
         return None

@@ -1,7 +1,7 @@
 """The InfiniBand/RoCE source: port counters, link state and GPU-to-NIC affinity from sysfs.
 
 Reads `/sys/class/infiniband/<device>/ports/<port>/` and `<device>/hw_counters/` (the root is a
-parameter, so tests point it at a tree built by `tests/ibsysfs.py`). `poll()` is synchronous; the
+parameter, so tests point it at a tree built by `tools/ibsysfs.py`). `poll()` is synchronous; the
 sampler runs it in its own thread. One fast-tier `Sample` per port (unit `ib:<device>:<port>`) every
 poll, one slow-tier `Sample` per port every `slow_interval`, and one fast-tier `Sample` per device
 with device-level hw_counters (unit `ib:<device>`). Which tier a counter is read in is the catalog's.

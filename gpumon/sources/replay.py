@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gpumon.model import Sample, Tier
-from gpumon.sources.capture import CaptureNvml, Faults, load_capture
+from gpumon.sources.capture import CaptureNvml, load_capture
 from gpumon.sources.nvml import NvmlSource
 
 DEMO_CAPTURE = Path(__file__).resolve().parent.parent / "demo" / "h200"
@@ -79,9 +79,8 @@ class ReplaySource(NvmlSource):
         return sample
 
 
-def replay_source(spec: ReplaySpec, opt_ins: frozenset[str] = frozenset(),
-                  faults: Faults | None = None) -> ReplaySource:
+def replay_source(spec: ReplaySpec, opt_ins: frozenset[str] = frozenset()) -> ReplaySource:
     """An NvmlSource over the capture. Raises CaptureError if it cannot be read."""
     capture = load_capture(spec.path)
-    nvml = CaptureNvml(capture, gpus=spec.gpus, speed=spec.speed, loop=spec.loop, faults=faults)
+    nvml = CaptureNvml(capture, gpus=spec.gpus, speed=spec.speed, loop=spec.loop)
     return ReplaySource(nvml, backend="replay", capture=spec.name, opt_ins=opt_ins)

@@ -1,6 +1,6 @@
 """Generate gpumon's Grafana dashboards (grafana/dashboards/*.json) from one place.
 
-Run `python -m grafana.generate` after editing; `tests/test_grafana.py` fails when the committed JSON
+Run `python -m grafana.generate` after editing; `tests/grafana/test_grafana.py` fails when the committed JSON
 differs from what this script writes. Plain dictionaries in Grafana's dashboard JSON model (schema
 39), built by the modules here: `panels` (builders, layout, catalog units) and one module per
 dashboard.

@@ -55,8 +55,9 @@ def test_benchmark_suite_runs_at_tiny_size(tmp_path: Path) -> None:
 
 def test_bench_gpu_says_clearly_when_nvml_is_missing() -> None:
     from benchmarks import suite
+    from benchmarks.environment import real_nvml_present
 
-    why = suite.real_nvml_present()
+    why = real_nvml_present()
     if why is None:
         pytest.skip("this machine has NVML")
     with pytest.raises(SystemExit, match=r"bench-gpu: .*make bench"):

@@ -16,7 +16,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.deploy.tools import DEPLOY, ROOT, gpumon, run
+from tests.support.deploy import DEPLOY, ROOT, gpumon, run
 
 K8S = DEPLOY / "kubernetes"
 BASE = K8S / "base"

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from gpumon.catalog import METRICS
-from tests.deploy.tools import DEPLOY, gpumon, run
+from tests.support.deploy import DEPLOY, gpumon, run
 
 PROM = DEPLOY / "prometheus"
 RECORDING = PROM / "gpumon.recording.rules.yml"

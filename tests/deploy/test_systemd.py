@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
-from tests.deploy.tools import DEPLOY, ROOT, VENV_BIN, gpumon, run
-from tests.fakenvml import build, environment
+from tests.support.deploy import DEPLOY, ROOT, VENV_BIN, gpumon, run
+from tests.support.net import free_port
+from tools.fakenvml import build, environment
 
 UNIT = DEPLOY / "systemd" / "gpumon.service"
 CONFIG = DEPLOY / "systemd" / "gpumon.yaml"
@@ -138,9 +138,9 @@ def _get(url: str) -> tuple[int, str]:
 
 def test_gpumon_runs_under_memory_deny_write_execute(tmp_path: Path) -> None:
     """The daemon, reading GPUs through the real nvml source and the fake libnvidia-ml.so.1, serves SM
-    activity under the seccomp filter systemd installs for MemoryDenyWriteExecute=yes (tests/deploy/mdwe.py).
+    activity under the seccomp filter systemd installs for MemoryDenyWriteExecute=yes (tests/support/mdwe.py).
     Not covered: whether NVIDIA's own libnvidia-ml.so.1 asks for an executable stack (docs/install.md)."""
-    probe = subprocess.run([sys.executable, "-m", "tests.deploy.mdwe", sys.executable, "-c",
+    probe = subprocess.run([sys.executable, "-m", "tests.support.mdwe", sys.executable, "-c",
                             "import mmap; mmap.mmap(-1, 4096, prot=7)"], cwd=ROOT, capture_output=True,
                            text=True, timeout=30, check=False)
     assert "PermissionError" in probe.stderr, "the filter must refuse a writable and executable mapping"
@@ -148,7 +148,7 @@ def test_gpumon_runs_under_memory_deny_write_execute(tmp_path: Path) -> None:
     library = build(tmp_path / "lib")
     port = free_port()
     daemon = subprocess.Popen(
-        [sys.executable, "-m", "tests.deploy.mdwe", str(VENV_BIN / "gpumon"), "run", "--backend", "nvml",
+        [sys.executable, "-m", "tests.support.mdwe", str(VENV_BIN / "gpumon"), "run", "--backend", "nvml",
          "--listen", f"127.0.0.1:{port}", "--state-dir", str(tmp_path / "state"), "--log-format", "json",
          "--fast-interval", "250ms"],
         cwd=ROOT, env=environment(library, gpus=2), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -26,8 +26,8 @@ from typing import Any
 import bcrypt
 import pytest
 
-from tests.conftest import free_port
-from tests.integration.processes import Gpumon, http_get, wait_for
+from tests.support.net import free_port
+from tests.support.processes import Gpumon, http_get, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import free_port
-from tests.integration.processes import Gpumon, need, run_gpumon
+from tests.support.net import free_port
+from tests.support.processes import Gpumon, need, run_gpumon
 
 pytestmark = pytest.mark.integration
 

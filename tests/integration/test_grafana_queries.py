@@ -13,14 +13,14 @@ from typing import Any
 
 import pytest
 
-from tests.integration.processes import Gpumon, Prometheus, http_get
-from tests.test_grafana import (
+from tests.support.dashboards import (
     DASHBOARDS,
     label_values_selector,
     load,
     substitute,
     targets,
 )
+from tests.support.processes import Gpumon, Prometheus, http_get
 
 pytestmark = pytest.mark.integration
 

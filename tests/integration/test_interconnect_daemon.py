@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.ibsysfs import IbSysfs
-from tests.integration.processes import Gpumon, need
+from tests.support.processes import Gpumon, need
+from tools.ibsysfs import IbSysfs
 
 pytestmark = pytest.mark.integration
 

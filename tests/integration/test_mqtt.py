@@ -15,7 +15,7 @@ import pytest
 from gpumon.notify.mqtt import MqttPublisher
 from gpumon.rules.alerting import Alert, State
 from gpumon.store import Store
-from tests.integration.processes import Gpumon, Mosquitto
+from tests.support.processes import Gpumon, Mosquitto
 
 pytestmark = pytest.mark.integration
 

@@ -14,8 +14,8 @@ from typing import Any, ClassVar
 import pytest
 
 from gpumon.notify.payload import fingerprint
-from tests.conftest import free_port
-from tests.integration.processes import Alertmanager, Gpumon
+from tests.support.net import free_port
+from tests.support.processes import Alertmanager, Gpumon
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.processes import Gpumon, Prometheus, http_get
+from tests.support.processes import Gpumon, Prometheus, http_get
 
 pytestmark = pytest.mark.integration
 

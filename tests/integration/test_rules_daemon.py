@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from gpumon.rules.service import BUNDLED_RULES
-from tests.integration.processes import Gpumon, need, run_gpumon
+from tests.support.processes import Gpumon, need, run_gpumon
 
 pytestmark = pytest.mark.integration
 

@@ -24,7 +24,7 @@ from gpumon.notify.service import NotifyService, Receiver
 from gpumon.notify.webhook import WebhookTarget
 from gpumon.rules.alerting import Alert, State
 from gpumon.yamlfile import validate
-from tests.conftest import free_port
+from tests.support.net import free_port
 
 
 def alert(name: str, gpu: str = "0", state: State = State.FIRING, resolved_at: int = 0) -> Alert:

@@ -24,7 +24,7 @@ from gpumon.notify.service import NotifyService, Receiver
 from gpumon.notify.webhook import WebhookTarget
 from gpumon.rules.alerting import Alert, State
 from gpumon.yamlfile import validate
-from tests.conftest import free_port
+from tests.support.net import free_port
 
 SECRET = b"0123456789abcdef0123456789abcdef"
 

@@ -18,8 +18,8 @@ from gpumon.rules.rulefile import load_rule_files
 from gpumon.rules.ruletest import MemoryStorage, expand_values, parse_series, run_test_file
 from gpumon.yamlfile import ConfigError
 
-ALERT_TESTS = sorted((Path(__file__).parent / "rules" / "alerts").glob("*.test.yml"))
-BUNDLED = Path(__file__).resolve().parent.parent / "rules"
+ALERT_TESTS = sorted((Path(__file__).parent / "corpus" / "alerts").glob("*.test.yml"))
+BUNDLED = Path(__file__).resolve().parents[2] / "rules"
 
 
 def promtool() -> str:

@@ -1,12 +1,11 @@
-"""The capture loader and CaptureNvml, the recorded NVML behind the pynvml API."""
+"""The capture loader, and what only CaptureNvml does: play a trace by an injected clock, at a speed,
+looped, fanned out, labelled by phase. What both fakes answer alike is in test_nvml_api.py."""
 
 from __future__ import annotations
 
 import json
 import math
 import shutil
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +13,9 @@ import pynvml
 import pytest
 
 from gpumon.model import BackendUnavailable
-from gpumon.sources.capture import Capture, CaptureError, CaptureNvml, Faults, load_capture
-from tests.conftest import FakeClock
+from gpumon.sources.capture import Capture, CaptureError, CaptureNvml, load_capture
+from tests.support.clock import FakeClock
+from tests.support.nvml import record_at
 
 PHASES = ["idle", "compute", "membw", "pcie", "memfull", "bursty", "idle2"]
 RECORDED_UUID = "GPU-5d0c1a2e-0000-4000-8000-00000000c0de"
@@ -30,13 +30,6 @@ def offset(capture: Capture, i: int, gpu: int = 0) -> float:
     """Seconds from the start of the trace to record i."""
     trace = capture.traces[gpu]
     return float(trace[i]["t"] - trace[0]["t"])
-
-
-def record_at(capture: Capture, pos: float, gpu: int = 0) -> dict[str, Any]:
-    """The record a player at `pos` seconds into the trace shows: the last one at or before it."""
-    trace = capture.traces[gpu]
-    t = trace[0]["t"] + pos
-    return [r for r in trace if r["t"] <= t][-1]
 
 
 def make(capture: Capture, clock: FakeClock, **kw: Any) -> CaptureNvml:
@@ -55,11 +48,6 @@ def write_trace(path: Path, lines: list[str]) -> Path:
 
 
 GOOD = '{"t": 1.0, "gpu": 0, "power_mw": 1000}'
-
-
-def field_value(v: Any) -> float:
-    u = v.value
-    return float((u.dVal, u.uiVal, u.ulVal, u.ullVal, u.sllVal, u.siVal, u.usVal)[v.valueType])
 
 
 def gpm_get(fake: CaptureNvml, s1: Any, s2: Any, metric_ids: list[int]) -> Any:
@@ -229,23 +217,6 @@ def test_calls_before_init_raise_uninitialized(capture: Capture, clock: FakeCloc
             call()
 
 
-def test_calls_after_shutdown_raise_uninitialized(fake: CaptureNvml) -> None:
-    h = fake.nvmlDeviceGetHandleByIndex(0)
-    fake.nvmlShutdown()
-    for call in (fake.nvmlDeviceGetPowerUsage, fake.nvmlDeviceGetName, fake.nvmlDeviceGetUUID,
-                 fake.nvmlDeviceGetMemoryInfo):
-        with pytest.raises(pynvml.NVMLError_Uninitialized):
-            call(h)
-    fake.nvmlInit()  # and it can be initialised again
-    assert fake.nvmlDeviceGetPowerUsage(h) > 0
-
-
-def test_init_error_fault(capture: Capture, clock: FakeClock) -> None:
-    fake = CaptureNvml(capture, clock=clock, faults=Faults(init_error=pynvml.NVML_ERROR_DRIVER_NOT_LOADED))
-    with pytest.raises(pynvml.NVMLError_DriverNotLoaded):
-        fake.nvmlInit()
-
-
 @pytest.mark.parametrize("kw", [{"gpus": 0}, {"gpus": -1}, {"speed": 0}, {"speed": -2.0},
                                 {"speed": math.nan}, {"speed": math.inf}])
 def test_bad_options_are_refused(capture: Capture, kw: dict[str, Any]) -> None:
@@ -298,23 +269,6 @@ def test_values_follow_the_trace(capture: Capture, clock: FakeClock, i: int) -> 
     assert [(p.pid, p.usedGpuMemory) for p in procs] == [(p["pid"], p["used"]) for p in rec["procs"]]
 
 
-def test_static_answers_come_from_the_probe(fake: CaptureNvml) -> None:
-    h = fake.nvmlDeviceGetHandleByIndex(0)
-    assert fake.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_GRAPHICS) > 0  # not in the trace: probe.json
-    assert fake.nvmlDeviceGetMaxClockInfo(h, pynvml.NVML_CLOCK_SM) > 0
-    assert fake.nvmlDeviceGetTemperatureThreshold(h, 0) > 0
-    assert fake.nvmlDeviceGetViolationStatus(h, 0).violationTime == 0
-    assert fake.nvmlDeviceGetTotalEccErrors(h, 0, 0) == 0
-    assert fake.nvmlDeviceGetName(h) == "NVIDIA H200"
-    assert fake.nvmlDeviceGetArchitecture(h) == 9
-    assert fake.nvmlDeviceGetPowerManagementLimitConstraints(h) == (200000, 700000)
-    assert fake.nvmlDeviceGetRemappedRows(h) == (0, 0, 0, 0)
-    assert fake.nvmlDeviceGetBAR1MemoryInfo(h).bar1Total > 0  # recorded structs get attributes
-    assert fake.nvmlDeviceGetPciInfo(h).busId == RECORDED_BUS_ID
-    with pytest.raises(pynvml.NVMLError_InvalidArgument):
-        fake.nvmlDeviceGetTemperature(h, 1)
-
-
 def test_speed_plays_faster(capture: Capture, clock: FakeClock) -> None:
     fake = make(capture, clock, speed=2)
     h = fake.nvmlDeviceGetHandleByIndex(0)
@@ -334,16 +288,6 @@ def test_loop_wraps_after_the_trace(capture: Capture, clock: FakeClock) -> None:
     assert fake.nvmlDeviceGetTotalEnergyConsumption(h) == capture.traces[0][40]["energy_mj_call"]
     clock.advance(5 * duration)
     assert fake.nvmlDeviceGetTotalEnergyConsumption(h) == capture.traces[0][40]["energy_mj_call"]
-
-
-def test_no_loop_holds_the_last_record(capture: Capture, clock: FakeClock) -> None:
-    fake = make(capture, clock, loop=False)
-    h = fake.nvmlDeviceGetHandleByIndex(0)
-    last = capture.traces[0][-1]
-    for step in (capture.duration(0), 10.0, 1000.0):
-        clock.advance(step)
-        assert fake.nvmlDeviceGetTotalEnergyConsumption(h) == last["energy_mj_call"]
-        assert fake.nvmlDeviceGetPowerUsage(h) == last["power_mw"]
 
 
 def test_phase_follows_phases_json(capture: Capture, clock: FakeClock) -> None:
@@ -402,28 +346,7 @@ def test_fan_out_identities_never_collide(capture: Capture, clock: FakeClock) ->
     assert all(len(b) == len("00000000:00:00.0") for b in buses)  # well-formed bus ids
 
 
-def test_handle_by_uuid_ignores_other_lost_gpus(capture: Capture, clock: FakeClock) -> None:
-    fake = make(capture, clock, gpus=2, faults=Faults(lost=[(0, 0.0, 100.0)]))
-    h1 = fake.nvmlDeviceGetHandleByIndex(1)
-    uuid1 = fake.nvmlDeviceGetUUID(h1)
-    assert fake.nvmlDeviceGetHandleByUUID(uuid1) is h1
-    with pytest.raises(pynvml.NVMLError_GpuIsLost):
-        fake.nvmlDeviceGetHandleByUUID(RECORDED_UUID)
-    clock.advance(100)
-    assert fake.nvmlDeviceGetHandleByUUID(RECORDED_UUID) is fake.nvmlDeviceGetHandleByIndex(0)
-
-
 # --- CaptureNvml: recorded errors and unknown calls --------------------------------------------
-
-
-def test_recorded_trace_error_raises_that_class(capture: Capture, clock: FakeClock) -> None:
-    for rec in capture.traces[0]:
-        rec["power_mw"] = {"err": "NVMLError_NotSupported"}
-    fake = make(capture, clock)
-    with pytest.raises(pynvml.NVMLError) as info:
-        fake.nvmlDeviceGetPowerUsage(fake.nvmlDeviceGetHandleByIndex(0))
-    assert type(info.value) is pynvml.NVMLError_NotSupported
-    assert info.value.value == pynvml.NVML_ERROR_NOT_SUPPORTED
 
 
 def test_recorded_probe_error_raises_that_class(capture: Capture, clock: FakeClock) -> None:
@@ -471,46 +394,6 @@ def test_unknown_functions_and_pynvml_passthrough(fake: CaptureNvml) -> None:
     assert fake.c_nvmlGpmMetricsGet_t is pynvml.c_nvmlGpmMetricsGet_t
     assert fake.NVMLError is pynvml.NVMLError
     assert fake.NVMLError_NotSupported is pynvml.NVMLError_NotSupported
-
-
-# --- CaptureNvml: field values -----------------------------------------------------------------
-
-
-def test_field_values_have_per_field_returns(capture: Capture, clock: FakeClock) -> None:
-    fake = make(capture, clock)
-    h = fake.nvmlDeviceGetHandleByIndex(0)
-    clock.advance(offset(capture, 50) + 0.1)
-    rec = capture.traces[0][50]
-    by_id = capture.probe["devices"][0]["fields"]["by_id"]
-    assert by_id["7"]["ret"] == 3 and by_id["1"]["ret"] == 0
-    ids = [186, 82, 83, 138, 7, 1]
-    values = fake.nvmlDeviceGetFieldValues(h, ids)
-    assert [v.fieldId for v in values] == ids
-    got = {v.fieldId: v for v in values}
-    assert got[186].nvmlReturn == 0 and field_value(got[186]) == rec["fields"]["power_instant_mw"]
-    assert got[82].nvmlReturn == 0 and field_value(got[82]) == rec["fields"]["mem_temp_c"]
-    assert got[83].nvmlReturn == 0 and field_value(got[83]) == rec["fields"]["energy_mj"]
-    assert got[138].nvmlReturn == 3  # the trace recorded {"err": 3} for NVLink in this VM
-    assert got[7].nvmlReturn == 3  # the probe marks it unsupported
-    assert got[1].nvmlReturn == 0 and field_value(got[1]) == by_id["1"]["value"]
-    unknown = fake.nvmlDeviceGetFieldValues(h, [9999])
-    assert unknown[0].nvmlReturn == pynvml.NVML_ERROR_NOT_SUPPORTED
-
-
-def test_field_errors_recorded_by_name(capture: Capture, clock: FakeClock) -> None:
-    for rec in capture.traces[0]:
-        rec["fields"]["mem_temp_c"] = {"err": "NVMLError_NotSupported"}
-    fake = make(capture, clock)
-    values = fake.nvmlDeviceGetFieldValues(fake.nvmlDeviceGetHandleByIndex(0), [82, 186])
-    assert [v.nvmlReturn for v in values] == [pynvml.NVML_ERROR_NOT_SUPPORTED, 0]
-
-
-def test_field_values_whole_call_error(capture: Capture, clock: FakeClock) -> None:
-    for rec in capture.traces[0]:
-        rec["fields"] = {"err": "NVMLError_Unknown"}
-    fake = make(capture, clock)
-    with pytest.raises(pynvml.NVMLError_Unknown):
-        fake.nvmlDeviceGetFieldValues(fake.nvmlDeviceGetHandleByIndex(0), [186])
 
 
 # --- CaptureNvml: GPM --------------------------------------------------------------------------
@@ -608,160 +491,7 @@ def test_gpm_recorded_errors(capture: Capture, clock: FakeClock) -> None:
         fake.nvmlGpmSampleGet(h, s1)
 
 
-# --- CaptureNvml: faults -----------------------------------------------------------------------
-
-
-def test_lost_window(capture: Capture, clock: FakeClock) -> None:
-    fake = make(capture, clock, gpus=2, faults=Faults(lost=[(0, 5.0, 10.0)]))
-    h0, h1 = (fake.nvmlDeviceGetHandleByIndex(i) for i in range(2))
-    clock.advance(4.9)
-    assert fake.nvmlDeviceGetPowerUsage(h0) > 0
-    clock.advance(0.1)
-    for call in (fake.nvmlDeviceGetPowerUsage, fake.nvmlDeviceGetName, fake.nvmlDeviceGetUUID):
-        with pytest.raises(pynvml.NVMLError_GpuIsLost):
-            call(h0)
-    assert fake.nvmlDeviceGetPowerUsage(h1) > 0  # only GPU 0 is lost
-    clock.advance(4.99)
-    with pytest.raises(pynvml.NVMLError_GpuIsLost):
-        fake.nvmlDeviceGetPowerUsage(h0)
-    clock.advance(0.01)
-    assert fake.nvmlDeviceGetPowerUsage(h0) > 0
-
-
-def test_error_faults(capture: Capture, clock: FakeClock) -> None:
-    faults = Faults(errors=[("nvmlDeviceGetPowerUsage", 1, pynvml.NVML_ERROR_UNKNOWN),
-                            ("nvmlDeviceGetTemperature", None, pynvml.NVML_ERROR_NO_PERMISSION),
-                            ("nvmlDeviceGetName", 0, pynvml.NVML_ERROR_TIMEOUT)])
-    fake = make(capture, clock, gpus=2, faults=faults)
-    h0, h1 = (fake.nvmlDeviceGetHandleByIndex(i) for i in range(2))
-    assert fake.nvmlDeviceGetPowerUsage(h0) > 0
-    with pytest.raises(pynvml.NVMLError_Unknown):
-        fake.nvmlDeviceGetPowerUsage(h1)
-    for h in (h0, h1):
-        with pytest.raises(pynvml.NVMLError_NoPermission):
-            fake.nvmlDeviceGetTemperature(h, 0)
-    with pytest.raises(pynvml.NVMLError_Timeout):
-        fake.nvmlDeviceGetName(h0)  # probe getters see faults too
-    assert fake.nvmlDeviceGetName(h1) == "NVIDIA H200"
-
-
-def test_hang_fault_blocks_until_the_clock_passes(capture: Capture, clock: FakeClock) -> None:
-    fake = make(capture, clock, faults=Faults(hangs=[("nvmlDeviceGetPowerUsage", None, 1.0, 5.0)]))
-    h = fake.nvmlDeviceGetHandleByIndex(0)
-    assert fake.nvmlDeviceGetPowerUsage(h) > 0  # before the hang
-    clock.advance(1.0)
-    assert fake.nvmlDeviceGetTemperature(h, 0) > 0  # other calls are not hung
-    result: list[Any] = []
-    caller = threading.Thread(target=lambda: result.append(fake.nvmlDeviceGetPowerUsage(h)), daemon=True)
-    caller.start()
-    caller.join(timeout=0.1)
-    assert caller.is_alive() and not result  # hung while the clock is inside the window
-    clock.advance(5.0)
-    caller.join(timeout=3)
-    assert not caller.is_alive() and result and result[0] > 0
-
-
-def test_shutdown_releases_a_hung_call(capture: Capture, clock: FakeClock) -> None:
-    fake = make(capture, clock, faults=Faults(hangs=[("nvmlDeviceGetPowerUsage", 0, 0.0, 1e9)]))
-    h = fake.nvmlDeviceGetHandleByIndex(0)
-    outcome: list[BaseException] = []
-
-    def call() -> None:
-        try:
-            fake.nvmlDeviceGetPowerUsage(h)
-        except pynvml.NVMLError as exc:
-            outcome.append(exc)
-
-    caller = threading.Thread(target=call, daemon=True)
-    caller.start()
-    caller.join(timeout=0.05)
-    assert caller.is_alive()
-    fake.nvmlShutdown()
-    caller.join(timeout=3)
-    assert not caller.is_alive()
-    assert outcome and isinstance(outcome[0], pynvml.NVMLError_Uninitialized)
-
-
-def test_xid_events(capture: Capture, clock: FakeClock) -> None:
-    fake = make(capture, clock, gpus=2, faults=Faults(xids=[(0, 2.0, 48), (0, 1.0, 79), (1, 0.5, 13)]))
-    h0 = fake.nvmlDeviceGetHandleByIndex(0)
-    es = fake.nvmlEventSetCreate()
-    fake.nvmlDeviceRegisterEvents(h0, pynvml.nvmlEventTypeXidCriticalError, es)
-    with pytest.raises(pynvml.NVMLError_Timeout):
-        fake.nvmlEventSetWait_v2(es, 10)  # nothing due yet
-    clock.advance(1.0)
-    data = fake.nvmlEventSetWait_v2(es, 10)
-    assert (data.device, data.eventType, data.eventData) == (h0, pynvml.nvmlEventTypeXidCriticalError, 79)
-    with pytest.raises(pynvml.NVMLError_Timeout):
-        fake.nvmlEventSetWait_v2(es, 10)  # delivered once; GPU 1's XID 13 is due but not registered
-    clock.advance(1.0)
-    assert fake.nvmlEventSetWait_v2(es, 10).eventData == 48
-    fake.nvmlDeviceRegisterEvents(fake.nvmlDeviceGetHandleByIndex(1), pynvml.nvmlEventTypeXidCriticalError, es)
-    data = fake.nvmlEventSetWait_v2(es, 10)
-    assert (data.device, data.eventData) == (fake.nvmlDeviceGetHandleByIndex(1), 13)
-    fake.nvmlEventSetFree(es)
-
-
-def test_event_wait_sees_a_clock_moved_by_another_thread(capture: Capture, clock: FakeClock) -> None:
-    fake = make(capture, clock, faults=Faults(xids=[(0, 1.0, 79)]))
-    es = fake.nvmlEventSetCreate()
-    fake.nvmlDeviceRegisterEvents(fake.nvmlDeviceGetHandleByIndex(0), pynvml.nvmlEventTypeXidCriticalError, es)
-    result: list[Any] = []
-    waiter = threading.Thread(target=lambda: result.append(fake.nvmlEventSetWait_v2(es, 5000)), daemon=True)
-    t = time.monotonic()
-    waiter.start()
-    time.sleep(0.02)
-    clock.advance(1.0)
-    waiter.join(timeout=3)
-    assert not waiter.is_alive()
-    assert result and result[0].eventData == 79
-    assert time.monotonic() - t < 1.0
-
-
-def test_event_wait_times_out_when_the_clock_stands_still(fake: CaptureNvml) -> None:
-    es = fake.nvmlEventSetCreate()
-    fake.nvmlDeviceRegisterEvents(fake.nvmlDeviceGetHandleByIndex(0), pynvml.nvmlEventTypeXidCriticalError, es)
-    outcome: list[BaseException] = []
-
-    def wait() -> None:
-        try:
-            fake.nvmlEventSetWait_v2(es, 30)
-        except pynvml.NVMLError as exc:
-            outcome.append(exc)
-
-    waiter = threading.Thread(target=wait, daemon=True)
-    waiter.start()
-    waiter.join(timeout=3)
-    assert not waiter.is_alive(), "a fake clock that does not move must not hang the event wait"
-    assert outcome and isinstance(outcome[0], pynvml.NVMLError_Timeout)
-
-
-def test_event_wait_with_a_real_clock(capture: Capture) -> None:
-    fake = CaptureNvml(capture, faults=Faults(xids=[(0, 0.05, 31)]), clock=time.monotonic)
-    fake.nvmlInit()
-    es = fake.nvmlEventSetCreate()
-    fake.nvmlDeviceRegisterEvents(fake.nvmlDeviceGetHandleByIndex(0), pynvml.nvmlEventTypeXidCriticalError, es)
-    assert fake.nvmlEventSetWait_v2(es, 1000).eventData == 31
-    t = time.monotonic()
-    with pytest.raises(pynvml.NVMLError_Timeout):
-        fake.nvmlEventSetWait_v2(es, 30)
-    assert 0.02 <= time.monotonic() - t < 0.5
-
-
-def test_register_unsupported_event_types(capture: Capture, clock: FakeClock) -> None:
-    mask = capture.probe["devices"][0]["events"]["supported_mask"]
-    unsupported = next(1 << b for b in range(16) if not mask & (1 << b))
-    fake = make(capture, clock)
-    h = fake.nvmlDeviceGetHandleByIndex(0)
-    es = fake.nvmlEventSetCreate()
-    with pytest.raises(pynvml.NVMLError_NotSupported):
-        fake.nvmlDeviceRegisterEvents(h, unsupported, es)
-    with pytest.raises(pynvml.NVMLError_NotSupported):
-        fake.nvmlDeviceRegisterEvents(h, unsupported | pynvml.nvmlEventTypeXidCriticalError, es)
-    fake.nvmlDeviceRegisterEvents(h, mask, es)
-    capture.probe["devices"][0]["events"]["supported_mask"] = 0
-    with pytest.raises(pynvml.NVMLError_NotSupported):
-        fake.nvmlDeviceRegisterEvents(h, pynvml.nvmlEventTypeXidCriticalError, es)
+# --- a copied capture ---------------------------------------------------------------------------
 
 
 def test_recorded_event_files_roundtrip(tmp_path: Path, demo_path: Path, clock: FakeClock) -> None:

@@ -1,4 +1,4 @@
-"""The InfiniBand source against fake sysfs trees (tests/ibsysfs.py): metrics, rates, saturation and
+"""The InfiniBand source against fake sysfs trees (tools/ibsysfs.py): metrics, rates, saturation and
 clears, extended counters, device-level hw_counters, absent counters, tiers, link down."""
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from gpumon.sources.infiniband import (
     normalize_bus_id,
     parse_rate,
 )
-from tests.conftest import FakeClock
-from tests.ibsysfs import CAST_COUNTERS, PMA_BITS, IbSysfs, build_connectx, build_plain
+from tests.support.clock import FakeClock
+from tools.ibsysfs import CAST_COUNTERS, PMA_BITS, IbSysfs, build_connectx, build_plain
 
 Values = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 MAX32 = (1 << 32) - 1
@@ -340,7 +340,7 @@ def test_roce_data_counters_are_documented_as_rdma_only() -> None:
     for name in ("transmit_bytes", "receive_bytes", "transmit_packets", "receive_packets"):
         help_ = catalog.BY_NAME[f"gpumon_ib_port_{name}_total"].help
         assert "RoCE" in help_ and "RDMA" in help_, name
-    doc = (Path(__file__).resolve().parent.parent / "docs" / "interconnect.md").read_text()
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "interconnect.md").read_text()
     assert "RDMA traffic only" in doc
 
 

@@ -32,7 +32,7 @@ from gpumon.sources.nccl_ras import (
     query_budget,
     query_status,
 )
-from tests.conftest import FakeClock
+from tests.support.clock import FakeClock
 
 OPS = ("Broadcast", "Reduce", "AllGather", "ReduceScatter", "AllReduce")
 

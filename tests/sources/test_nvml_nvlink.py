@@ -1,4 +1,4 @@
-"""NVLink through the fake libnvidia-ml.so.1, on the SYNTHETIC 8-GPU HGX H200 capture in
+"""NVLink through gpumon's nvml source on both fake NVMLs, on the SYNTHETIC 8-GPU HGX H200 capture in
 tests/fixtures/nvlink8 (generated, not recorded: see its README.md).
 
 Every expected number is read from the capture files here, never typed in: per-link state and
@@ -19,13 +19,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gpumon.model import Sample, Tier
-from gpumon.sources.capture import CaptureNvml, load_capture
+from gpumon.sources.capture import load_capture
 from gpumon.sources.nvml import NvmlSource
 from gpumon.sources.nvml_readers import NVLINK_ERRORS
-from tests.conftest import FakeClock
-from tests.fakenvml import StartAt, environment
-from tests.fakenvml.conftest import Fake
 from tests.fixtures.nvlink8 import generate
+from tests.support.clock import FakeClock
+from tests.support.nvml import NvmlFake
+from tools.fakenvml import environment
 
 CAPTURE_DIR = generate.OUT_DIR
 CAPTURE = load_capture(CAPTURE_DIR)
@@ -152,29 +152,23 @@ def test_capture_totals_agree_with_links_and_throughput_counters() -> None:
                 assert max(gpm[f"nvlink_{direction}_mibps_per_link"]) * MIB < capacity
 
 
-# --- gpumon's nvml source on the fake library ------------------------------------------------------
+# --- gpumon's nvml source, on each fake ----------------------------------------------------------
 
 
 @pytest.mark.parametrize("phase", ["idle", "compute", "bursty"])
-def test_source_exports_the_captures_nvlink(fake: Fake, phase: str) -> None:
+def test_source_exports_the_captures_nvlink(nvml_fake: NvmlFake, phase: str) -> None:
     position = middle_of(phase)
-    fake.configure(capture=CAPTURE_DIR, speed=0, start=position)
-    source = opened(fake.nvml, FakeClock())
+    source = opened(nvml_fake.start(CAPTURE_DIR, gpus=GPUS, at=position), FakeClock())
     got = polled(source)
     want = expected(position)
     assert got.keys() == want.keys()
     for key, value in want.items():
         assert got[key] == pytest.approx(value, rel=1e-9), key
-    # The python fake (capture.py) reads the same capture the same way.
-    oracle = opened(CaptureNvml(load_capture(CAPTURE_DIR), clock=StartAt(position)), FakeClock())
-    assert polled(oracle) == pytest.approx(got, rel=1e-9)
     source.close()
-    oracle.close()
 
 
-def test_down_link_has_no_series_and_the_others_do(fake: Fake) -> None:
-    fake.configure(capture=CAPTURE_DIR, speed=0, start=middle_of("compute"))
-    source = opened(fake.nvml, FakeClock())
+def test_down_link_has_no_series_and_the_others_do(nvml_fake: NvmlFake) -> None:
+    source = opened(nvml_fake.start(CAPTURE_DIR, gpus=GPUS, at=middle_of("compute")), FakeClock())
     got = polled(source)
     down_gpu, down_link = generate.DOWN_LINK
     for gpu in range(GPUS):
@@ -188,11 +182,10 @@ def test_down_link_has_no_series_and_the_others_do(fake: Fake) -> None:
     source.close()
 
 
-def test_traffic_rises_in_compute_and_utilisation_stays_below_one(fake: Fake) -> None:
+def test_traffic_rises_in_compute_and_utilisation_stays_below_one(nvml_fake: NvmlFake) -> None:
     by_phase = {}
     for phase in ("idle", "compute"):
-        fake.configure(capture=CAPTURE_DIR, speed=0, start=middle_of(phase))
-        source = opened(fake.nvml, FakeClock())
+        source = opened(nvml_fake.start(CAPTURE_DIR, gpus=GPUS, at=middle_of(phase)), FakeClock())
         by_phase[phase] = polled(source)
         source.close()
     capacity = speed(0)  # bytes/s per link and direction
@@ -210,12 +203,11 @@ def test_traffic_rises_in_compute_and_utilisation_stays_below_one(fake: Fake) ->
             max(generate.PHASE_LOAD[phase], generate.IDLE_MIBPS * MIB / capacity), rel=0.02)
 
 
-def test_error_counters_rise_on_the_marginal_link(fake: Fake) -> None:
+def test_error_counters_rise_on_the_marginal_link(nvml_fake: NvmlFake) -> None:
     gpu, link = generate.ERROR_LINK
     seen = []
     for position in (middle_of("idle"), middle_of("compute"), middle_of("idle2")):
-        fake.configure(capture=CAPTURE_DIR, speed=0, start=position)
-        source = opened(fake.nvml, FakeClock())
+        source = opened(nvml_fake.start(CAPTURE_DIR, gpus=GPUS, at=position), FakeClock())
         got = polled(source)
         source.close()
         seen.append({name: got[("gpumon_nvlink_errors_total", str(gpu), str(link), name)]
@@ -230,13 +222,13 @@ def test_error_counters_rise_on_the_marginal_link(fake: Fake) -> None:
     assert all(seen[0][n] <= seen[1][n] <= seen[2][n] for n in seen[0])
 
 
-# --- `gpumon run --backend nvml`, scraped -----------------------------------------------------------
+# --- `gpumon run --backend nvml` on the fake library, scraped -------------------------------------
 
 
 @pytest.mark.integration
 def test_gpumon_run_exports_nvlink_and_passes_promtool(libfakenvml: Path, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    from tests.integration.processes import Gpumon, need
+    from tests.support.processes import Gpumon, need
 
     position = middle_of("compute")
     for name, value in environment(libfakenvml, capture=CAPTURE_DIR, speed=0, start=position).items():

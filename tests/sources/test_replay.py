@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from gpumon.model import Labels, Tier
 from gpumon.sources.capture import Capture, CaptureError, CaptureNvml
 from gpumon.sources.replay import DEMO_CAPTURE, MAX_GPUS, ReplaySource, ReplaySpec, parse_replay_spec, replay_source
-from tests.conftest import FakeClock
+from tests.support.clock import FakeClock
 
 COMPUTE_AT = 10.0  # seconds into the bundled trace: the `compute` phase
 

@@ -1,6 +1,6 @@
 """Run a command under the seccomp filter systemd installs for MemoryDenyWriteExecute=yes.
 
-    python -m tests.deploy.mdwe COMMAND [ARG...]
+    python -m tests.support.mdwe COMMAND [ARG...]
 
 Like systemd (src/shared/seccomp-util.c), the filter makes mmap() with PROT_WRITE and PROT_EXEC together,
 and mprotect()/pkey_mprotect() adding PROT_EXEC, fail with EPERM; everything else is allowed. It lets the

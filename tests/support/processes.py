@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.conftest import free_port
+from tests.support.net import free_port
 
 if TYPE_CHECKING:
     from typing import Self

@@ -2,7 +2,7 @@
 
 The library answers NVML calls from a recorded capture, so unmodified nvidia-ml-py (and any other
 NVML client) runs on a machine without a GPU. How it behaves and which variables drive it:
-docs/testing.md. Build one by hand with `python -m tests.fakenvml OUTDIR`.
+docs/testing.md. Build one by hand with `python -m tools.fakenvml OUTDIR`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -135,30 +135,3 @@ def loaded(library: Path) -> Iterator[Any]:
         pynvml.NVMLError._errcode_to_string.clear()
         pynvml.NVMLError._errcode_to_string.update(saved[2])
         pynvml._nvmlLib_refcount = saved[3]
-
-
-def edited_capture(directory: Path, edit: Callable[[dict[str, Any], list[dict[str, Any]]], None]) -> Path:
-    """The bundled H200 capture changed by edit(probe, records), written to directory the way the
-    recorder writes one (json.dumps: NaN stays NaN)."""
-    from gpumon.sources.replay import DEMO_CAPTURE
-    probe = json.loads((DEMO_CAPTURE / "probe.json").read_text())
-    records = [json.loads(line) for line in (DEMO_CAPTURE / "trace.jsonl").read_text().splitlines() if line]
-    edit(probe, records)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "probe.json").write_text(json.dumps(probe))
-    (directory / "trace.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    return directory
-
-
-class StartAt:
-    """A clock for CaptureNvml that holds its trace at `position` from nvmlInit on, as
-    FAKENVML_SPEED=0 FAKENVML_START=position does for the C library: nvmlInit reads 0, every later
-    call `position`."""
-
-    def __init__(self, position: float) -> None:
-        self.position = position
-        self.calls = 0
-
-    def __call__(self) -> float:
-        self.calls += 1
-        return 0.0 if self.calls == 1 else self.position

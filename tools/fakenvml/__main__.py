@@ -1,4 +1,4 @@
-"""`python -m tests.fakenvml OUTDIR [--sanitize address|thread]`: build the fake libnvidia-ml.so.1."""
+"""`python -m tools.fakenvml OUTDIR [--sanitize address|thread]`: build the fake libnvidia-ml.so.1."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from tests.fakenvml import SANITIZERS, BuildError, build
+from tools.fakenvml import SANITIZERS, BuildError, build
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.fakenvml", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tools.fakenvml", description=__doc__)
     parser.add_argument("outdir", type=Path)
     parser.add_argument("--capture", type=Path, help="capture used when FAKENVML_CAPTURE is unset")
     parser.add_argument("--sanitize", choices=sorted(SANITIZERS), help="build with ASan and UBSan, or TSan")

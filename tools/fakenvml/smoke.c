@@ -1,6 +1,6 @@
 /*
  * A C client for the fake libnvidia-ml.so.1, built with AddressSanitizer and UBSan by
- * tests/fakenvml/test_sanitizers.py: every implemented call from parallel threads, the error
+ * tests/tools/fakenvml/test_sanitizers.py: every implemented call from parallel threads, the error
  * paths (bad handles, short buffers, NULL pointers), hung calls and event waits cut short by
  * nvmlShutdown, and objects the client never frees. Twice, so that shutdown provably frees what
  * init loaded (leak checking is on). Prints "ok" and exits 0, or names the first failed check.

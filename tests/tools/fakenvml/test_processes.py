@@ -19,9 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gpumon.sources.capture import load_capture
 from gpumon.sources.replay import DEMO_CAPTURE
-from tests.conftest import free_port
-from tests.fakenvml import environment
-from tests.integration.processes import Gpumon, need, run_gpumon
+from tests.support.net import free_port
+from tests.support.processes import Gpumon, need, run_gpumon
+from tools.fakenvml import environment
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakenvml import SANITIZERS, SOURCE_DIR, WARNINGS, build, compiler, environment, nvml_include_dir
+from tools.fakenvml import SANITIZERS, SOURCE_DIR, WARNINGS, build, compiler, environment, nvml_include_dir
 
 SMOKE_FAULTS = """\
 lost 2 0 0.3                  # GPU 2 is off the bus at first
@@ -80,7 +80,7 @@ def test_gpumon_through_pynvml_runs_clean(asan_library: Path, tmp_path: Path) ->
     env |= SANITIZER_OPTIONS | {"ASAN_OPTIONS": "detect_leaks=0:halt_on_error=1", "LD_PRELOAD": asan_runtime,
                                 "PYTHONMALLOC": "malloc"}
     run = subprocess.run([sys.executable, "-c", PYNVML_SESSION], capture_output=True, text=True, timeout=60,
-                         env=env, cwd=Path(__file__).parents[2])
+                         env=env, cwd=Path(__file__).parents[3])
     assert run.returncode == 0, run.stdout + run.stderr
     assert run.stdout.splitlines() == ["xid 1 79", "errors {}"], run.stdout + run.stderr
     assert "Sanitizer" not in run.stderr and "runtime error" not in run.stderr, run.stderr
