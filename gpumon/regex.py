@@ -13,8 +13,6 @@ import functools
 import unicodedata
 from typing import Any
 
-import re2
-
 # RE2's error codes as Go's regexp/syntax words them (the fragment after the colon is the same).
 _GO_CODES = {
     "missing ]": "missing closing ]",
@@ -41,37 +39,57 @@ class RegexError(ValueError):
     """A pattern Go's regexp (and RE2) rejects; the message is Go's."""
 
 
+# What makes a pattern more than text, but for `|`: without them a pattern is alternatives of values.
+_METACHARACTERS = frozenset("\\.+*?()[]{}^$")
+
+
 class Regex:
     """A compiled pattern. Matching never backtracks; text that is not valid Unicode never matches."""
 
-    __slots__ = ("_re", "group_names", "pattern")
+    __slots__ = ("_literals", "_re", "group_names", "pattern")
 
-    def __init__(self, pattern: str, compiled: Any) -> None:
+    def __init__(self, pattern: str, compiled: Any, literals: frozenset[str] | None = None) -> None:
         self.pattern = pattern
         self._re = compiled
-        names: list[str] = [""] * (compiled.groups + 1)
-        for name, index in compiled.groupindex.items():
+        self._literals = literals
+        names: list[str] = [""] * ((compiled.groups if compiled is not None else 0) + 1)
+        for name, index in (compiled.groupindex.items() if compiled is not None else ()):
             names[index] = name
         self.group_names = tuple(names)  # index 0 (the whole match) has no name
 
     def search(self, text: str, pos: int = 0) -> Any:
         """The leftmost match at or after `pos`, as Go finds it; a `^` matches only at 0."""
+        if self._re is None:
+            self._re = _compile(self.pattern)
         try:
             return self._re.search(text, pos)
         except UnicodeEncodeError:  # a lone surrogate: no RE2 text can match it
             return None
 
     def matches(self, text: str) -> bool:
+        if self._literals is not None:
+            return text in self._literals
         return self.search(text) is not None
 
 
+@functools.cache
+def _re2() -> Any:
+    """RE2, imported on the first pattern that needs it: the module and its library cost 2.5 MiB of
+    memory, and the bundled rules need none (their patterns are alternatives of literal values)."""
+    import re2
+
+    return re2
+
+
+@functools.cache
 def _options() -> Any:
-    options = re2.Options()
+    options = _re2().Options()
     options.log_errors = False  # RE2 would print every rejected pattern to stderr
     return options
 
 
-_OPTIONS = _options()
+def _compile(pattern: str) -> Any:
+    return _re2().compile(pattern, _options())
 
 
 @functools.lru_cache(maxsize=4096)
@@ -81,10 +99,10 @@ def compile_go(pattern: str) -> Regex:
         raise RegexError(f"error parsing regexp: expression too large: `{pattern[:40]}...`")
     _reject_go_rejects(pattern)
     try:
-        return Regex(pattern, re2.compile(pattern, _OPTIONS))
+        return Regex(pattern, _compile(pattern))
     except UnicodeEncodeError:
         raise RegexError(f"error parsing regexp: invalid UTF-8: `{pattern!r}`") from None
-    except re2.error as exc:
+    except _re2().error as exc:
         message = exc.args[0].decode("utf-8", "replace") if isinstance(exc.args[0], bytes) else str(exc.args[0])
         code, _, fragment = message.partition(": ")
         raise RegexError(f"error parsing regexp: {_GO_CODES.get(code, code)}: `{fragment}`") from None
@@ -92,7 +110,13 @@ def compile_go(pattern: str) -> Regex:
 
 def anchored(pattern: str) -> Regex:
     """A label matcher's or label_replace's pattern, anchored as Prometheus 2.42 and Alertmanager
-    anchor it: `^(?:p)$` (so `.` does not match a newline; Prometheus 2.47 and later add `(?s:`)."""
+    anchor it: `^(?:p)$` (so `.` does not match a newline; Prometheus 2.47 and later add `(?s:`).
+
+    Alternatives of plain values (`48|62|79`, `hw_slowdown|sw_thermal_slowdown`) match as a set, as
+    Prometheus's FastRegexMatcher does: `^(?:a|b)$` matches exactly the texts a and b. RE2 compiles
+    the pattern only if something asks for its groups (label_replace)."""
+    if _METACHARACTERS.isdisjoint(pattern) and pattern.isprintable() and len(pattern) <= MAX_PATTERN_BYTES // 4:
+        return Regex(f"^(?:{pattern})$", None, frozenset(pattern.split("|")))
     return compile_go(f"^(?:{pattern})$")
 
 
