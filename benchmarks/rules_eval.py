@@ -19,7 +19,8 @@ from gpumon.rules.alerting import RuleEngine
 from gpumon.rules.promql import Evaluator
 from gpumon.rules.rulefile import longest_ranges
 from gpumon.rules.service import StoreStorage, load_groups
-from gpumon.sources.capture import CaptureNvml, load_capture
+from gpumon.sources.capture import load_capture
+from gpumon.sources.capture_nvml import CaptureNvml
 from gpumon.sources.nvml import NvmlSource
 from gpumon.sources.replay import DEMO_CAPTURE
 from gpumon.store import Store

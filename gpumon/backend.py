@@ -9,9 +9,12 @@ Adding a source: a module in gpumon/sources/ implementing `Source` or `AsyncSour
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 
+from gpumon.attribution.owners import Owners
+from gpumon.attribution.procfs import Procfs
 from gpumon.config import Config
 from gpumon.health import Health
 from gpumon.model import BackendUnavailable, Device
@@ -21,6 +24,7 @@ from gpumon.sources.base import AsyncSource, Source
 from gpumon.sources.infiniband import InfinibandSource
 from gpumon.sources.nccl_ras import NcclRasSource
 from gpumon.sources.nvml import NvmlSource
+from gpumon.sources.processes import ProcessSource
 from gpumon.sources.replay import DEMO_CAPTURE, ReplaySpec, parse_replay_spec, replay_source
 from gpumon.store import Store
 
@@ -70,6 +74,15 @@ def build_backend(config: Config, replay: ReplaySpec | None = None) -> Backend:
     """Every source the configuration enables. Raises BackendUnavailable."""
     gpus = gpu_source(config, replay)
     sources: list[Source | AsyncSource] = [gpus]
+    owners = Owners()
+    processes = config.attribution.processes
+    if processes.enabled:
+        # A replayed capture's PIDs are not this host's: its /proc is read only when proc_root points
+        # somewhere else (a fake tree, in tests).
+        replayed_here = bool(gpus.capture) and processes.proc_root == Path("/proc")
+        sources.append(ProcessSource(gpus, owners, procfs=None if replayed_here else Procfs(processes.proc_root),
+                                     max_per_gpu=processes.max_per_gpu, per_process="process_pids" in config.opt_ins,
+                                     utilization=processes.utilization))
     ib, ras = config.interconnect.infiniband, config.interconnect.nccl_ras
     if ib.enabled:
         # Replayed GPUs are not on this host's PCIe tree: no GPU-NIC affinity for them.

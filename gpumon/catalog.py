@@ -27,6 +27,7 @@ class Origin(enum.StrEnum):
     DEVICE = "device"  # the GPU's static facts
     EVENTS = "events"  # NVML's event thread (XIDs)
     SELF = "self"  # gpumon's own health
+    PROCESSES = "processes"  # gpumon/sources/processes.py
     INFINIBAND = "infiniband"
     NCCL_RAS = "nccl_ras"
     REPLAY = "replay"  # demo data only
@@ -225,14 +226,28 @@ METRICS: tuple[Metric, ...] = (
        "events", labels=("xid",)),
     _m("gpumon_last_xid_timestamp_seconds", GAUGE, "seconds", "Unix time of the most recent XID error.",
        "events"),
-    # --- processes -----------------------------------------------------------------------------
-    _m("gpumon_compute_processes", GAUGE, "", "Compute processes running on the GPU.",
-       reading="processes", key="count"),
+    # --- processes and their owners (gpumon/sources/processes.py, docs/attribution.md) ----------------
+    _m("gpumon_compute_processes", GAUGE, "", "Compute processes running on the GPU.", "processes"),
     _m("gpumon_compute_processes_memory_bytes", GAUGE, "bytes",
-       "Device memory used by all compute processes on the GPU.", reading="processes", key="memory"),
-    _m("gpumon_process_memory_bytes", GAUGE, "bytes",
-       "Device memory used by one compute process (opt-in: metrics.process_pids).",
-       reading="processes", key="pid", labels=("pid",), opt_in="process_pids"),
+       "Device memory used by all compute processes on the GPU.", "processes"),
+    _m("gpumon_process_info", INFO, "",
+       "A process on the GPU (NVML's compute, graphics and MPS-client lists; kind compute, graphics, mps or "
+       "a + of them), its name from /proc, and whose it is: the Kubernetes pod and container its cgroup "
+       "belongs to, its Slurm job, its user. Empty where nothing says; at most attribution.processes."
+       "max_per_gpu per GPU, those holding the most memory.", "processes",
+       labels=("pid", "kind", "name", "owner_namespace", "owner_pod", "owner_container", "job_id", "user")),
+    _m("gpumon_process_memory_bytes", GAUGE, "bytes", "Device memory used by one process.", "processes",
+       labels=("pid",), opt_in="process_pids"),
+    _m("gpumon_process_utilization_ratio", GAUGE, "ratio",
+       "One process's share of NVML's utilisation samples since the last slow poll, per engine (gpu: the "
+       "time a kernel of this process was running, a duty cycle like gpumon_gpu_utilization_ratio, not SM "
+       "activity; memory, encoder, decoder); 0 when it ran nothing. Read in the slow tier "
+       "(attribution.processes.utilization).", "processes", labels=("pid", "engine"), opt_in="process_pids"),
+    _m("gpumon_process_series_dropped_total", COUNTER, "",
+       "Processes not exported because the GPU had more than attribution.processes.max_per_gpu.", "processes"),
+    _m("gpumon_process_attribution_available", GAUGE, "",
+       "1 when gpumon's /proc shows the host's PID namespace, so processes get names and owners; 0 when it "
+       "does not (a container without hostPID).", "processes", per_gpu=False),
     # --- InfiniBand / RoCE (sysfs; gpumon/sources/infiniband.py, docs/interconnect.md) ---------------
     # The tier decides how often the source reads a counter: every counters/ read is a MAD to the HCA.
     _m("gpumon_ib_port_info", INFO, "",

@@ -45,6 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--infiniband-root", help="sysfs InfiniBand directory (default /sys/class/infiniband)")
     run.add_argument("--nccl-ras", action="store_const", const=True, help="query the NCCL RAS service")
     run.add_argument("--nccl-ras-address", help="NCCL RAS HOST:PORT (default localhost:28028)")
+    run.add_argument("--proc-root", help="procfs showing the host's PID namespace (default /proc)")
+    run.add_argument("--kubernetes", action="store_const", const=True,
+                     help="name the pods holding each GPU (the kubelet's pod-resources socket)")
+    run.add_argument("--hpc-job-mapping-dir", help="directory of per-GPU job id files (as dcgm-exporter reads)")
     run.add_argument("--log-level", help="debug, info, warning or error")
     run.add_argument("--log-format", help="auto, json or console")
 

@@ -284,6 +284,38 @@ class InterconnectConfig(_Section, frozen=True):
     nccl_ras: NcclRasConfig = NcclRasConfig()
 
 
+class ProcessesConfig(_Section, frozen=True):
+    enabled: bool = True
+    proc_root: Path = Path("/proc")  # must show the host's PID namespace (hostPID: true in a pod)
+    max_per_gpu: Annotated[int, After(_at_least(1))] = 64  # process series per GPU; the rest are counted
+    utilization: bool = False  # per-process utilisation, read in the slow tier (~2 ms per GPU per read)
+
+
+class KubernetesConfig(_Section, frozen=True):
+    enabled: bool = False  # needs the kubelet's socket mounted (deploy/kubernetes/overlays/attribution)
+    socket: Path = Path("/var/lib/kubelet/pod-resources/kubelet.sock")
+    resources: list[str] = msgspec.field(  # device plugin resources to follow (globs)
+        default_factory=lambda: ["nvidia.com/gpu", "nvidia.com/mig-*"])
+    refresh_interval: Duration = 10.0
+    timeout: Duration = 5.0
+    # The kubelet's answer on a large node exceeds gRPC's default 4 MiB limit.
+    max_message_bytes: Annotated[int, After(_at_least(4 * 1024 * 1024))] = 64 * 1024 * 1024
+    pod_logs_dir: Path = Path("/var/log/pods")  # <namespace>_<pod>_<uid>/: pod UIDs to names
+    container_logs_dir: Path = Path("/var/log/containers")  # <pod>_<namespace>_<container>-<id>.log
+
+
+class JobsConfig(_Section, frozen=True):
+    # One file per GPU index (or <gpu>.<gpu instance>) listing its job ids, as dcgm-exporter's
+    # --hpc-job-mapping-dir reads them; Slurm prolog/epilog scripts write them.
+    mapping_dir: Path | None = None
+
+
+class AttributionConfig(_Section, frozen=True):
+    processes: ProcessesConfig = ProcessesConfig()
+    kubernetes: KubernetesConfig = KubernetesConfig()
+    jobs: JobsConfig = JobsConfig()
+
+
 class LogConfig(_Section, frozen=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -299,6 +331,7 @@ class Config(_Section, frozen=True):
     rules: RulesConfig = RulesConfig()
     notify: NotifyConfig = NotifyConfig()
     interconnect: InterconnectConfig = InterconnectConfig()
+    attribution: AttributionConfig = AttributionConfig()
     log: LogConfig = LogConfig()
 
     @property
@@ -312,7 +345,12 @@ SECTIONS = frozenset(f.encode_name for f in msgspec.structs.fields(Config)
 FILE_RELATIVE: tuple[KeyPath, ...] = (("state_dir",), ("web", "config_file"), ("rules", "files"),
                                       ("notify", "mqtt", "password_file"),
                                       ("interconnect", "infiniband", "root"),
-                                      ("interconnect", "infiniband", "pci_root"))
+                                      ("interconnect", "infiniband", "pci_root"),
+                                      ("attribution", "processes", "proc_root"),
+                                      ("attribution", "kubernetes", "socket"),
+                                      ("attribution", "kubernetes", "pod_logs_dir"),
+                                      ("attribution", "kubernetes", "container_logs_dir"),
+                                      ("attribution", "jobs", "mapping_dir"))
 
 # Command-line flag -> key path in the file. Flags win over the file.
 FLAGS: dict[str, KeyPath] = {
@@ -330,6 +368,9 @@ FLAGS: dict[str, KeyPath] = {
     "infiniband_root": ("interconnect", "infiniband", "root"),
     "nccl_ras": ("interconnect", "nccl_ras", "enabled"),
     "nccl_ras_address": ("interconnect", "nccl_ras", "address"),
+    "proc_root": ("attribution", "processes", "proc_root"),
+    "kubernetes": ("attribution", "kubernetes", "enabled"),
+    "hpc_job_mapping_dir": ("attribution", "jobs", "mapping_dir"),
     "log_level": ("log", "level"),
     "log_format": ("log", "format"),
 }

@@ -53,7 +53,8 @@ log = structlog.get_logger("gpumon")
 
 EXIT_OK, EXIT_CONFIG, EXIT_BACKEND = 0, 1, 2
 SILENCES_FILE = "silences.sqlite"
-RESTART_ONLY = ("backend", "state_dir", "store", "interconnect")  # settings a reload cannot change in place
+# Settings a reload cannot change in place.
+RESTART_ONLY = ("backend", "state_dir", "store", "interconnect", "attribution")
 # Parts of `notify` a reload cannot change in place (receivers, routes and the rest can).
 NOTIFY_RESTART_ONLY = ("alertmanagers", "mqtt")
 FILES_RESERVED = 128  # open files kept for the daemon itself when capping connections

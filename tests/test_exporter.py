@@ -269,7 +269,8 @@ def library_renders(samples: list[Sample]) -> tuple[bytes, bytes]:
 def test_eight_h200s_render_as_prometheus_client_renders_them() -> None:
     """Every tier of 8 GPUs from the capture, twice (the second render comes from the caches)."""
     from gpumon.model import Tier
-    from gpumon.sources.capture import CaptureNvml, load_capture
+    from gpumon.sources.capture import load_capture
+    from gpumon.sources.capture_nvml import CaptureNvml
     from gpumon.sources.nvml import NvmlSource
     from gpumon.sources.replay import DEMO_CAPTURE
 

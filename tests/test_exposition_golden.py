@@ -1,7 +1,8 @@
-"""/metrics of a replayed capture at a fixed replay time, series by series, against the exposition
-recorded before the redesign of issue 14 (`tests/fixtures/exposition/replay.txt`): the redesign
-changed the code's shape, not what a scraper sees. Values that depend on the wall clock or the
-machine (poll durations, timestamps) are compared by presence only.
+"""/metrics of a replayed capture at a fixed replay time, series by series, against a recorded
+exposition (`tests/fixtures/exposition/replay.txt`), first recorded before the redesign of issue 14
+(which changed the code's shape, not what a scraper sees) and since re-recorded only for deliberate
+changes, each in the commit that made it. Values that depend on the wall clock or the machine (poll
+durations, timestamps) are compared by presence only.
 
 To record the file again after a deliberate change to the exposition:
     GPUMON_RECORD_EXPOSITION=1 .venv/bin/pytest tests/test_exposition_golden.py
@@ -14,12 +15,15 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from gpumon.attribution.owners import Owners
 from gpumon.exporter import Exporter
 from gpumon.health import Health
 from gpumon.model import Tier
 from gpumon.sampler import Intervals, Sampler
-from gpumon.sources.capture import CaptureNvml, load_capture
+from gpumon.sources.capture import load_capture
+from gpumon.sources.capture_nvml import CaptureNvml
 from gpumon.sources.infiniband import InfinibandSource
+from gpumon.sources.processes import ProcessSource
 from gpumon.sources.replay import DEMO_CAPTURE, ReplaySource
 from gpumon.store import Store
 from tests.support.clock import FakeClock
@@ -38,8 +42,9 @@ async def exposition(tmp: Path) -> list[str]:
     source = ReplaySource(nvml, backend="replay", clock=clock)
     fabric = build_connectx(tmp)
     infiniband = InfinibandSource(fabric.ib_root, gpus=lambda: source.devices, pci_root=fabric.pci_root)
+    processes = ProcessSource(source, Owners(), procfs=None)  # as build_backend makes it for a replay
     exporter = Exporter(process_metrics=False)
-    sampler = Sampler([source, infiniband], Store(100), Intervals(1.0, 30.0), health=Health())
+    sampler = Sampler([source, processes, infiniband], Store(100), Intervals(1.0, 30.0), health=Health())
     exporter.follow(sampler.rounds, sampler.fresh)
     try:
         await sampler.open()
@@ -59,7 +64,7 @@ async def exposition(tmp: Path) -> list[str]:
     return sorted(lines)
 
 
-async def test_the_exposition_is_what_it_was_before_the_redesign(tmp_path: Path) -> None:
+async def test_the_exposition_is_what_was_recorded(tmp_path: Path) -> None:
     got = await exposition(tmp_path)
     if os.environ.get("GPUMON_RECORD_EXPOSITION"):
         GOLDEN.parent.mkdir(parents=True, exist_ok=True)

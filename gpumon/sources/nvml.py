@@ -1,7 +1,7 @@
 """The NVML source: static facts, tiered readings, self-metrics and XID events from nvidia-ml-py.
 
 It talks to NVML only through the `nvml` object it is given: the real `pynvml` module in
-production, or `gpumon.sources.capture.CaptureNvml` (a recorded capture behind the same API) in
+production, or `gpumon.sources.capture_nvml.CaptureNvml` (a recorded capture behind the same API) in
 demo mode and tests. Errors become values here, in one place: NotSupported makes a metric absent
 and is logged once; GpuIsLost/Unknown raise `UnitLost`; anything else is counted and skipped. What
 each reading calls is in `gpumon.sources.nvml_readers`.
@@ -130,6 +130,14 @@ class NvmlSource(Readers):
     @property
     def devices(self) -> list[Device]:
         return [g.device for g in self._gpus]
+
+    def handle(self, index: int) -> Any:
+        """GPU `index`'s NVML handle (a new one after the GPU is re-acquired)."""
+        return self._gpus[index].handle
+
+    def count_error(self, call: str, exc: Exception) -> None:
+        """Count a failed NVML call in gpumon_nvml_errors_total (other sources on these GPUs too)."""
+        self._count_error(call, exc)
 
     def error_counts(self) -> dict[tuple[str, str], int]:
         with self._errors_lock:

@@ -302,16 +302,6 @@ class Readers:
         gpu.nvlink_ratio = catalog.MIB / (speed * catalog.MEGA)
         return (("", (), speed),)
 
-    @reads("processes", "nvmlDeviceGetComputeRunningProcesses")
-    def _read_processes(self, gpu: GpuState, plan: Plan) -> Reading:
-        procs = self.nvml.nvmlDeviceGetComputeRunningProcesses(gpu.handle)
-        used = [(p.pid, p.usedGpuMemory) for p in procs]
-        out: list[tuple[str, tuple[str, ...], float]] = [
-            ("count", (), len(used)), ("memory", (), sum(mem or 0 for _, mem in used))]
-        if "pid" in plan.readings["processes"]:
-            out.extend(("pid", (str(pid),), mem) for pid, mem in used if mem is not None)
-        return out
-
     @reads("fields", "nvmlDeviceGetFieldValues")
     def _read_fields(self, gpu: GpuState, plan: Plan) -> Reading:
         ids = [i for i in plan.field_ids if f"fields:{i}" not in gpu.absent]

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gpumon.model import Sample, Tier
-from gpumon.sources.capture import CaptureNvml, load_capture
+from gpumon.sources.capture import load_capture
+from gpumon.sources.capture_nvml import CaptureNvml
 from gpumon.sources.nvml import NvmlSource
 
 DEMO_CAPTURE = Path(__file__).resolve().parent.parent / "demo" / "h200"

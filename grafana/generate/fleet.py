@@ -69,6 +69,10 @@ def fleet() -> dict[str, Any]:
                 "averaged under 10 % over the last 10 minutes.", links=DETAIL_LINK), 12, 8)
     b.add(table("Compute processes per GPU", [target(g("gpumon_compute_processes"))], "none",
                 "Compute processes on each GPU now.", links=DETAIL_LINK), 12, 8)
+    b.add(table("Processes by owner", [target(
+        f'count by (instance, gpu, owner_namespace, owner_pod, job_id, user) ({g("gpumon_process_info")})',
+        instant=True, table=True)], "none",
+        "How many processes each owner (pod, Slurm job, user) runs on each GPU now.", links=DETAIL_LINK), 12, 8)
     b.add(table("Alerts firing (gpumon local rules)",
                 [target(h("gpumon_alerts", 'alertstate="firing"')),
                  target(f'time() - {h("gpumon_alerts_active_since_timestamp_seconds")}')],

@@ -59,6 +59,15 @@ def gpu_detail() -> dict[str, Any]:
     metric_panel("gpumon_process_memory_bytes", "Memory by process (opt-in)", "pid {{pid}}",
                  note="Empty unless gpumon runs with metrics.process_pids.", stack=True, board=b)
 
+    b.row("Who is on it")
+    b.add(table("Processes and their owners", [target(g("gpumon_process_info"), instant=True, table=True)], "none",
+                "gpumon_process_info: each process on the GPU, its name, kind (compute, graphics, MPS) and owner: "
+                "pod and container, Slurm job, user. Empty labels where nothing says (docs/attribution.md)."),
+          24, 8)
+    metric_panel("gpumon_process_utilization_ratio", "Utilisation by process (opt-in; a duty cycle)",
+                 "pid {{pid}} {{engine}}", note="Empty unless gpumon runs with metrics.process_pids and "
+                 "attribution.processes.utilization.", board=b)
+
     b.row("Thermal and power")
     b.add(timeseries("Temperature", [target(g("gpumon_gpu_temperature_celsius"), "GPU"),
                                      target(g("gpumon_memory_temperature_celsius"), "HBM"),

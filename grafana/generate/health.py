@@ -52,6 +52,11 @@ def health() -> dict[str, Any]:
     b.add(timeseries("GPU re-initialisations", [target(
         f'increase({g("gpumon_gpu_reinit_total")}[$__rate_interval])', "{{instance}} GPU {{gpu}}")],
         "none", "Re-initialisations after a GPU was lost.", bars=True))
+    metric_panel("gpumon_process_attribution_available", "Processes can be named and owned", "{{instance}}",
+                 host=True, max_=1, board=b)
+    b.add(timeseries("Processes left out by the cap", [target(
+        f'increase({g("gpumon_process_series_dropped_total")}[$__rate_interval])', "{{instance}} GPU {{gpu}}")],
+        "none", "Processes not exported because a GPU had more than attribution.processes.max_per_gpu.", bars=True))
 
     b.row("Rules")
     metric_panel("gpumon_rule_group_last_duration_seconds", "Rule group duration", "{{instance}} {{rule_group}}",

@@ -42,6 +42,8 @@ MAY_BE_EMPTY: dict[tuple[str, str, str], str] = {
     ("gpumon-interconnect.json", "PCIe links below their maximum", "A"): "the capture's link runs at gen 5 x16",
     ("gpumon-interconnect.json", "PCIe links below their maximum", "B"): "the capture's link runs at gen 5 x16",
     ("gpumon-health.json", "NVML errors by call", "A"): "no NVML call fails while replaying the capture",
+    ("gpumon-gpu-detail.json", "Utilisation by process (opt-in; a duty cycle)", "A"):
+        "opt-in, and the H200 recording has no per-process samples (NVML answered NotFound)",
     **{("gpumon-interconnect.json", title, ref): "the test host has no RDMA NIC and runs no NCCL job"
        for title, refs in {"RDMA receive, per port": "A", "RDMA transmit, per port": "A", "Link errors": "ABCDE",
                            "Other port errors": "ABCDEFG", "Congestion": "ABC", "Unicast and multicast packets": "ABCD",

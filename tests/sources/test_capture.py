@@ -13,7 +13,8 @@ import pynvml
 import pytest
 
 from gpumon.model import BackendUnavailable
-from gpumon.sources.capture import Capture, CaptureError, CaptureNvml, load_capture
+from gpumon.sources.capture import Capture, CaptureError, load_capture
+from gpumon.sources.capture_nvml import CaptureNvml
 from tests.support.clock import FakeClock
 from tests.support.nvml import record_at
 

@@ -150,18 +150,6 @@ def test_slow_tier(nvml_fake: NvmlFake) -> None:
     source.close()
 
 
-def test_opt_in_process_pids(nvml_fake: NvmlFake) -> None:
-    with_procs = next(r for r in TRACE if r["procs"])
-    source, _ = opened(nvml_fake, at=with_procs["t"] - TRACE[0]["t"], opt_ins=frozenset({"process_pids"}))
-    got = read(source, Tier.FAST)
-    pid = str(with_procs["procs"][0]["pid"])
-    assert got[("gpumon_process_memory_bytes", (("pid", pid),))] == with_procs["procs"][0]["used"]
-    assert got[("gpumon_compute_processes", ())] == 1
-    source.configure(frozenset())
-    assert "gpumon_process_memory_bytes" not in names(source.read(0, Tier.FAST))
-    source.close()
-
-
 # --- what the driver refuses ----------------------------------------------------------------------
 
 

@@ -18,6 +18,7 @@ import pytest
 
 from gpumon.sources.capture import load_capture
 from gpumon.sources.replay import DEMO_CAPTURE
+from tests.fixtures.procs import generate as generate_procs
 from tests.support.nvml import NvmlFake, edited_capture, middle_of, record_at
 
 CAPTURE = load_capture(DEMO_CAPTURE)
@@ -293,4 +294,70 @@ def test_events_of_a_type_the_gpu_cannot_deliver_are_refused(nvml_fake: NvmlFake
         n.nvmlEventSetWait_v2(event_set, 50)
     assert 0.04 <= time.monotonic() - t < 1.0
     n.nvmlEventSetFree(event_set)
+    n.nvmlShutdown()
+
+
+# --- processes (the synthetic tests/fixtures/procs capture) ------------------------------------------
+
+
+PROCS = generate_procs.OUT_DIR
+PROCS_CAPTURE = load_capture(PROCS)
+
+
+def listed(n: Any, h: Any, call: str) -> dict[int, int | None]:
+    return {int(p.pid): p.usedGpuMemory for p in getattr(n, call)(h)}
+
+
+@pytest.mark.parametrize("phase", ["idle", "compute", "bursty"])
+def test_process_lists_are_the_records(nvml_fake: NvmlFake, phase: str) -> None:
+    position = middle_of(PROCS_CAPTURE, phase)
+    rec = record_at(PROCS_CAPTURE, position)
+    n = started(nvml_fake, capture=PROCS, at=position)
+    h = n.nvmlDeviceGetHandleByIndex(0)
+    for call, key in (("nvmlDeviceGetComputeRunningProcesses", "procs"),
+                      ("nvmlDeviceGetGraphicsRunningProcesses", "procs_graphics"),
+                      ("nvmlDeviceGetMPSComputeRunningProcesses", "procs_mps")):
+        assert listed(n, h, call) == {p["pid"]: p["used"] for p in rec[key]}, call
+    assert len(rec["procs"]) == (1 if phase == "idle" else 20)
+    n.nvmlShutdown()
+
+
+def window(position: float) -> list[dict[str, Any]]:
+    """The proc_util samples of the records played in the 10 s up to `position` (no loop yet)."""
+    trace = PROCS_CAPTURE.traces[0]
+    return [{**u, "stamp": int(r["t"] * 1e6)} for r in trace
+            if position - 10 < r["t"] - trace[0]["t"] <= position for u in r["proc_util"]]
+
+
+def test_process_utilization_since_the_last_read(nvml_fake: NvmlFake) -> None:
+    position = middle_of(PROCS_CAPTURE, "compute")
+    samples = window(position)
+    n = started(nvml_fake, capture=PROCS, at=position)
+    h = n.nvmlDeviceGetHandleByIndex(0)
+    every = n.nvmlDeviceGetProcessUtilization(h, 0)  # the older call: every sample
+    assert sorted((s.pid, s.timeStamp, s.smUtil, s.memUtil) for s in every) == sorted(
+        (u["pid"], u["stamp"], u["sm"], u["mem"]) for u in samples)
+    per_process = n.nvmlDeviceGetProcessesUtilizationInfo(h, 0)  # one entry per process, its mean
+    newest = max(u["stamp"] for u in samples)
+    for entry in per_process:
+        mine = [u for u in samples if u["pid"] == entry.pid]
+        assert entry.smUtil == sum(u["sm"] for u in mine) // len(mine)
+        assert entry.timeStamp == max(u["stamp"] for u in mine)
+    assert {e.pid for e in per_process} == {u["pid"] for u in samples}
+    for call in (n.nvmlDeviceGetProcessUtilization, n.nvmlDeviceGetProcessesUtilizationInfo):
+        with pytest.raises(pynvml.NVMLError_NotFound):  # nothing newer than what was read
+            call(h, newest)
+    n.nvmlShutdown()
+
+
+def test_no_process_utilization_when_idle_or_not_recorded(nvml_fake: NvmlFake) -> None:
+    n = started(nvml_fake, capture=PROCS, at=2.0)  # idle: no samples in the last 10 s
+    with pytest.raises(pynvml.NVMLError_NotFound):
+        n.nvmlDeviceGetProcessesUtilizationInfo(n.nvmlDeviceGetHandleByIndex(0), 0)
+    n.nvmlShutdown()
+    n = started(nvml_fake, at=middle_of(CAPTURE, "compute"))  # the H200 recording: NotFound, as recorded
+    h = n.nvmlDeviceGetHandleByIndex(0)
+    for call in (n.nvmlDeviceGetProcessUtilization, n.nvmlDeviceGetProcessesUtilizationInfo):
+        with pytest.raises(pynvml.NVMLError_NotFound):
+            call(h, 0)
     n.nvmlShutdown()

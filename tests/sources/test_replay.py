@@ -9,7 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gpumon.model import Labels, Tier
-from gpumon.sources.capture import Capture, CaptureError, CaptureNvml
+from gpumon.sources.capture import Capture, CaptureError
+from gpumon.sources.capture_nvml import CaptureNvml
 from gpumon.sources.replay import DEMO_CAPTURE, MAX_GPUS, ReplaySource, ReplaySpec, parse_replay_spec, replay_source
 from tests.support.clock import FakeClock
 

@@ -19,7 +19,8 @@ from typing import Any, Protocol
 import pytest
 
 from gpumon.model import Sample
-from gpumon.sources.capture import Capture, CaptureNvml, load_capture
+from gpumon.sources.capture import Capture, load_capture
+from gpumon.sources.capture_nvml import CaptureNvml
 from gpumon.sources.nvml import NvmlSource
 from gpumon.sources.replay import DEMO_CAPTURE
 from tests.support.clock import FakeClock, StartAt

@@ -11,7 +11,8 @@ from typing import Any
 import pynvml
 import pytest
 
-from gpumon.sources.capture import Capture, CaptureNvml
+from gpumon.sources.capture import Capture
+from gpumon.sources.capture_nvml import CaptureNvml
 from tests.support.clock import FakeClock
 from tests.support.faults import Faults, FaultyNvml, call_matches
 

@@ -8,6 +8,7 @@
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
@@ -750,19 +751,180 @@ nvmlReturn_t DECLDIR nvmlDeviceGetComputeRunningProcesses_v2(nvmlDevice_t device
 nvmlReturn_t DECLDIR nvmlDeviceGetGraphicsRunningProcesses_v3(nvmlDevice_t device, unsigned int *infoCount,
                                                               nvmlProcessInfo_t *infos)
 {
-    return processes(__func__, device, NULL, "nvmlDeviceGetGraphicsRunningProcesses", infoCount, infos);
+    return processes(__func__, device, "procs_graphics", "nvmlDeviceGetGraphicsRunningProcesses", infoCount, infos);
 }
 
 nvmlReturn_t DECLDIR nvmlDeviceGetGraphicsRunningProcesses_v2(nvmlDevice_t device, unsigned int *infoCount,
                                                               nvmlProcessInfo_v2_t *infos)
 {
-    return processes(__func__, device, NULL, "nvmlDeviceGetGraphicsRunningProcesses", infoCount, infos);
+    return processes(__func__, device, "procs_graphics", "nvmlDeviceGetGraphicsRunningProcesses", infoCount, infos);
 }
 
 nvmlReturn_t DECLDIR nvmlDeviceGetMPSComputeRunningProcesses_v3(nvmlDevice_t device, unsigned int *infoCount,
                                                                 nvmlProcessInfo_t *infos)
 {
-    return processes(__func__, device, NULL, "nvmlDeviceGetMPSComputeRunningProcesses", infoCount, infos);
+    return processes(__func__, device, "procs_mps", "nvmlDeviceGetMPSComputeRunningProcesses", infoCount, infos);
+}
+
+/* --- per-process utilisation ---------------------------------------------------------------- */
+
+#define UTILIZATION_BUFFER_S 10.0 /* how far back samples are kept, like the driver's buffer */
+#define MAX_UTIL_SAMPLES 8192
+
+struct util_sample {
+    unsigned pid;
+    unsigned long long stamp;
+    unsigned v[4]; /* sm, mem, enc, dec */
+};
+
+/* The trace's "proc_util" samples of the records played in the last UTILIZATION_BUFFER_S,
+ * stamped with the record's Unix time plus a lap's length per loop (so stamps keep rising), and
+ * newer than last_seen. Returns how many, or -1 with *ret set when the capture has none at all
+ * (then probe.json's answer, as recorded: NotFound on the H200). */
+static long utilization_samples(struct call *c, const char *probe_key, unsigned long long last_seen,
+                                struct util_sample *out, nvmlReturn_t *ret)
+{
+    const struct recorded *r = &g.recorded[c->dev->recorded];
+    bool any = false;
+    for (size_t i = 0; i < r->count && !any; i++)
+        any = cJSON_GetObjectItemCaseSensitive(r->records[i], "proc_util") != NULL;
+    if (!any) {
+        const cJSON *entry = probe_entry(c->dev, probe_key);
+        const cJSON *err = cJSON_GetObjectItemCaseSensitive(entry, "err");
+        *ret = err != NULL ? (nvmlReturn_t)error_code_of(err) : NVML_ERROR_NOT_SUPPORTED;
+        return -1;
+    }
+    double play = g.config.loop ? c->play : fmin(c->play, r->duration);
+    double first = fmax(0.0, floor((play - UTILIZATION_BUFFER_S) / r->duration));
+    long n = 0;
+    for (double lap = first; lap <= floor(play / r->duration); lap++) {
+        for (size_t i = 0; i < r->count; i++) {
+            double at = lap * r->duration + r->t[i] - r->t[0];
+            unsigned long long stamp = (unsigned long long)((r->t[i] + lap * r->duration) * 1e6);
+            if (!(at > play - UTILIZATION_BUFFER_S && at <= play && stamp > last_seen))
+                continue;
+            const cJSON *u;
+            cJSON_ArrayForEach(u, cJSON_GetObjectItemCaseSensitive(r->records[i], "proc_util")) {
+                if (n == MAX_UTIL_SAMPLES)
+                    return n;
+                double v[5] = {0, 0, 0, 0, 0};
+                member_number(u, "pid", &v[0]);
+                member_number(u, "sm", &v[1]);
+                member_number(u, "mem", &v[2]);
+                member_number(u, "enc", &v[3]);
+                member_number(u, "dec", &v[4]);
+                out[n].pid = to_uint(v[0]);
+                out[n].stamp = stamp;
+                for (int k = 0; k < 4; k++)
+                    out[n].v[k] = to_uint(v[k + 1]);
+                n++;
+            }
+        }
+    }
+    return n;
+}
+
+/* Every sample, as the older call returns them (several per process when it ran in several). */
+nvmlReturn_t DECLDIR nvmlDeviceGetProcessUtilization(nvmlDevice_t device, nvmlProcessUtilizationSample_t *utilization,
+                                                     unsigned int *processSamplesCount,
+                                                     unsigned long long lastSeenTimeStamp)
+{
+    struct call c;
+    nvmlReturn_t ret = call_begin(&c, __func__, device);
+    if (ret == NVML_SUCCESS && processSamplesCount == NULL)
+        ret = NVML_ERROR_INVALID_ARGUMENT;
+    if (ret != NVML_SUCCESS)
+        return call_end(&c, ret);
+    note_latency(&c, "nvmlDeviceGetProcessUtilization(0)");
+    struct util_sample *samples = calloc(MAX_UTIL_SAMPLES, sizeof *samples);
+    if (samples == NULL)
+        return call_end(&c, NVML_ERROR_MEMORY);
+    long n = utilization_samples(&c, "nvmlDeviceGetProcessUtilization(0)", lastSeenTimeStamp, samples, &ret);
+    if (n == 0)
+        ret = NVML_ERROR_NOT_FOUND;
+    else if (n > 0 && (utilization == NULL || *processSamplesCount < (unsigned)n))
+        ret = NVML_ERROR_INSUFFICIENT_SIZE;
+    else if (n > 0) {
+        for (long i = 0; i < n; i++) {
+            utilization[i].pid = samples[i].pid;
+            utilization[i].timeStamp = samples[i].stamp;
+            utilization[i].smUtil = samples[i].v[0];
+            utilization[i].memUtil = samples[i].v[1];
+            utilization[i].encUtil = samples[i].v[2];
+            utilization[i].decUtil = samples[i].v[3];
+        }
+    }
+    if (n > 0)
+        *processSamplesCount = (unsigned)n;
+    free(samples);
+    return call_end(&c, ret);
+}
+
+/* One entry per process: its mean over the samples, stamped with the newest, as the driver
+ * sums up "the last sample period" per process. */
+nvmlReturn_t DECLDIR nvmlDeviceGetProcessesUtilizationInfo(nvmlDevice_t device,
+                                                           nvmlProcessesUtilizationInfo_t *procesesUtilInfo)
+{
+    struct call c;
+    nvmlReturn_t ret = call_begin(&c, __func__, device);
+    if (ret == NVML_SUCCESS && procesesUtilInfo == NULL)
+        ret = NVML_ERROR_INVALID_ARGUMENT;
+    if (ret == NVML_SUCCESS && procesesUtilInfo->version != nvmlProcessesUtilizationInfo_v1)
+        ret = NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
+    if (ret != NVML_SUCCESS)
+        return call_end(&c, ret);
+    note_latency(&c, "nvmlDeviceGetProcessesUtilizationInfo(0)");
+    struct util_sample *samples = calloc(MAX_UTIL_SAMPLES, sizeof *samples);
+    struct util_sample *merged = calloc(MAX_UTIL_SAMPLES, sizeof *merged);
+    unsigned *counts = calloc(MAX_UTIL_SAMPLES, sizeof *counts);
+    unsigned long long (*sums)[4] = calloc(MAX_UTIL_SAMPLES, sizeof *sums);
+    if (samples == NULL || merged == NULL || counts == NULL || sums == NULL) {
+        free(samples);
+        free(merged);
+        free(counts);
+        free(sums);
+        return call_end(&c, NVML_ERROR_MEMORY);
+    }
+    long n = utilization_samples(&c, "nvmlDeviceGetProcessesUtilizationInfo(0)",
+                                 procesesUtilInfo->lastSeenTimeStamp, samples, &ret);
+    unsigned m = 0;
+    for (long i = 0; i < n; i++) {
+        unsigned j = 0;
+        while (j < m && merged[j].pid != samples[i].pid)
+            j++;
+        if (j == m) {
+            merged[m++] = samples[i];
+            memset(merged[j].v, 0, sizeof merged[j].v);
+        }
+        if (samples[i].stamp > merged[j].stamp)
+            merged[j].stamp = samples[i].stamp;
+        for (int k = 0; k < 4; k++)
+            sums[j][k] += samples[i].v[k];
+        counts[j]++;
+    }
+    if (n == 0)
+        ret = NVML_ERROR_NOT_FOUND;
+    else if (n > 0 && (procesesUtilInfo->procUtilArray == NULL || procesesUtilInfo->processSamplesCount < m))
+        ret = NVML_ERROR_INSUFFICIENT_SIZE;
+    else if (n > 0) {
+        for (unsigned j = 0; j < m; j++) {
+            nvmlProcessUtilizationInfo_v1_t *o = &procesesUtilInfo->procUtilArray[j];
+            memset(o, 0, sizeof *o);
+            o->pid = merged[j].pid;
+            o->timeStamp = merged[j].stamp;
+            o->smUtil = (unsigned)(sums[j][0] / counts[j]);
+            o->memUtil = (unsigned)(sums[j][1] / counts[j]);
+            o->encUtil = (unsigned)(sums[j][2] / counts[j]);
+            o->decUtil = (unsigned)(sums[j][3] / counts[j]);
+        }
+    }
+    if (n > 0)
+        procesesUtilInfo->processSamplesCount = m;
+    free(samples);
+    free(merged);
+    free(counts);
+    free(sums);
+    return call_end(&c, ret);
 }
 
 /* --- field values --------------------------------------------------------------------------- */

@@ -16,10 +16,12 @@ from typing import Any
 import pytest
 
 from gpumon import catalog
+from gpumon.attribution.owners import Owners
 from gpumon.model import BackendUnavailable, Tier
 from gpumon.sources.base import Unit
 from gpumon.sources.capture import load_capture
 from gpumon.sources.nvml import NvmlSource
+from gpumon.sources.processes import ProcessSource
 from gpumon.sources.replay import DEMO_CAPTURE
 from tests.support.clock import FakeClock
 from tests.support.nvml import LibraryFake, edited_capture, middle_of, record_at
@@ -347,8 +349,12 @@ def test_gpumon_calls_nothing_the_library_lacks(library: LibraryFake, resolved: 
     clock = FakeClock()
     source = NvmlSource(library.nvml, clock=clock)
     source.open()
+    processes = ProcessSource(source, Owners(), procfs=None, per_process=True, utilization=True)
     got = threading.Event()
     source.start_events(lambda gpu, xid, at: got.set())
+    for unit in processes.open():
+        for tier in Tier:
+            processes.poll(unit, tier)
     for tier in Tier:
         clock.advance(1.0)
         for gpu in (0, 1):
@@ -361,7 +367,9 @@ def test_gpumon_calls_nothing_the_library_lacks(library: LibraryFake, resolved: 
     assert source.error_counts() == {}
     assert source.unsupported_count(0) == NO_NVLINK
     assert {"nvmlInitWithFlags", "nvmlGpmMetricsGet", "nvmlDeviceGetFieldValues", "nvmlEventSetWait_v2",
-            "nvmlDeviceGetComputeRunningProcesses_v3", "nvmlDeviceGetMemoryInfo_v2"} <= set(resolved)
+            "nvmlDeviceGetComputeRunningProcesses_v3", "nvmlDeviceGetGraphicsRunningProcesses_v3",
+            "nvmlDeviceGetMPSComputeRunningProcesses_v3", "nvmlDeviceGetProcessesUtilizationInfo",
+            "nvmlDeviceGetMemoryInfo_v2"} <= set(resolved)
     assert all(hasattr(library.nvml.nvmlLib, name) for name in set(resolved))
 
 
