@@ -22,6 +22,7 @@ from gpumon.rounds import Rounds
 from gpumon.sampler import Intervals, Sampler
 from gpumon.sources.base import AsyncSource, Source
 from gpumon.sources.infiniband import InfinibandSource
+from gpumon.sources.jobs import JobMapSource
 from gpumon.sources.nccl_ras import NcclRasSource
 from gpumon.sources.nvml import NvmlSource
 from gpumon.sources.processes import ProcessSource
@@ -83,6 +84,12 @@ def build_backend(config: Config, replay: ReplaySpec | None = None) -> Backend:
         sources.append(ProcessSource(gpus, owners, procfs=None if replayed_here else Procfs(processes.proc_root),
                                      max_per_gpu=processes.max_per_gpu, per_process="process_pids" in config.opt_ins,
                                      utilization=processes.utilization))
+    if config.attribution.kubernetes.enabled:
+        from gpumon.sources.kubelet import KubeletSource  # imports grpc: only where Kubernetes is
+
+        sources.append(KubeletSource(config.attribution.kubernetes, gpus, owners))
+    if config.attribution.jobs.mapping_dir is not None:
+        sources.append(JobMapSource(config.attribution.jobs.mapping_dir, gpus, owners))
     ib, ras = config.interconnect.infiniband, config.interconnect.nccl_ras
     if ib.enabled:
         # Replayed GPUs are not on this host's PCIe tree: no GPU-NIC affinity for them.

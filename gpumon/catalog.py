@@ -28,6 +28,8 @@ class Origin(enum.StrEnum):
     EVENTS = "events"  # NVML's event thread (XIDs)
     SELF = "self"  # gpumon's own health
     PROCESSES = "processes"  # gpumon/sources/processes.py
+    JOBS = "jobs"  # gpumon/sources/jobs.py (and the Slurm cgroups of processes)
+    KUBELET = "kubelet"  # gpumon/sources/kubelet.py
     INFINIBAND = "infiniband"
     NCCL_RAS = "nccl_ras"
     REPLAY = "replay"  # demo data only
@@ -245,6 +247,30 @@ METRICS: tuple[Metric, ...] = (
        "(attribution.processes.utilization).", "processes", labels=("pid", "engine"), opt_in="process_pids"),
     _m("gpumon_process_series_dropped_total", COUNTER, "",
        "Processes not exported because the GPU had more than attribution.processes.max_per_gpu.", "processes"),
+    _m("gpumon_gpu_owner_info", INFO, "",
+       "A pod's container the kubelet gave the GPU to (PodResources API), through a device plugin resource; "
+       "several on a time-sliced GPU. From the kubelet's last answer (attribution.kubernetes).", "kubelet",
+       labels=("owner_namespace", "owner_pod", "owner_container", "resource")),
+    _m("gpumon_kubelet_up", GAUGE, "", "1 when the kubelet's PodResources API answered the last refresh.",
+       "kubelet", per_gpu=False),
+    _m("gpumon_kubelet_answer_age_seconds", GAUGE, "seconds",
+       "Age of the kubelet answer the owners come from (it grows while the kubelet fails).", "kubelet",
+       per_gpu=False),
+    _m("gpumon_kubelet_gpu_holders", GAUGE, "",
+       "Container-device assignments of the followed resources in the kubelet's last answer.", "kubelet",
+       per_gpu=False),
+    _m("gpumon_kubelet_errors_total", COUNTER, "",
+       "Failed refreshes from the kubelet, by gRPC status (deadline_exceeded, unavailable, resource_exhausted, "
+       "...) or malformed (an answer that is not the message) or unreadable (the pod log directory).", "kubelet",
+       per_gpu=False, labels=("error",)),
+    _m("gpumon_gpu_job_info", INFO, "",
+       "A job holding the GPU (or, under MIG, the GPU instance gpu_instance): origin=\"mapping\" from the job "
+       "mapping directory (attribution.jobs.mapping_dir), which names allocated GPUs even while idle; "
+       "origin=\"cgroup\" from the Slurm cgroups of the processes on the GPU, only where the directory "
+       "names no job for it.", "jobs", labels=("gpu_instance", "job_id", "user", "origin")),
+    _m("gpumon_job_mapping_readable", GAUGE, "",
+       "1 when the job mapping directory could be read at the last poll; absent when none is configured.",
+       "jobs", per_gpu=False),
     _m("gpumon_process_attribution_available", GAUGE, "",
        "1 when gpumon's /proc shows the host's PID namespace, so processes get names and owners; 0 when it "
        "does not (a container without hostPID).", "processes", per_gpu=False),

@@ -13,6 +13,7 @@ is being read: its start time changes) yields no facts rather than another proce
 
 from __future__ import annotations
 
+import functools
 import os
 import pwd
 import re
@@ -126,6 +127,7 @@ def parse_cgroup(text: str) -> tuple[str, str, str, int | None]:
     return pod, container, job, uid
 
 
+@functools.lru_cache(maxsize=1024)
 def user_name(uid: int | None) -> str:
     """The user's name from this host's passwd, else the number ("" when unknown)."""
     if uid is None:

@@ -25,7 +25,7 @@ from typing import Any
 import structlog
 
 from gpumon.attribution.owners import Owner, Owners
-from gpumon.attribution.procfs import ProcessFacts, Procfs
+from gpumon.attribution.procfs import ProcessFacts, Procfs, user_name
 from gpumon.model import Labels, Sample, Tier
 from gpumon.sources.base import Schedule, Unit, UnitHealth, UnitLost
 from gpumon.sources.nvml import NvmlSource
@@ -176,6 +176,12 @@ class ProcessSource:
                 for engine, value in zip((e for _, e in ENGINES), gpu.utilization.get(pid, ()), strict=False):
                     sample.add("gpumon_process_utilization_ratio", (*pid_labels, ("engine", engine)), value)
         sample.add("gpumon_process_series_dropped_total", ids, gpu.dropped_total)
+        if not self.owners.gpu_jobs(gpu.index):  # the mapping directory, where it names a job, wins
+            jobs = {(k.facts.job_id, user_name(k.facts.uid)) for k in gpu.known.values()
+                    if k.facts is not None and k.facts.job_id}
+            for job, user in sorted(jobs):
+                sample.add("gpumon_gpu_job_info", (*ids, ("gpu_instance", ""), ("job_id", job), ("user", user),
+                                                   ("origin", "cgroup")), 1.0)
         return sample
 
     def _labels(self, gpu: _Gpu, pid: int, kind: str, ids: Labels) -> Labels:

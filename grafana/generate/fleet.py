@@ -69,6 +69,12 @@ def fleet() -> dict[str, Any]:
                 "averaged under 10 % over the last 10 minutes.", links=DETAIL_LINK), 12, 8)
     b.add(table("Compute processes per GPU", [target(g("gpumon_compute_processes"))], "none",
                 "Compute processes on each GPU now.", links=DETAIL_LINK), 12, 8)
+    b.add(table("Owners of each GPU", [
+        target(f'max by (instance, gpu, owner_namespace, owner_pod) ({g("gpumon_gpu_owner_info")})',
+               instant=True, table=True),
+        target(f'max by (instance, gpu, job_id, user) ({g("gpumon_gpu_job_info")})', instant=True, table=True)],
+        "none", "A: the pods the kubelet gave each GPU to; B: the jobs holding each GPU. Allocated GPUs show "
+        "here even when nothing runs on them.", links=DETAIL_LINK), 12, 8)
     b.add(table("Processes by owner", [target(
         f'count by (instance, gpu, owner_namespace, owner_pod, job_id, user) ({g("gpumon_process_info")})',
         instant=True, table=True)], "none",

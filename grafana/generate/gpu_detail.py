@@ -60,6 +60,12 @@ def gpu_detail() -> dict[str, Any]:
                  note="Empty unless gpumon runs with metrics.process_pids.", stack=True, board=b)
 
     b.row("Who is on it")
+    b.add(table("Pods holding it (kubelet)", [target(g("gpumon_gpu_owner_info"), instant=True, table=True)], "none",
+                "gpumon_gpu_owner_info: the pods' containers the kubelet gave this GPU to, even while they leave it "
+                "idle (attribution.kubernetes)."), 12, 6)
+    b.add(table("Jobs holding it", [target(g("gpumon_gpu_job_info"), instant=True, table=True)], "none",
+                "gpumon_gpu_job_info: the HPC jobs the job mapping directory gives this GPU to, or else the "
+                "Slurm jobs of its processes (origin says which)."), 12, 6)
     b.add(table("Processes and their owners", [target(g("gpumon_process_info"), instant=True, table=True)], "none",
                 "gpumon_process_info: each process on the GPU, its name, kind (compute, graphics, MPS) and owner: "
                 "pod and container, Slurm job, user. Empty labels where nothing says (docs/attribution.md)."),

@@ -54,6 +54,17 @@ def health() -> dict[str, Any]:
         "none", "Re-initialisations after a GPU was lost.", bars=True))
     metric_panel("gpumon_process_attribution_available", "Processes can be named and owned", "{{instance}}",
                  host=True, max_=1, board=b)
+    b.add(timeseries("Owners' sources", [target(h("gpumon_kubelet_up"), "{{instance}} kubelet up"),
+                                         target(h("gpumon_job_mapping_readable"), "{{instance}} job mapping readable")],
+                     "none", "Whether the kubelet's PodResources API and the job mapping directory answered "
+                     "(absent where not configured).", max_=1))
+    metric_panel("gpumon_kubelet_answer_age_seconds", "Age of the kubelet's answer", "{{instance}}", host=True,
+                 board=b)
+    metric_panel("gpumon_kubelet_gpu_holders", "GPU assignments in the kubelet's answer", "{{instance}}", host=True,
+                 board=b)
+    b.add(timeseries("Kubelet errors", [target(
+        f'sum by (instance, error) (increase({h("gpumon_kubelet_errors_total")}[$__rate_interval]))',
+        "{{instance}} {{error}}")], "none", "Failed refreshes from the kubelet, by error.", bars=True))
     b.add(timeseries("Processes left out by the cap", [target(
         f'increase({g("gpumon_process_series_dropped_total")}[$__rate_interval])', "{{instance}} GPU {{gpu}}")],
         "none", "Processes not exported because a GPU had more than attribution.processes.max_per_gpu.", bars=True))

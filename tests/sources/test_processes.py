@@ -202,3 +202,19 @@ def test_a_replayed_capture_is_not_looked_up_in_this_hosts_proc(nvml_fake: NvmlF
     source.open()
     (sample,) = source.poll(UNIT, Tier.FAST)
     assert {labels["name"] for labels in info(sample).values()} == {""}
+
+
+def job_info(sample: Sample) -> set[tuple[str, str, str]]:
+    return {(d["job_id"], d["user"], d["origin"]) for name, labels, _ in sample.values
+            if name == "gpumon_gpu_job_info" and (d := dict(labels))}
+
+
+def test_the_gpus_jobs_come_from_its_processes_unless_the_mapping_names_them(nvml_fake: NvmlFake,
+                                                                              tmp_path: Path) -> None:
+    owners = owners_with_pod()
+    source, _ = opened(nvml_fake, tmp_path, owners=owners)
+    (sample,) = source.poll(UNIT, Tier.FAST)
+    assert job_info(sample) == {("77", "1001", "cgroup")}  # the workers' Slurm job
+    owners.set_jobs({"0": (Job("900", "bob"),)})  # the scheduler's allocation wins
+    (sample,) = source.poll(UNIT, Tier.FAST)
+    assert job_info(sample) == set()
