@@ -142,11 +142,19 @@ class Sampler(Service):
     async def _run_async(self, source: AsyncSource, units: list[Unit]) -> None:
         """An asynchronous source on its own task: its timeouts never delay a round."""
         while True:
-            for unit in units:
-                for sample in await source.poll(unit, Tier.SLOW):
-                    self.store.put(sample)
-            self._announce(Round(source.name, time.time(), complete=False))
+            await self.poll_async(source, units)
             await asyncio.sleep(source.interval)
+
+    async def poll_async(self, source: AsyncSource, units: list[Unit]) -> None:
+        """One poll of an asynchronous source's units, stored and announced."""
+        for unit in units:
+            for sample in await source.poll(unit, Tier.SLOW):
+                self.store.put(sample)
+        self._announce(Round(source.name, time.time(), complete=False))
+
+    async def poll_all_async(self) -> None:
+        """Every asynchronous source once, together (`gpumon snapshot` has no tasks running)."""
+        await asyncio.gather(*(self.poll_async(source, units) for source, units in self._async))
 
     # --- one round -----------------------------------------------------------------------------
 

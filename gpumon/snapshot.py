@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gpumon import catalog
+from gpumon.attribution.report import SECTIONS, attribution
 from gpumon.backend import Backend, open_sampler
 from gpumon.config import Config
 from gpumon.model import Device, Tier
@@ -27,11 +28,12 @@ class Snapshot:
 
 
 async def take_snapshot(config: Config) -> Snapshot:
-    """Open the backend and poll static, slow and fast tiers once (GPM needs two samples)."""
+    """Open the backend and poll static, slow and fast tiers and the asynchronous sources (the
+    kubelet, NCCL RAS) once (GPM needs two samples)."""
     sampler, backend = await open_sampler(config, Store(10))
     loop = asyncio.get_running_loop()
     opened = loop.time()
-    await sampler.poll_round(Tier.SLOW)
+    await asyncio.gather(sampler.poll_round(Tier.SLOW), sampler.poll_all_async())
     await asyncio.sleep(max(0.0, opened + GPM_MIN_INTERVAL_S + 0.02 - loop.time()))
     await sampler.poll_round(Tier.FAST)
     await sampler.stop()
@@ -44,6 +46,8 @@ def _series(snap: Snapshot) -> dict[str, dict[str, dict[str, float]]]:
     for gpu, samples in snap.store.latest_by_gpu().items():
         for sample in samples:
             for name, labels, value in sample.values:
+                if name in SECTIONS:  # who is on the GPU: shown as records, not as metrics of value 1
+                    continue
                 extra = ",".join(f"{k}={v}" for k, v in labels if k not in ("gpu", "uuid"))
                 out[name].setdefault(str(gpu), {})[extra] = value
     return {name: gpus for name, gpus in out.items() if gpus}
@@ -59,7 +63,8 @@ def as_json(snap: Snapshot) -> str:
             if values:
                 metrics[name] = values[""] if list(values) == [""] else values
         gpus.append({"index": d.index, "uuid": d.uuid, "name": d.name, "pci_bus_id": d.pci_bus_id,
-                     "architecture": d.architecture, "gpm": d.gpm_supported, "metrics": metrics})
+                     "architecture": d.architecture, "gpm": d.gpm_supported, "metrics": metrics,
+                     **attribution(snap.store.latest_by_gpu().get(d.index, []))})
     doc = {"backend": snap.backend.name, "demo": bool(snap.backend.demo_note), "gpus": gpus}
     return json.dumps(doc, indent=2, allow_nan=False, default=str)
 
@@ -102,4 +107,28 @@ def as_table(snap: Snapshot) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    lines.extend(_who(snap))
     return "\n".join(lines)
+
+
+def _who(snap: Snapshot) -> list[str]:
+    """Per GPU: the pods and jobs holding it, and its processes with their owners."""
+    by_gpu = snap.store.latest_by_gpu()
+    rows = [["GPU", "pid", "kind", "name", "pod", "job", "user"]]
+    held = []
+    for d in snap.devices:
+        who = attribution(by_gpu.get(d.index, []))
+        holders = [f"pod {o['owner_namespace']}/{o['owner_pod']}/{o['owner_container']}" for o in who["owners"]]
+        holders += [f"job {j['job_id']}" + (f" ({j['user']})" if j["user"] else "") for j in who["jobs"]]
+        if holders:
+            held.append(f"GPU {d.index} held by: " + ", ".join(holders))
+        for p in who["processes"]:
+            pod = f"{p['owner_namespace']}/{p['owner_pod']}" if p["owner_pod"] else "-"
+            rows.append([str(d.index), p["pid"], p["kind"], p["name"] or "-", pod, p["job_id"] or "-",
+                         p["user"] or "-"])
+    lines = ["", *held] if held else []
+    if len(rows) > 1:
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines.append("")
+        lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    return lines

@@ -54,17 +54,19 @@ class ProcessFacts:
 class Procfs:
     def __init__(self, root: Path = Path("/proc")) -> None:
         self.root = root
+        # The UID the kernel shows for a user outside our user namespace (systemd's PrivateUsers=yes):
+        # not the process's user, so it is reported as unknown, never as "nobody".
+        self.overflow_uid = _int(self._read(root / "sys" / "kernel" / "overflowuid"), 65534)
 
     def host_pid_namespace(self) -> bool | None:
         """True when this procfs shows the host's PID namespace, False when another; None when it
         cannot tell (no procfs there)."""
-        for who in ("1", "self"):  # pid 1's link needs ptrace rights; our own never does
+        # pid 1's link needs ptrace rights and may be hidden (hidepid, ProtectProc); our own never is.
+        for who in ("1", "self"):
             try:
                 link = os.readlink(self.root / who / "ns" / "pid")
-            except PermissionError:
-                continue
             except OSError:
-                return None
+                continue
             return link == f"pid:[{PROC_PID_INIT_INO}]"
         return None
 
@@ -76,6 +78,8 @@ class Procfs:
             return None
         name = _clean(self._read(directory / "comm") or "")
         uid = _uid(self._read(directory / "status") or "")
+        if uid == self.overflow_uid:
+            uid = None
         cgroup = self._read(directory / "cgroup") or ""
         if self._start_time(directory) != before:  # the PID was reused while we read it
             return None
@@ -136,6 +140,13 @@ def user_name(uid: int | None) -> str:
         return pwd.getpwuid(uid).pw_name
     except (KeyError, OverflowError):
         return str(uid)
+
+
+def _int(text: str | None, default: int) -> int:
+    try:
+        return int((text or "").strip())
+    except ValueError:
+        return default
 
 
 def _uid(status: str) -> int | None:

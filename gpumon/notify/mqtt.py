@@ -25,6 +25,7 @@ from typing import Any
 import aiomqtt
 import structlog
 
+from gpumon.attribution.report import SECTIONS, attribution
 from gpumon.health import Health, start
 from gpumon.lifecycle import Service
 from gpumon.notify.payload import AlertEvent
@@ -157,12 +158,17 @@ class MqttPublisher(Service):
 
 
 def telemetry(store: Store) -> dict[str, dict[str, Any]]:
-    """Per GPU index: uuid, timestamp and the latest value of every metric (labelled ones nested)."""
+    """Per GPU index: uuid, timestamp, the latest value of every metric (labelled ones nested), and
+    who is on it (owners, jobs, processes)."""
     out: dict[str, dict[str, Any]] = {}
     for gpu, samples in sorted(store.latest_by_gpu().items()):
-        doc: dict[str, Any] = {"gpu": str(gpu), "timestamp": max(s.timestamp for s in samples), "metrics": {}}
+        doc: dict[str, Any] = {"gpu": str(gpu), "timestamp": max(s.timestamp for s in samples), "metrics": {},
+                               **attribution(samples)}
         for sample in samples:
             for name, labels, value in sample.values:
+                if name in SECTIONS:  # who is on the GPU: in owners, jobs, processes above
+                    doc.setdefault("uuid", dict(labels).get("uuid", ""))
+                    continue
                 extra = {k: v for k, v in labels if k not in ("gpu", "uuid")}
                 doc.setdefault("uuid", dict(labels).get("uuid", ""))
                 if extra:

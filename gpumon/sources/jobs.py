@@ -74,17 +74,18 @@ class JobMapSource:
         if tier is not Tier.FAST:
             return []
         self._scan()
-        sample = Sample(unit.key, Tier.FAST.value, time.time())
-        devices = {str(d.index): d for d in self.gpus.devices}
+        now = time.time()
+        samples = {str(d.index): (d, Sample(f"{unit.key}:gpu{d.index}", Tier.FAST.value, now, gpu=d.index))
+                   for d in self.gpus.devices}
         for name, read in sorted(self._files.items()):
             gpu, _, instance = name.partition(".")
-            device = devices.get(gpu)
-            if device is None:
+            if gpu not in samples:
                 continue
+            device, sample = samples[gpu]
             for job in read.jobs:
                 sample.add("gpumon_gpu_job_info", (*device.labels, ("gpu_instance", instance), ("job_id", job.id),
                                                    ("user", job.user), ("origin", "mapping")), 1.0)
-        return [sample]
+        return [sample for _, sample in samples.values()]
 
     def _scan(self) -> None:
         try:

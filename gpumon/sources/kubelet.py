@@ -93,7 +93,7 @@ class KubeletSource:
             if not isinstance(answer, podresources_pb2.ListPodResourcesResponse):
                 # grpc.aio hands back None for an answer that does not parse as the message
                 self._failed("malformed", "the answer is not a ListPodResourcesResponse")
-                return [self._sample(unit)]
+                return self._samples(unit)
             devices = self._devices(answer)
             pods, containers = await asyncio.to_thread(
                 read_log_dirs, self.settings.pod_logs_dir, self.settings.container_logs_dir)
@@ -107,7 +107,7 @@ class KubeletSource:
             if not self._up:
                 log.info("kubelet answering", socket=str(self.settings.socket), pods=len(pods))
             self._up, self._last_error = True, ""
-        return [self._sample(unit)]
+        return self._samples(unit)
 
     def _failed(self, error: str, details: str) -> None:
         self._errors[error] += 1
@@ -133,23 +133,31 @@ class KubeletSource:
                             held[key].append(holder)
         return {key: tuple(holders) for key, holders in held.items()}
 
-    def _sample(self, unit: Unit) -> Sample:
-        sample = Sample(unit.key, Tier.SLOW.value, time.time())  # refreshed by its own task, kept as long
+    def _samples(self, unit: Unit) -> list[Sample]:
+        """One sample per GPU (its holders; empty when none, replacing what it held before) and one
+        of the source's own state."""
+        now = time.time()
         view = self._view
-        if view is not None:
-            for device in self.gpus.devices:
+        out = []
+        for device in self.gpus.devices:
+            sample = Sample(f"{unit.key}:gpu{device.index}", Tier.SLOW.value, now, gpu=device.index)
+            if view is not None:
                 holders = (view.devices.get(device.uuid) or view.devices.get(f"nvidia{device.index}")
                            or view.devices.get(str(device.index)) or ())
                 for h in holders:
                     sample.add("gpumon_gpu_owner_info", (*device.labels, ("owner_namespace", h.namespace),
                                                          ("owner_pod", h.pod), ("owner_container", h.container),
                                                          ("resource", h.resource)), 1.0)
-            sample.add("gpumon_kubelet_answer_age_seconds", (), max(0.0, time.time() - view.at))
-            sample.add("gpumon_kubelet_gpu_holders", (), sum(len(h) for h in view.devices.values()))
-        sample.add("gpumon_kubelet_up", (), 1.0 if self._up else 0.0)
+            out.append(sample)
+        # Refreshed by its own task and re-sent each refresh: kept as long as the slow tier's samples.
+        own = Sample(unit.key, Tier.SLOW.value, now)
+        if view is not None:
+            own.add("gpumon_kubelet_answer_age_seconds", (), max(0.0, now - view.at))
+            own.add("gpumon_kubelet_gpu_holders", (), sum(len(h) for h in view.devices.values()))
+        own.add("gpumon_kubelet_up", (), 1.0 if self._up else 0.0)
         for error, count in sorted(self._errors.items()):
-            sample.add("gpumon_kubelet_errors_total", (("error", error),), count)
-        return sample
+            own.add("gpumon_kubelet_errors_total", (("error", error),), count)
+        return [*out, own]
 
 
 def read_log_dirs(pod_logs: Path, container_logs: Path) -> tuple[dict[str, tuple[str, str]], dict[str, str]]:

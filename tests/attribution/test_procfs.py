@@ -142,3 +142,18 @@ def test_user_names() -> None:
 def test_uids_from_the_random_module_are_not_pods() -> None:
     text = f"0::/user.slice/run-{uuid.uuid4()}.scope\n"
     assert parse_cgroup(text)[0] == ""
+
+
+def test_a_user_outside_our_user_namespace_is_unknown_not_nobody(tmp_path: Path) -> None:
+    """Under systemd's PrivateUsers=yes every other user shows as the overflow UID (65534)."""
+    proc = FakeProc(tmp_path)
+    proc.add(9, "train", uid=65534)
+    facts = Procfs(tmp_path).facts(9)
+    assert facts is not None and facts.uid is None
+
+
+def test_a_hidden_pid_1_still_tells_the_namespace(tmp_path: Path) -> None:
+    """ProtectProc=invisible hides pid 1 from an unprivileged gpumon; its own entry says enough."""
+    FakeProc(tmp_path)
+    os.unlink(tmp_path / "1" / "ns" / "pid")
+    assert Procfs(tmp_path).host_pid_namespace() is True

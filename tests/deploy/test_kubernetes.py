@@ -322,3 +322,62 @@ def test_nccl_ras_overlay_puts_gpumon_on_the_host_network_and_nothing_else(
     notes = (HOST_NETWORK / "kustomization.yaml").read_text()
     for cost in ("9948", "NetworkPolicy", '"privileged"', "NCCL_RAS_ADDR"):
         assert cost in notes, cost
+
+
+# --- overlays/attribution ---------------------------------------------------------------------------------
+
+ATTRIBUTION = K8S / "overlays" / "attribution"
+
+
+def test_attribution_overlay_adds_exactly_what_naming_owners_needs(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The host PID namespace (NVML's PIDs are the host's), the kubelet's pod-resources socket (owned by
+    root, hence user 0) and its log directories, read-only; no capability, no privilege escalation, and the
+    base's configuration plus the attribution section. The base itself stays restricted."""
+    from gpumon.config import load_config
+
+    base, docs = render(BASE), render(ATTRIBUTION)
+    pod, base_pod = pod_spec(docs), pod_spec(base)
+    assert pod["hostPID"] is True and not pod.get("hostNetwork") and not pod.get("hostIPC")
+    assert (pod["securityContext"]["runAsUser"], pod["securityContext"]["runAsNonRoot"]) == (0, False)
+    c = container(docs)
+    assert c["securityContext"] == container(base)["securityContext"]  # drop ALL, read-only root, no escalation
+    host_paths = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+    assert host_paths == {"pod-resources": "/var/lib/kubelet/pod-resources", "pod-logs": "/var/log/pods",
+                          "container-logs": "/var/log/containers"}
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    assert all(mounts[name]["readOnly"] is True and mounts[name]["mountPath"] == path
+               for name, path in host_paths.items())
+    # Everything else is the base's.
+    unchanged = copy.deepcopy(pod)
+    del unchanged["hostPID"]
+    unchanged["securityContext"] = base_pod["securityContext"]
+    unchanged["volumes"] = [v for v in unchanged["volumes"] if "hostPath" not in v]
+    config_map, base_config_map = by_kind(docs, "ConfigMap"), by_kind(base, "ConfigMap")
+    (config_volume,) = (v for v in unchanged["volumes"] if v["name"] == "config")
+    config_volume["configMap"]["name"] = base_config_map["metadata"]["name"]
+    uc = unchanged["containers"][0]
+    uc["volumeMounts"] = [m for m in uc["volumeMounts"] if m["name"] not in host_paths]
+    uc["resources"]["requests"]["memory"] = container(base)["resources"]["requests"]["memory"]
+    assert unchanged == base_pod
+    labels = by_kind(docs, "Namespace")["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "privileged"
+    assert by_kind(base, "Namespace")["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+    config = yaml.safe_load(config_map["data"]["gpumon.yaml"])
+    want = yaml.safe_load(base_config_map["data"]["gpumon.yaml"])
+    want["attribution"] = config["attribution"]
+    assert config == want, "overlays/attribution/gpumon.yaml must be the base's plus attribution"
+    for name, text in config_map["data"].items():
+        (tmp_path / name).write_text(text)
+    code, _, err = gpumon(capsys, "run", "--config", str(tmp_path / "gpumon.yaml"), "--check-config")
+    assert code == 0, err
+    settings = load_config(tmp_path / "gpumon.yaml").attribution
+    assert settings.kubernetes.enabled and settings.processes.enabled
+    assert str(settings.kubernetes.socket).startswith(host_paths["pod-resources"])
+    assert (settings.kubernetes.pod_logs_dir, settings.kubernetes.container_logs_dir) == (
+        Path(host_paths["pod-logs"]), Path(host_paths["container-logs"]))
+
+    notes = (ATTRIBUTION / "kustomization.yaml").read_text()
+    for cost in ("hostPID", "user 0", "log directories", '"privileged"', "20 MiB"):
+        assert cost in notes, cost

@@ -167,3 +167,20 @@ def test_gpumon_runs_under_memory_deny_write_execute(tmp_path: Path) -> None:
         _, err = daemon.communicate(timeout=20)
     assert daemon.returncode == 0, err
     assert "Operation not permitted" not in err and "PermissionError" not in err
+
+
+def test_the_attribution_drop_in_opens_proc_and_nothing_else(tmp_path: Path) -> None:
+    """The drop-in lets gpumon read other users' /proc entries (docs/attribution.md); the exposure it
+    leaves is within the target and recorded in docs/attribution.md."""
+    drop_in = UNIT.parent / "attribution.conf"  # not in gpumon.service.d here: systemd would load it with the unit
+    settings = _directives(drop_in)
+    assert settings == {"ProtectProc": ["default"], "PrivateUsers": ["no"]}
+    combined = tmp_path / "gpumon.service"  # a drop-in's [Service] lines override the unit's
+    combined.write_text(UNIT.read_text() + "\n" + drop_in.read_text())
+    result = run("systemd-analyze", "security", "--offline=true", "--no-pager", str(combined))
+    match = re.search(r"Overall exposure level for gpumon\.service: ([0-9.]+)", result.stdout)
+    assert match, result.stdout + result.stderr
+    exposure = float(match.group(1))
+    assert exposure <= EXPOSURE_TARGET
+    doc = (ROOT / "docs" / "attribution.md").read_text()
+    assert f"exposure level {exposure}" in doc, f"docs/attribution.md: record {exposure}"

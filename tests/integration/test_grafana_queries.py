@@ -1,6 +1,8 @@
 """Every query of every Grafana dashboard, sent to a real Prometheus scraping gpumon replaying the H200
 capture: each one is valid PromQL to Prometheus and returns data, except those listed below with the
-reason the capture cannot give them data. Queries are range queries over one whole loop of the capture,
+reason the capture cannot give them data. The capture is the synthetic shared-GPU one (the recorded
+H200 with processes, tests/fixtures/procs) on two GPUs, with a kubelet, /proc and a job mapping, so
+that the owner panels have data too. Queries are range queries over one whole loop of the capture,
 as Grafana asks for a panel's time range."""
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from tests.fixtures.procs.generate import OUT_DIR as PROCS
+from tests.support.attribution import attributed_host
 from tests.support.dashboards import (
     DASHBOARDS,
     label_values_selector,
@@ -42,8 +46,7 @@ MAY_BE_EMPTY: dict[tuple[str, str, str], str] = {
     ("gpumon-interconnect.json", "PCIe links below their maximum", "A"): "the capture's link runs at gen 5 x16",
     ("gpumon-interconnect.json", "PCIe links below their maximum", "B"): "the capture's link runs at gen 5 x16",
     ("gpumon-health.json", "NVML errors by call", "A"): "no NVML call fails while replaying the capture",
-    ("gpumon-gpu-detail.json", "Utilisation by process (opt-in; a duty cycle)", "A"):
-        "opt-in, and the H200 recording has no per-process samples (NVML answered NotFound)",
+    ("gpumon-health.json", "Kubelet errors", "A"): "the test's kubelet answers every refresh",
     **{("gpumon-interconnect.json", title, ref): "the test host has no RDMA NIC and runs no NCCL job"
        for title, refs in {"RDMA receive, per port": "A", "RDMA transmit, per port": "A", "Link errors": "ABCDE",
                            "Other port errors": "ABCDEFG", "Congestion": "ABC", "Unicast and multicast packets": "ABCD",
@@ -82,6 +85,13 @@ def query(prom: Prometheus, expr: str, start: float, end: float) -> list[dict[st
     return result
 
 
+def config_file(tmp: Path, attribution: str) -> Path:
+    """Who is on each GPU, so that the owner panels have data: a kubelet, /proc, a job mapping."""
+    path = tmp / "gpumon.yaml"
+    path.write_text(attribution)
+    return path
+
+
 def fleet_idle_query() -> str:
     fleet = load(ROOT / "grafana" / "dashboards" / "gpumon-fleet.json")
     (panel,) = [p for p in fleet["panels"] if p["title"] == "Idle but allocated GPUs"]
@@ -92,8 +102,10 @@ def fleet_idle_query() -> str:
 
 def test_every_dashboard_query_returns_data_from_a_real_prometheus(tmp_path: Path) -> None:
     rules = ROOT / "rules" / "gpumon.rules.yml"
-    with Gpumon(tmp_path, "--fast-interval", INTERVAL, "--process-pids",
-                backend=f"replay:demo,loop,speed={SPEED}") as g:
+    with attributed_host(tmp_path) as attribution, Gpumon(
+            tmp_path, "--fast-interval", INTERVAL, "--process-pids",
+            "--config", str(config_file(tmp_path, attribution)),
+            backend=f"replay:{PROCS},loop,gpus=2,speed={SPEED}") as g:
         config = f"""
 global: {{scrape_interval: {INTERVAL}, scrape_timeout: {INTERVAL}, evaluation_interval: 1s}}
 rule_files: ["{rules}"]

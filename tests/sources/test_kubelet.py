@@ -68,8 +68,10 @@ def value(sample: Sample, name: str, labels: tuple[tuple[str, str], ...] = ()) -
 
 
 async def poll(source: KubeletSource) -> Sample:
-    (sample,) = await source.poll(UNIT, Tier.SLOW)
-    return sample
+    """The source's samples (one per GPU, one of its own) merged, for assertions."""
+    samples = await source.poll(UNIT, Tier.SLOW)
+    assert [s.gpu for s in samples] == [*range(len(source.gpus.devices)), None]
+    return Sample("all", "slow", 0.0, [v for s in samples for v in s.values])
 
 
 async def test_each_gpu_is_named_with_the_pods_holding_it(tmp_path: Path, gpus: NvmlSource) -> None:
