@@ -8,7 +8,10 @@ because pynvml loads libnvidia-ml.so.1 once per process (the suite starts one pe
 `parallel` polls every GPU in its own thread, as the sampler does; `serial` polls them one after
 another in one thread (for the Python overhead: no thread hand-offs, nothing overlapping). Rounds
 are `spacing` apart so each poll reads GPM (NVML needs >= 100 ms between two GPM samples; a closer
-poll skips nvmlGpmMetricsGet and would look cheaper than it is). Prints JSON.
+poll skips nvmlGpmMetricsGet and would look cheaper than it is). With `--processes` the process
+source polls too (on the synthetic shared-GPU capture, FAKENVML_CAPTURE=tests/fixtures/procs: 21
+processes per GPU while busy), named from a fake /proc of pod and Slurm processes and owned through a
+kubelet view, as on a shared Kubernetes node. Prints JSON.
 """
 
 from __future__ import annotations
@@ -17,12 +20,21 @@ import argparse
 import concurrent.futures
 import json
 import statistics
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from benchmarks.report import percentile
+from gpumon.attribution.owners import KubeView, Owners
+from gpumon.attribution.procfs import Procfs
 from gpumon.model import Tier
 from gpumon.sources.nvml import NvmlSource
+from gpumon.sources.processes import ProcessSource
+from tools.procfs import FakeProc, kube_cgroup, slurm_cgroup
+
+PROCESS_PIDS = range(4101, 4121)  # tests/fixtures/procs: the compute processes while busy
+DISPLAY_PID = 2001
 
 
 class Bare:
@@ -31,8 +43,9 @@ class Bare:
 
     GPM_IDS = (1, 2, 3, 5, 10, 11, 12, 13, 20, 21)  # the GPM metrics gpumon reads
 
-    def __init__(self, nvml: Any) -> None:
+    def __init__(self, nvml: Any, processes: bool = False) -> None:
         self.n = nvml
+        self.processes = processes
         nvml.nvmlInit()
         self.handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(nvml.nvmlDeviceGetCount())]
         self.gpm = [[nvml.nvmlGpmSampleAlloc(), nvml.nvmlGpmSampleAlloc()] for _ in self.handles]
@@ -47,6 +60,8 @@ class Bare:
                   n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_SM), n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_MEM),
                   n.nvmlDeviceGetCurrentClocksEventReasons(h), n.nvmlDeviceGetPerformanceState(h),
                   n.nvmlDeviceGetComputeRunningProcesses(h), n.nvmlDeviceGetFieldValues(h, [82])]
+        if self.processes:
+            values += [n.nvmlDeviceGetGraphicsRunningProcesses(h), n.nvmlDeviceGetMPSComputeRunningProcesses(h)]
         prev, nxt = self.gpm[i]
         n.nvmlGpmSampleGet(h, nxt)
         mg = self.get[i]
@@ -61,16 +76,41 @@ class Bare:
         self.n.nvmlShutdown()
 
 
-def measure(nvml: Any, *, rounds: int, spacing_s: float, mode: str, bare: bool = False) -> dict[str, Any]:
+def shared_node(root: Path) -> tuple[Procfs, Owners]:
+    """A /proc holding the capture's processes (half in a pod, half in a Slurm job, the display on
+    the host) and a kubelet view naming the pod: every process gets a name and an owner."""
+    proc = FakeProc(root)
+    uid = "0f1e2d3c-4b5a-4697-8a8b-9c0d1e2f3a4b"
+    for pid in PROCESS_PIDS:
+        cgroup = kube_cgroup(uid, f"{pid:064x}") if pid % 2 else slurm_cgroup(77, 1001)
+        proc.add(pid, f"worker-{pid}", cgroup=cgroup, uid=1001)
+    proc.add(DISPLAY_PID, "Xorg", uid=0)
+    owners = Owners()
+    owners.set_kube(KubeView({}, {uid: ("ml", "trainer-0")}, {f"{p:064x}": "train" for p in PROCESS_PIDS}, 0.0))
+    return Procfs(root), owners
+
+
+def measure(nvml: Any, *, rounds: int, spacing_s: float, mode: str, bare: bool = False,
+            processes: bool = False) -> dict[str, Any]:
     """Poll the fast tier of every GPU `rounds` times (after one warm-up round) and time it; with
-    `bare`, make the same NVML calls without gpumon."""
-    source: Any = Bare(nvml) if bare else NvmlSource(nvml)
+    `bare`, make the same NVML calls without gpumon; with `processes`, the process source's too."""
+    source: Any = Bare(nvml, processes) if bare else NvmlSource(nvml)
     n = len(source.handles) if bare else len(source.open())
     pool = concurrent.futures.ThreadPoolExecutor(n) if mode == "parallel" else None
+    attribution = None
+    if processes and not bare:
+        procfs, owners = shared_node(Path(tempfile.mkdtemp(prefix="gpumon-bench-proc-")))
+        attribution = ProcessSource(source, owners, procfs=procfs)
+        units = attribution.open()
 
     def timed(i: int) -> tuple[float, int]:
         t0 = time.perf_counter()
-        values = source.poll(i) if bare else len(source.read(i, Tier.FAST).values)
+        if bare:
+            values = source.poll(i)
+        else:
+            values = len(source.read(i, Tier.FAST).values)
+            if attribution is not None:
+                values += sum(len(s.values) for s in attribution.poll(units[i], Tier.FAST))
         return time.perf_counter() - t0, values
 
     per_gpu: list[float] = []
@@ -94,6 +134,7 @@ def measure(nvml: Any, *, rounds: int, spacing_s: float, mode: str, bare: bool =
         source.close()
     return {
         "gpus": n, "mode": mode, "client": "bare pynvml" if bare else "gpumon", "rounds": rounds,
+        "processes": processes,
         "values_per_round": values,
         "gpu_poll_us_median": statistics.median(per_gpu) * 1e6,
         "gpu_poll_us_mean": statistics.fmean(per_gpu) * 1e6,
@@ -110,10 +151,12 @@ def main() -> None:
     parser.add_argument("--spacing", type=float, default=0.2, help="seconds between rounds (>= 0.1 for GPM)")
     parser.add_argument("--mode", choices=["parallel", "serial"], default="parallel")
     parser.add_argument("--bare", action="store_true", help="the same NVML calls without gpumon (reference)")
+    parser.add_argument("--processes", action="store_true", help="the process source too (shared-GPU capture)")
     args = parser.parse_args()
     import pynvml
 
-    print(json.dumps(measure(pynvml, rounds=args.rounds, spacing_s=args.spacing, mode=args.mode, bare=args.bare)))
+    print(json.dumps(measure(pynvml, rounds=args.rounds, spacing_s=args.spacing, mode=args.mode, bare=args.bare,
+                             processes=args.processes)))
 
 
 if __name__ == "__main__":

@@ -34,6 +34,8 @@ BUILD = ROOT / "build" / "bench"
 NVITOP_VENV = BUILD / "nvitop-venv"
 NVIDIA_SMI_QUERY_MS = 117.0  # ../shared/fixtures/nvml/README.md: `nvidia-smi --query-gpu` (185 fields) per run, H200
 NVIDIA_SMI_SOURCE = "shared/fixtures/nvml/README.md (H200, driver 580.159.04, all 185 fields)"
+PROCS_CAPTURE = ROOT / "tests" / "fixtures" / "procs"  # data only: the synthetic shared-GPU capture
+PROCS_BUSY_AT = 12.0  # trace second inside its `compute` phase: 20 compute processes per GPU
 MEMFULL_FROM_S = 27.0  # trace second at which GPU 0's memory first exceeds 90% (checked by the smoke test)
 ALERT_RULES = """groups:
   - name: bench
@@ -77,12 +79,16 @@ class Settings:
     interconnect_rounds: int = 500  # InfiniBand polls over 8 fake NICs (benchmarks.interconnect)
 
 
-def run_poll(library: Path | None, gpus: int, latency: int, s: Settings, mode: str, bare: bool = False
-             ) -> dict[str, Any]:
-    """benchmarks.poll in a fresh process (pynvml loads the library once per process)."""
+def run_poll(library: Path | None, gpus: int, latency: int, s: Settings, mode: str, bare: bool = False,
+             processes: bool = False) -> dict[str, Any]:
+    """benchmarks.poll in a fresh process (pynvml loads the library once per process); `processes`
+    plays the shared-GPU capture in a busy phase and polls the process source too."""
     env = nvml_env(library, gpus=gpus, latency=latency)
+    if processes and library is not None:
+        env |= {"FAKENVML_CAPTURE": str(PROCS_CAPTURE), "FAKENVML_SPEED": "0", "FAKENVML_START": str(PROCS_BUSY_AT)}
     out = subprocess.run([sys.executable, "-m", "benchmarks.poll", "--rounds", str(s.rounds),
-                          "--spacing", str(s.spacing_s), "--mode", mode, *(["--bare"] if bare else [])],
+                          "--spacing", str(s.spacing_s), "--mode", mode, *(["--bare"] if bare else []),
+                          *(["--processes"] if processes else [])],
                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     if out.returncode != 0:
         raise RuntimeError(f"benchmarks.poll failed:\n{out.stderr[-3000:]}")
@@ -175,6 +181,9 @@ def run(s: Settings, work: Path) -> dict[str, Any]:
     results["overhead"]["gpumon_own_us"] = (results["overhead"]["gpu_poll_us_median"]
                                             - results["overhead"]["bare"]["gpu_poll_us_median"])
     progress(f"overhead: {results['overhead']['gpu_poll_us_median']:.0f} us per GPU poll")
+    procs = results["overhead_processes"] = run_poll(library, n_over, 0, s, "serial", processes=True)
+    procs["bare"] = run_poll(library, n_over, 0, s, "serial", bare=True, processes=True)
+    progress(f"overhead with processes: {procs['gpu_poll_us_median']:.0f} us per GPU poll")
 
     env = nvml_env(library, gpus=s.daemon_gpus, latency=1)
     port = daemon.free_port()
@@ -238,6 +247,12 @@ def table(r: dict[str, Any]) -> str:
                  f"{o['gpu_poll_us_median']:.0f} us; {o['cpu_us_per_gpu_poll']:.0f} us CPU; bare pynvml "
                  f"{o['bare']['gpu_poll_us_median']:.0f} us, so gpumon's own {o['gpumon_own_us']:.0f} us",
                  f"<= {b['python_overhead_us']:.0f} us", _verdict(o["gpu_poll_us_median"] <= b["python_overhead_us"])))
+    if (op := r.get("overhead_processes")) is not None:
+        rows.append(("  ... with 21 processes per GPU named and owned (process source too)",
+                     f"{op['gpu_poll_us_median']:.0f} us; {op['cpu_us_per_gpu_poll']:.0f} us CPU; bare pynvml "
+                     f"{op['bare']['gpu_poll_us_median']:.0f} us (with the process lists)",
+                     f"<= {b['python_overhead_us']:.0f} us",
+                     _verdict(op["gpu_poll_us_median"] <= b["python_overhead_us"])))
     exporters = [("gpumon", r.get("gpumon")), ("nvitop-exporter", r.get("nvitop"))]
     for name, e in exporters:
         if not e or "skipped" in e:
