@@ -12,6 +12,7 @@ the budgets of issue 8 and writes every number as JSON. Reports; never fails on 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import compileall
 import json
 import os
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import gpumon
-from benchmarks import daemon, floor, interconnect, notify_backlog
+from benchmarks import accounting, daemon, floor, interconnect, notify_backlog
 from benchmarks.environment import fake_library, gpumon_argv, machine, nvml_env, real_nvml_present
 from benchmarks.report import progress
 from gpumon.sources.replay import DEMO_CAPTURE
@@ -58,7 +59,7 @@ ALERT_CONFIG = """notify:
 
 BUDGETS = {  # issue 8
     "poll_vs_floor": 1.2, "python_overhead_us": 150.0, "cpu_percent_per_gpu": 0.3, "rss_mb_8gpus": 60.0,
-    "scrape_p99_ms": 5.0, "alert_ms_after_firing": 200.0,
+    "scrape_p99_ms": 5.0, "alert_ms_after_firing": 200.0, "accounting_us_per_gpu": 20.0,
 }
 
 
@@ -77,6 +78,7 @@ class Settings:
     alert: bool = True
     alert_lead_s: float = 8.0  # the replay reaches memory > 90% on GPU 0 this long after start
     interconnect_rounds: int = 500  # InfiniBand polls over 8 fake NICs (benchmarks.interconnect)
+    accounting_rounds: int = 300  # accounting steps over daemon_gpus GPUs (benchmarks.accounting)
 
 
 def run_poll(library: Path | None, gpus: int, latency: int, s: Settings, mode: str, bare: bool = False,
@@ -220,6 +222,8 @@ def run(s: Settings, work: Path) -> dict[str, Any]:
         except (RuntimeError, OSError) as exc:
             results["notify_backlog_error"] = str(exc)
     # Issue 7: InfiniBand collection over 8 fake NICs (no NVML involved, so also with --gpu).
+    results["accounting"] = asyncio.run(accounting.measure(s.daemon_gpus, s.accounting_rounds))
+    progress(f"accounting: {results['accounting']['loop_us_per_gpu_median']:.1f} us per GPU per poll")
     results["interconnect"] = interconnect.run(rounds=s.interconnect_rounds)
     progress(f"interconnect: {results['interconnect']['connectx']['poll_us_median']:.0f} us per poll, 8 NICs")
     results["machine"]["loadavg_end"] = os.getloadavg()
@@ -308,6 +312,13 @@ def table(r: dict[str, Any]) -> str:
                      "never received" if to_hook is None else f"{to_hook:.0f} ms",
                      f"<= {b['alert_ms_after_firing']:.0f} ms",
                      _verdict(None if to_hook is None else to_hook <= b["alert_ms_after_firing"])))
+    if "accounting" in r:
+        a = r["accounting"]
+        rows.append((f"accounting, {a['gpus']} GPUs: per GPU per poll on the event loop (median; p90)",
+                     f"{a['loop_us_per_gpu_median']:.1f} us ({a['loop_us_per_gpu_p90']:.1f}); "
+                     f"{a['cpu_us_per_gpu_with_writes']:.0f} us CPU with the state-file writes (their own thread)",
+                     f"<= {b['accounting_us_per_gpu']:.0f} us", _verdict(a["loop_us_per_gpu_median"]
+                                                                  <= b["accounting_us_per_gpu"])))
     if "interconnect" in r:
         rows.append(interconnect.table_row(r["interconnect"]))
     if "notify_backlog" in r:
@@ -331,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     s = Settings(gpu=args.gpu, footprint_s=args.footprint, nvitop=not args.no_nvitop)
     if args.quick:
         s = Settings(gpu=args.gpu, sizes=(1, 2), rounds=2, spacing_s=0.11, daemon_gpus=2, footprint_s=1.0,
-                     scrape_each=3, scrapers=2, paced_s=1.0, nvitop=not args.no_nvitop, alert_lead_s=2.0)
+                     scrape_each=3, scrapers=2, paced_s=1.0, nvitop=not args.no_nvitop, alert_lead_s=2.0,
+                     accounting_rounds=5)
     with tempfile.TemporaryDirectory(prefix="gpumon-bench-") as tmp:
         results = run(s, Path(tmp))
     results["table"] = table(results)

@@ -30,6 +30,7 @@ class Origin(enum.StrEnum):
     PROCESSES = "processes"  # gpumon/sources/processes.py
     JOBS = "jobs"  # gpumon/sources/jobs.py (and the Slurm cgroups of processes)
     KUBELET = "kubelet"  # gpumon/sources/kubelet.py
+    ACCOUNTING = "accounting"  # gpumon/accounting/
     INFINIBAND = "infiniband"
     NCCL_RAS = "nccl_ras"
     REPLAY = "replay"  # demo data only
@@ -274,6 +275,39 @@ METRICS: tuple[Metric, ...] = (
     _m("gpumon_process_attribution_available", GAUGE, "",
        "1 when gpumon's /proc shows the host's PID namespace, so processes get names and owners; 0 when it "
        "does not (a container without hostPID).", "processes", per_gpu=False),
+    # --- accounting (gpumon/accounting/, docs/accounting.md) ---------------------------------------------
+    _m("gpumon_gpu_seconds_total", COUNTER, "seconds",
+       "Seconds the GPU spent in each state, integrated at the poll rate: active (SM activity at or above "
+       "accounting.active_threshold), idle_held (below it while a process, pod or job holds the GPU), idle_free "
+       "(below it, nobody holding it). signal says what decided: sm_active (GPM) or gpu_utilization (util.gpu, "
+       "without GPM). Continues across restarts.", "accounting", labels=("state", "signal")),
+    _m("gpumon_gpu_sm_active_seconds_total", COUNTER, "seconds",
+       "SM-activity-weighted seconds: the integral of SM activity (util.gpu without GPM) over the time in each "
+       "state; divided by gpumon_gpu_seconds_total, the mean activity in that state.", "accounting",
+       labels=("state", "signal")),
+    _m("gpumon_gpu_idle_held_streak_seconds", GAUGE, "seconds",
+       "How long the GPU has been held and idle without a break (0 when it is not).", "accounting"),
+    _m("gpumon_owner_gpu_seconds_total", COUNTER, "seconds",
+       "Seconds an owner held the GPU, active or idle_held (a GPU shared by several owners splits each second "
+       "evenly). The owner is a pod's container, else a job and its user, else a user, else a process name; "
+       "exported while it holds the GPU and for accounting.owner_series_retention after.", "accounting",
+       labels=("owner_namespace", "owner_pod", "owner_container", "job_id", "user", "process", "state")),
+    _m("gpumon_owner_sm_active_seconds_total", COUNTER, "seconds",
+       "SM-activity-weighted seconds of an owner's share of the GPU: divided by its seconds held, the mean SM "
+       "activity it got from what it held.", "accounting",
+       labels=("owner_namespace", "owner_pod", "owner_container", "job_id", "user", "process")),
+    _m("gpumon_owner_energy_joules_total", COUNTER, "joules",
+       "Energy the GPU drew while an owner held it (its share), from the power draw integrated at the poll rate "
+       "and scaled to the GPU's energy counter.", "accounting",
+       labels=("owner_namespace", "owner_pod", "owner_container", "job_id", "user", "process")),
+    _m("gpumon_accounting_active_threshold_ratio", GAUGE, "ratio",
+       "accounting.active_threshold: the SM activity from which a second counts as active.", "accounting",
+       per_gpu=False),
+    _m("gpumon_accounting_idle_alert_after_seconds", GAUGE, "seconds",
+       "accounting.idle_alert_after: how long held and idle before GpuHeldIdle fires.", "accounting", per_gpu=False),
+    _m("gpumon_accounting_waste_target_ratio", GAUGE, "ratio",
+       "accounting.waste_target: the idle share of held GPU time above which GpuWasteShareHigh fires.",
+       "accounting", per_gpu=False),
     # --- InfiniBand / RoCE (sysfs; gpumon/sources/infiniband.py, docs/interconnect.md) ---------------
     # The tier decides how often the source reads a counter: every counters/ read is a MAD to the HCA.
     _m("gpumon_ib_port_info", INFO, "",

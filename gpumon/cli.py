@@ -70,6 +70,10 @@ def _parser() -> argparse.ArgumentParser:
     snap.add_argument("--backend", help=BACKEND_HELP)
     snap.add_argument("--process-pids", action="store_const", const=True, help="include per-process memory")
     snap.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    from gpumon.accounting.cli import add_parser as add_report
+
+    add_report(sub)
     return parser
 
 
@@ -100,6 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args, config, overrides)
+        if args.command == "report":
+            from gpumon.accounting import cli as report_cli
+
+            return report_cli.run(args, config)
         return _snapshot(args, config)
     except KeyboardInterrupt:
         return 130

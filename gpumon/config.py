@@ -316,6 +316,26 @@ class AttributionConfig(_Section, frozen=True):
     jobs: JobsConfig = JobsConfig()
 
 
+def _ratio(value: float) -> float:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError("must be between 0 and 1")
+    return value
+
+
+Ratio = Annotated[float, After(_ratio)]
+
+
+class AccountingConfig(_Section, frozen=True):
+    enabled: bool = True
+    # SM activity (GPM; util.gpu without GPM) at or above which a GPU's second counts as active.
+    active_threshold: Ratio = 0.05
+    bucket: Duration = 60.0  # the resolution of `gpumon report` over this host's own accounting
+    retention: Duration = 14 * 86400.0  # buckets, and owners not seen since, are dropped after this
+    owner_series_retention: Duration = 3600.0  # an owner's counters stay in /metrics this long after it leaves
+    idle_alert_after: Duration = 3600.0  # GpuHeldIdle: a GPU held and idle without a break this long
+    waste_target: Ratio = 0.3  # GpuWasteShareHigh: the share of held GPU time spent idle
+
+
 class LogConfig(_Section, frozen=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -332,6 +352,7 @@ class Config(_Section, frozen=True):
     notify: NotifyConfig = NotifyConfig()
     interconnect: InterconnectConfig = InterconnectConfig()
     attribution: AttributionConfig = AttributionConfig()
+    accounting: AccountingConfig = AccountingConfig()
     log: LogConfig = LogConfig()
 
     @property

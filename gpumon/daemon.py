@@ -23,6 +23,7 @@ import msgspec
 import structlog
 
 from gpumon import logs
+from gpumon.accounting.service import AccountingService
 from gpumon.backend import intervals_of, open_sampler
 from gpumon.config import Config, WebConfig, load_config
 from gpumon.exporter import Exporter
@@ -54,7 +55,7 @@ log = structlog.get_logger("gpumon")
 EXIT_OK, EXIT_CONFIG, EXIT_BACKEND = 0, 1, 2
 SILENCES_FILE = "silences.sqlite"
 # Settings a reload cannot change in place.
-RESTART_ONLY = ("backend", "state_dir", "store", "interconnect", "attribution")
+RESTART_ONLY = ("backend", "state_dir", "store", "interconnect", "attribution", "accounting")
 # Parts of `notify` a reload cannot change in place (receivers, routes and the rest can).
 NOTIFY_RESTART_ONLY = ("alertmanagers", "mqtt")
 FILES_RESERVED = 128  # open files kept for the daemon itself when capping connections
@@ -141,6 +142,7 @@ class Daemon:
         self.alertmanagers: AlertmanagerPusher | None = None
         self.mqtt: MqttPublisher | None = None
         self.silences: Silences | None = None
+        self.accounting: AccountingService | None = None
         self._stack = contextlib.AsyncExitStack()  # the running services; replaced by run()
 
     async def run(self) -> int:
@@ -171,9 +173,11 @@ class Daemon:
                 return EXIT_CONFIG
             if backend.capture:
                 log.warning("DEMO DATA: " + backend.demo_note, capture=backend.capture)
-            # After each round: the rules first, so the alert series they make are in the exposition
-            # rendered right after them.
+            # After each round: accounting, then the rules (which read its counters), so the series both
+            # make are in the exposition rendered right after them.
             assert self.rules is not None
+            if self.accounting is not None:
+                self.rounds.subscribe("accounting", self.accounting.on_round)
             self.rounds.subscribe("rules", self.rules.on_round)
             self.exporter.follow(self.rounds, self.sampler.fresh)
             for service in services:
@@ -207,6 +211,10 @@ class Daemon:
                         password: str | None) -> list[Service]:
         """Rules, silences and notifications; their state files are opened here. Raises StateError."""
         state = self.config.state_dir
+        if self.config.accounting.enabled:
+            self.accounting = AccountingService(store, self.config.accounting, state,
+                                                fast_interval_s=self.config.sampler.fast_interval,
+                                                slow_interval_s=self.config.sampler.slow_interval, health=self.health)
         self.rules = RuleService(groups, store, default_interval_s=self.config.rules.evaluation_interval,
                                  state_dir=state, external_labels=self.config.rules.external_labels,
                                  health=self.health, on_evaluated=self._notify)
@@ -224,8 +232,8 @@ class Daemon:
         if self.config.notify.alertmanagers:
             self.alertmanagers = AlertmanagerPusher(self.config.notify.alertmanagers,
                                                     generator_url=self.config.notify.external_url, health=self.health)
-        # Started in this order, stopped in the reverse one: the rules (and their last save) last.
-        return [s for s in (self.rules, self.notify, self.mqtt, self.alertmanagers) if s is not None]
+        # Started in this order, stopped in the reverse one: the rules and accounting (their last saves) last.
+        return [s for s in (self.accounting, self.rules, self.notify, self.mqtt, self.alertmanagers) if s is not None]
 
     def _notify_service(self, setup: NotifySetup) -> NotifyService:
         return NotifyService(setup.route, setup.receivers, self.config.state_dir, max_age_s=setup.max_age_s,

@@ -23,12 +23,14 @@ from grafana.generate.fleet import fleet
 from grafana.generate.gpu_detail import gpu_detail
 from grafana.generate.health import health
 from grafana.generate.interconnect import interconnect
+from grafana.generate.waste import waste
 
 DASHBOARDS: dict[str, Callable[[], dict[str, Any]]] = {
     "gpumon-fleet.json": fleet,
     "gpumon-gpu-detail.json": gpu_detail,
     "gpumon-interconnect.json": interconnect,
     "gpumon-health.json": health,
+    "gpumon-waste.json": waste,
 }
 
 

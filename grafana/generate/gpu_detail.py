@@ -17,6 +17,8 @@ from grafana.generate.panels import (
     timeseries,
 )
 
+HELD = 'state=~"active|idle_held"'
+
 
 def gpu_detail() -> dict[str, Any]:
     b = Board()
@@ -66,6 +68,17 @@ def gpu_detail() -> dict[str, Any]:
     b.add(table("Jobs holding it", [target(g("gpumon_gpu_job_info"), instant=True, table=True)], "none",
                 "gpumon_gpu_job_info: the HPC jobs the job mapping directory gives this GPU to, or else the "
                 "Slurm jobs of its processes (origin says which)."), 12, 6)
+    b.add(timeseries("Time by state", [target(
+        f'rate({g("gpumon_gpu_seconds_total")}[$__rate_interval])', "{{state}} ({{signal}})")], "percentunit",
+        "Share of time active, held idle and free (docs/accounting.md); signal says what decided.", stack=True,
+        max_=1))
+    b.add(stat("Held idle for", [target(g("gpumon_gpu_idle_held_streak_seconds"), instant=True)], "s",
+               "How long the GPU has been held and idle without a break (GpuHeldIdle fires at "
+               "accounting.idle_alert_after).", thresholds=[(None, "green"), (600, "orange"), (3600, "red")]), 6, 4)
+    b.add(stat("SM activity while held (time range)", [target(
+        f'sum(increase({g("gpumon_gpu_sm_active_seconds_total", HELD)}[$__range])) / '
+        f'sum(increase({g("gpumon_gpu_seconds_total", HELD)}[$__range]))', instant=True)], "percentunit",
+        "Mean SM activity over the time the GPU was held."), 6, 4)
     b.add(table("Processes and their owners", [target(g("gpumon_process_info"), instant=True, table=True)], "none",
                 "gpumon_process_info: each process on the GPU, its name, kind (compute, graphics, MPS) and owner: "
                 "pod and container, Slurm job, user. Empty labels where nothing says (docs/attribution.md)."),

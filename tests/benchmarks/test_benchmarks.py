@@ -42,10 +42,12 @@ def test_benchmark_suite_runs_at_tiny_size(tmp_path: Path) -> None:
 
     settings = suite.Settings(sizes=(1, 2), rounds=2, spacing_s=0.11, daemon_gpus=2, footprint_s=0.5,
                               scrape_each=2, scrapers=2, paced_s=1.0, nvitop=False,
-                              alert_lead_s=1.0)
+                              alert_lead_s=1.0, accounting_rounds=3)
     results = suite.run(settings, tmp_path)
     assert [p["gpus"] for p in results["poll"]] == [1, 2]
     assert results["overhead"]["gpu_poll_us_median"] > 0
+    assert results["overhead_processes"]["gpu_poll_us_median"] > 0
+    assert results["accounting"]["loop_us_per_gpu_median"] > 0 and "| accounting, 2 GPUs" in suite.table(results)
     assert results["gpumon"]["footprint"]["peak_rss_mib"] > 0
     assert results["gpumon"]["scrape"]["requests"] == 4
     assert results["alert"]["firing_seen"] >= results["alert"]["active_at"]

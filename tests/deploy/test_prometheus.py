@@ -54,7 +54,7 @@ def test_recording_rules_read_only_metrics_gpumon_exports() -> None:
     groups = yaml.safe_load(RECORDING.read_text())["groups"]
     recorded = {r["record"] for g in groups for r in g["rules"]}
     for rule in (r for g in groups for r in g["rules"]):
-        assert re.fullmatch(r"(gpu|instance|job):gpumon_\w+:\w+", rule["record"]), rule["record"]
+        assert re.fullmatch(r"(gpu|instance|job|namespace|hpc_job):gpumon_\w+:\w+", rule["record"]), rule["record"]
         names = set(re.findall(r"\b(gpumon_\w+|\w+:gpumon_\w+:\w+)\b", rule["expr"]))
         assert names and names <= exported | recorded, (rule["record"], names - exported - recorded)
 

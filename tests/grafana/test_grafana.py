@@ -25,7 +25,8 @@ from tests.support.dashboards import (
     targets,
 )
 
-NAMES = {"gpumon-fleet.json", "gpumon-gpu-detail.json", "gpumon-interconnect.json", "gpumon-health.json"}
+NAMES = {"gpumon-fleet.json", "gpumon-gpu-detail.json", "gpumon-interconnect.json", "gpumon-health.json",
+         "gpumon-waste.json"}
 
 # Series that are not gpumon's but that the dashboards may read: Prometheus's own, and the client
 # library's process collector (gpumon's exporter registers it).

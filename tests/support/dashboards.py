@@ -15,7 +15,8 @@ GRAFANA = Path(__file__).resolve().parents[2] / "grafana"
 DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
 
 # Values the variables take when a query is sent without Grafana (here and in the integration test).
-VARIABLES = {"instance": ".*", "gpu": ".*", "__rate_interval": "1m", "__interval": "15s", "__range": "5m",
+VARIABLES = {"instance": ".*", "gpu": ".*", "price": "2.50", "__rate_interval": "1m", "__interval": "15s",
+             "__range": "5m",
              "__range_s": "300", "__interval_ms": "15000"}
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 
