@@ -142,7 +142,7 @@ def _cells(line: Line, report: Report) -> list[str]:
         elif attr in ("cost", "idle_cost"):
             out.append(f"{value:,.2f}")
         else:
-            out.append(f"{value:,.2f}")
+            out.append(f"{value:,.3f}")
     return out
 
 
@@ -156,11 +156,11 @@ def summary(report: Report) -> str:
     t = report.total
     waste = report.waste_share
     idle = report.idle_share
-    parts = [f"{t.held_h + t.idle_free_h:,.2f} GPU-hours", f"{t.held_h:,.2f} held",
-             f"{t.active_h:,.2f} active", f"{t.idle_held_h:,.2f} held idle", f"{t.idle_free_h:,.2f} free",
+    parts = [f"{t.held_h + t.idle_free_h:,.3f} GPU-hours", f"{t.held_h:,.3f} held",
+             f"{t.active_h:,.3f} active", f"{t.idle_held_h:,.3f} held idle", f"{t.idle_free_h:,.3f} free",
              f"waste (idle share of held) {waste * 100:.1f} %" if waste is not None else "waste -",
              f"idle share of all {idle * 100:.1f} %" if idle is not None else "",
-             f"{t.kwh:,.2f} kWh"]
+             f"{t.kwh:,.3f} kWh"]
     if t.cost is not None:
         parts.append(f"cost {t.cost:,.2f} (idle {t.idle_cost or 0:,.2f})")
     return "Total: " + ", ".join(p for p in parts if p)

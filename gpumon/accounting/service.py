@@ -8,6 +8,7 @@ import asyncio
 import concurrent.futures
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +32,60 @@ _READ = frozenset({"gpumon_sm_active_ratio", "gpumon_gpu_utilization_ratio", "gp
                    "gpumon_gpu_owner_info", "gpumon_gpu_job_info"})
 
 
-def reading(gpu: int, samples: Iterable[Sample], energy_cache: dict[int, tuple[int, float | None]] | None = None
-            ) -> Reading | None:
-    """What the latest samples of one GPU say, or None before its first fast poll. `energy_cache`
-    remembers the energy counter of a slow-tier sample already read (it is read every 30 s, scanned
-    here every second)."""
+@dataclass
+class _Said:
+    """What one sample says for accounting (kept while the same sample is the latest of its unit)."""
+
+    sample: Sample
+    at: float | None = None  # the fast sample's timestamp, where util.gpu was read
+    uuid: str = ""
+    util: float | None = None
+    sm: float | None = None
+    power: float | None = None
+    energy: float | None = None
+    held: bool = False
+    pods: tuple[Owner, ...] = ()
+    jobs: tuple[Owner, ...] = ()
+    processes: tuple[Owner, ...] = ()
+
+
+def _said(sample: Sample) -> _Said:
+    out = _Said(sample)
+    pods, jobs, processes = [], [], []
+    for name, labels, value in sample.values:
+        if name not in _READ:
+            continue
+        if name == "gpumon_gpu_utilization_ratio":
+            out.util, out.at = value, sample.timestamp
+            out.uuid = dict(labels).get("uuid", "")
+        elif name == "gpumon_sm_active_ratio":
+            out.sm = value
+        elif name == "gpumon_power_draw_watts":
+            out.power = value
+            if out.util is not None and out.sm is not None:
+                break  # the GPU's fast sample: nothing else in it is read
+        elif name == "gpumon_energy_joules_total":
+            out.energy = value
+        elif name == "gpumon_compute_processes":
+            out.held = out.held or value > 0
+        elif name == "gpumon_process_info":
+            out.held = True
+            processes.append(_process_owner(labels))
+        else:
+            d = dict(labels)
+            out.held = True
+            if name == "gpumon_gpu_owner_info":
+                pods.append(Owner(d["owner_namespace"], d["owner_pod"], d["owner_container"]))
+            else:
+                jobs.append(Owner(job=d["job_id"], user=d["user"]))
+    out.pods, out.jobs, out.processes = tuple(pods), tuple(jobs), tuple(processes)
+    return out
+
+
+def reading(gpu: int, samples: Iterable[Sample], cache: dict[int, _Said] | None = None) -> Reading | None:
+    """What the latest samples of one GPU say, or None before its first fast poll. `cache` keeps what
+    each sample said while it stays the latest of its unit: the slow tier's, the static tier's and the
+    kubelet's are read once, not every second."""
     at = None
     uuid = ""
     sm = util = power = energy = None
@@ -44,41 +94,22 @@ def reading(gpu: int, samples: Iterable[Sample], energy_cache: dict[int, tuple[i
     jobs: list[Owner] = []
     processes: list[Owner] = []
     for sample in samples:
-        if sample.tier == "static" or sample.unit.startswith("accounting:"):
+        if sample.unit.startswith("accounting:"):
             continue
-        if sample.tier == "slow" and energy_cache is not None:
-            cached = energy_cache.get(gpu)
-            if cached is not None and cached[0] == id(sample):
-                energy = cached[1] if energy is None else energy
-                continue
-            found = next((v for n, _, v in sample.values if n == "gpumon_energy_joules_total"), None)
-            if found is not None or sample.unit.startswith("gpu"):
-                energy_cache[gpu] = (id(sample), found)
-            energy = found if energy is None else energy
-            continue
-        for name, labels, value in sample.values:
-            if name not in _READ:
-                continue
-            if name == "gpumon_gpu_utilization_ratio":
-                util, at = value, sample.timestamp
-                uuid = dict(labels).get("uuid", "")
-            elif name == "gpumon_sm_active_ratio":
-                sm = value
-            elif name == "gpumon_power_draw_watts":
-                power = value
-            elif name == "gpumon_energy_joules_total":
-                energy = value
-            elif name == "gpumon_compute_processes":
-                held = held or value > 0
-            else:
-                d = dict(labels)
-                held = True
-                if name == "gpumon_gpu_owner_info":
-                    pods.append(Owner(d["owner_namespace"], d["owner_pod"], d["owner_container"]))
-                elif name == "gpumon_gpu_job_info":
-                    jobs.append(Owner(job=d["job_id"], user=d["user"]))
-                else:
-                    processes.append(_process_owner(d))
+        said = cache.get(id(sample)) if cache is not None else None
+        if said is None or said.sample is not sample:
+            said = _said(sample)
+            if cache is not None and sample.tier != "fast":
+                cache[id(sample)] = said
+        if said.at is not None:
+            at, uuid, util = said.at, said.uuid, said.util
+        sm = said.sm if said.sm is not None else sm
+        power = said.power if said.power is not None else power
+        energy = said.energy if said.energy is not None else energy
+        held = held or said.held
+        pods.extend(said.pods)
+        jobs.extend(said.jobs)
+        processes.extend(said.processes)
     if at is None:
         return None
     activity, signal = (sm, SM_ACTIVE) if sm is not None else (util, GPU_UTILIZATION)
@@ -86,8 +117,23 @@ def reading(gpu: int, samples: Iterable[Sample], energy_cache: dict[int, tuple[i
     return Reading(gpu, uuid, at, activity, signal, held, owners, power, energy)
 
 
-def _process_owner(d: dict[str, str]) -> Owner:
-    """A process's owner: its pod, else its job, else its user, else its name."""
+_OWNERS: dict[int, tuple[Labels, Owner]] = {}  # id of a process's labels -> (labels, its owner)
+
+
+def _process_owner(labels: Labels) -> Owner:
+    """A process's owner: its pod, else its job, else its user, else its name. The process source
+    sends the same label tuple for a process every round: its owner is worked out once."""
+    cached = _OWNERS.get(id(labels))
+    if cached is not None and cached[0] is labels:
+        return cached[1]
+    if len(_OWNERS) > 65536:
+        _OWNERS.clear()
+    owner = _owner_of(dict(labels))
+    _OWNERS[id(labels)] = (labels, owner)
+    return owner
+
+
+def _owner_of(d: dict[str, str]) -> Owner:
     if d.get("owner_pod"):
         return Owner(d["owner_namespace"], d["owner_pod"], d["owner_container"])
     if d.get("job_id"):
@@ -111,7 +157,7 @@ class AccountingService(Service):
         self.last_write: concurrent.futures.Future[None] | None = None
         self._pruned = 0.0
         self._labels: dict[Key, Labels] = {}  # each counter's labels, made once
-        self._energy: dict[int, tuple[int, float | None]] = {}  # gpu -> (id of its slow sample, energy)
+        self._said: dict[int, _Said] = {}  # what each slow, static or kubelet sample said
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -139,8 +185,10 @@ class AccountingService(Service):
         if round_.tier != "fast":
             return
         now = time.time()
+        if len(self._said) > 64 * max(1, len(self.ledger.keys_by_uuid)):  # samples replaced since
+            self._said.clear()
         for gpu, samples in self.store.latest_by_gpu().items():
-            r = reading(gpu, samples, self._energy)
+            r = reading(gpu, samples, self._said)
             if r is None:
                 continue
             self.ledger.add(r)

@@ -81,7 +81,7 @@ def test_prices() -> None:
 def test_the_three_formats() -> None:
     report = build(rows(), by="pod", start=0, end=4 * H, source="this host")
     table = as_table(report)
-    assert table.splitlines()[1].startswith("Total: 12.00 GPU-hours, 10.00 held, 5.00 active, 5.00 held idle")
+    assert table.splitlines()[1].startswith("Total: 12.000 GPU-hours, 10.000 held, 5.000 active, 5.000 held idle")
     assert "waste (idle share of held) 50.0 %" in table
     assert "notebook" in table.splitlines()[4]  # header, then the biggest waste first
     doc = json.loads(as_json(report))
