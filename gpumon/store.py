@@ -25,7 +25,7 @@ SeriesKey = tuple[str, Labels]
 class Ring:
     """Fixed-capacity time series: timestamps and values, oldest overwritten first."""
 
-    __slots__ = ("_head", "_size", "capacity", "last_nan_t", "times", "values")
+    __slots__ = ("_head", "_size", "capacity", "last_nan_t", "put_id", "times", "values")
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
@@ -38,6 +38,7 @@ class Ring:
         # Time of the newest NaN (a staleness marker, or a NaN reading): a window starting after it
         # holds none, which spares the rules a scan for one.
         self.last_nan_t = -math.inf
+        self.put_id = 0  # the Store.put that last wrote it
 
     def append(self, t: float, v: float) -> None:
         """Add a point; a time earlier than the newest point (the wall clock stepped back) drops the
@@ -135,20 +136,30 @@ class Store:
         self._series: dict[SeriesKey, Ring] = {}
         self._by_name: dict[str, list[SeriesKey]] = {}
         self._full_labels: dict[SeriesKey, Labels] = {}  # sorted, with __name__: what PromQL sees
+        self._rings: dict[tuple[str, str], list[Ring]] = {}  # the rings each unit's latest put wrote
+        self._puts = 0
 
     def put(self, sample: Sample) -> None:
-        previous = self._latest.get((sample.unit, sample.tier))
-        self._latest[(sample.unit, sample.tier)] = sample
+        unit = (sample.unit, sample.tier)
+        self._latest[unit] = sample
         t = round(sample.timestamp * 1000)  # rings hold milliseconds, as PromQL evaluates them
+        self._puts += 1
+        put_id = self._puts
         series = self._series
+        rings = []
         for name, labels, value in sample.values:
             ring = series.get((name, labels))
             if ring is None:
                 ring = self._new_series((name, labels))
             ring.append(t, value)
-        if previous is not None and len(previous.values) != 0:
-            now = {(name, labels) for name, labels, _ in sample.values}
-            self._mark_stale((k for k in ((n, lb) for n, lb, _ in previous.values) if k not in now), t)
+            ring.put_id = put_id
+            rings.append(ring)
+        # A series the unit's previous sample had and this one lacks ends: its ring was not written
+        # by this put (a stamp compare, not a set of keys, since this runs for every sample).
+        for ring in self._rings.get(unit, ()):
+            if ring.put_id != put_id:
+                self._end(ring, t)
+        self._rings[unit] = rings
 
     def _new_series(self, key: SeriesKey) -> Ring:
         ring = self._series[key] = Ring(max(self.capacity, self.capacity_by_name.get(key[0], 0)))
@@ -156,19 +167,19 @@ class Store:
         self._full_labels[key] = tuple(sorted((("__name__", key[0]), *key[1])))
         return ring
 
-    def _mark_stale(self, keys: Iterable[SeriesKey], t: int) -> None:
-        for key in keys:
-            ring = self._series.get(key)
-            if ring is not None and (last := ring.last()) is not None and last[0] < t:
-                ring.append(t, STALE_NAN)
+    @staticmethod
+    def _end(ring: Ring, t: int) -> None:
+        if (last := ring.last()) is not None and last[0] < t:
+            ring.append(t, STALE_NAN)
 
     def discard(self, unit: str) -> None:
         """Forget the latest samples of a unit (a lost GPU): its series leave the exposition and
         end, for range queries, with a staleness marker."""
         now = round(time.time() * 1000)
         for key in [k for k in self._latest if k[0] == unit]:
-            gone = self._latest.pop(key)
-            self._mark_stale(((n, lb) for n, lb, _ in gone.values), now)
+            del self._latest[key]
+            for ring in self._rings.pop(key, ()):
+                self._end(ring, now)
 
     def select(self, matchers: Sequence[Matcher], start_ms: int, end_ms: int, last_only: bool = False
                ) -> Iterator[tuple[Labels, Sequence[float], Sequence[float], bool]]:
