@@ -23,6 +23,7 @@ from gpumon.sampler import Intervals, Sampler
 from gpumon.sources.base import AsyncSource, Source
 from gpumon.sources.infiniband import InfinibandSource
 from gpumon.sources.jobs import JobMapSource
+from gpumon.sources.mig import MigSource
 from gpumon.sources.nccl_ras import NcclRasSource
 from gpumon.sources.nvml import NvmlSource
 from gpumon.sources.processes import ProcessSource
@@ -74,7 +75,8 @@ def gpu_source(config: Config, replay: ReplaySpec | None = None) -> NvmlSource:
 def build_backend(config: Config, replay: ReplaySpec | None = None) -> Backend:
     """Every source the configuration enables. Raises BackendUnavailable."""
     gpus = gpu_source(config, replay)
-    sources: list[Source | AsyncSource] = [gpus]
+    mig = MigSource(gpus)
+    sources: list[Source | AsyncSource] = [gpus, mig]
     owners = Owners()
     processes = config.attribution.processes
     if processes.enabled:

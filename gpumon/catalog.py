@@ -30,6 +30,7 @@ class Origin(enum.StrEnum):
     PROCESSES = "processes"  # gpumon/sources/processes.py
     JOBS = "jobs"  # gpumon/sources/jobs.py (and the Slurm cgroups of processes)
     KUBELET = "kubelet"  # gpumon/sources/kubelet.py
+    MIG = "mig"  # gpumon/sources/mig.py
     ACCOUNTING = "accounting"  # gpumon/accounting/
     INFINIBAND = "infiniband"
     NCCL_RAS = "nccl_ras"
@@ -229,6 +230,36 @@ METRICS: tuple[Metric, ...] = (
        "events", labels=("xid",)),
     _m("gpumon_last_xid_timestamp_seconds", GAUGE, "seconds", "Unix time of the most recent XID error.",
        "events"),
+    # --- MIG instances (gpumon/sources/mig.py, docs/mig.md) ---------------------------------------------
+    _m("gpumon_mig_mode", GAUGE, "",
+       "1 when MIG is enabled, 0 when disabled: state=current now, state=pending after the next GPU reset. "
+       "Absent on a GPU without MIG.", "mig", tier=S, labels=("state",)),
+    _m("gpumon_mig_instance_info", INFO, "",
+       "A MIG device (one compute instance of a GPU instance): its UUID (the id Kubernetes device plugins "
+       "give pods), the GPU instance's profile (mig_profile, e.g. 1g.18gb) and the compute instance's "
+       "(compute_profile: 1c.2g.35gb for a part of one), its SMs, and the GPU instance's placement in "
+       "memory slices (start:size; empty where NVML refuses it to a non-root user).", "mig", tier=S,
+       labels=("gpu_instance", "compute_instance", "mig_uuid", "mig_profile", "compute_profile",
+               "multiprocessors", "placement")),
+    _m("gpumon_mig_memory_used_bytes", GAUGE, "bytes",
+       "Device memory used in a GPU instance (shared by its compute instances: read once per GPU instance, "
+       "never summed over compute instances).", "mig", labels=("gpu_instance", "mig_profile")),
+    _m("gpumon_mig_memory_total_bytes", GAUGE, "bytes", "Device memory of a GPU instance.", "mig",
+       labels=("gpu_instance", "mig_profile")),
+    _m("gpumon_mig_sm_active_ratio", GAUGE, "ratio",
+       "SM activity of a GPU instance: the fraction of time at least one warp was resident per SM, averaged "
+       "over the instance's SMs (GPM SM_UTIL through nvmlGpmMigSampleGet).", "mig",
+       labels=("gpu_instance", "mig_profile")),
+    _m("gpumon_mig_sm_occupancy_ratio", GAUGE, "ratio", "Resident warps of a GPU instance as a fraction of "
+       "the maximum (GPM SM_OCCUPANCY).", "mig", labels=("gpu_instance", "mig_profile")),
+    _m("gpumon_mig_tensor_active_ratio", GAUGE, "ratio", "Fraction of cycles any tensor pipe of a GPU "
+       "instance was active (GPM ANY_TENSOR_UTIL).", "mig", labels=("gpu_instance", "mig_profile")),
+    _m("gpumon_mig_dram_active_ratio", GAUGE, "ratio", "Fraction of a GPU instance's peak DRAM bandwidth "
+       "used (GPM DRAM_BW_UTIL).", "mig", labels=("gpu_instance", "mig_profile")),
+    _m("gpumon_mig_graphics_engine_active_ratio", GAUGE, "ratio", "Fraction of time a GPU instance's "
+       "graphics/compute engine was active (GPM GRAPHICS_UTIL).", "mig", labels=("gpu_instance", "mig_profile")),
+    _m("gpumon_mig_compute_processes", GAUGE, "", "Compute processes running in a GPU instance (all its "
+       "compute instances).", "mig", labels=("gpu_instance", "mig_profile")),
     # --- processes and their owners (gpumon/sources/processes.py, docs/attribution.md) ----------------
     _m("gpumon_compute_processes", GAUGE, "", "Compute processes running on the GPU.", "processes"),
     _m("gpumon_compute_processes_memory_bytes", GAUGE, "bytes",

@@ -128,11 +128,18 @@ def _parse_record(path: Path, lineno: int, line: str) -> dict[str, Any]:
     return rec
 
 
+# Keys whose values are text: a MIG device's UUID and name and its GPU instance's profile (`mig`).
+TEXT_KEYS = frozenset({"uuid", "name", "profile"})
+
+
 def _first_non_number(value: Any, at: tuple[str, ...]) -> tuple[str, Any] | None:
-    """The first value in a record that is not a number, a list or object of them, null, or an
-    `err` entry: what NVML can answer. Such a value would otherwise surface mid-run as a lost GPU."""
+    """The first value in a record that is not a number, a list or object of them, null, text under
+    TEXT_KEYS, or an `err` entry: what NVML can answer. Such a value would otherwise surface mid-run
+    as a lost GPU."""
     if isinstance(value, dict):
         for key, item in value.items():
+            if key in TEXT_KEYS and isinstance(item, str):
+                continue
             if key != "err" and (bad := _first_non_number(item, (*at, str(key)))) is not None:
                 return bad
         return None

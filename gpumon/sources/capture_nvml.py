@@ -26,6 +26,7 @@ from typing import Any, NoReturn
 import pynvml
 
 from gpumon.sources.capture import Capture
+from gpumon.sources.capture_mig import NO_MIG, CaptureMig, MigHandle
 
 UTILIZATION_BUFFER_S = 10.0  # how far back per-process utilisation samples are kept, like NVML's buffer
 
@@ -95,7 +96,7 @@ def _answer(entry: Any) -> Any:
     return entry
 
 
-class CaptureNvml:
+class CaptureNvml(CaptureMig):
     """The subset of the pynvml API gpumon uses, answered from a `Capture`.
 
     Attribute lookups that are not NVML functions (constants, structs, exception classes) are the
@@ -297,7 +298,15 @@ class CaptureNvml:
         return dict(info) if isinstance(info, dict) else {}
 
     def nvmlDeviceGetUUID(self, handle: Any) -> str:
+        if isinstance(handle, MigHandle):
+            self._mig_device(handle, "nvmlDeviceGetUUID")
+            return handle.uuid
         return self._uuids[self._device(handle, "nvmlDeviceGetUUID")]
+
+    def nvmlDeviceGetName(self, handle: Any) -> str:
+        if isinstance(handle, MigHandle):
+            return str(self._mig_device(handle, "nvmlDeviceGetName")[1]["name"])
+        return str(self._probe(self._device(handle, "nvmlDeviceGetName"), "nvmlDeviceGetName"))
 
     def nvmlDeviceGetPciInfo(self, handle: Any) -> Any:
         index = self._device(handle, "nvmlDeviceGetPciInfo")
@@ -319,6 +328,8 @@ class CaptureNvml:
         return types.SimpleNamespace(**u)
 
     def nvmlDeviceGetMemoryInfo(self, handle: Any, version: int | None = None) -> Any:
+        if isinstance(handle, MigHandle):
+            return self._mig_memory(handle, version)
         key = "nvmlDeviceGetMemoryInfo(v2)" if version else "nvmlDeviceGetMemoryInfo"
         m = dict(self._value(handle, "nvmlDeviceGetMemoryInfo", "mem", key))
         if not version:  # v1 counts reserved memory as used, as the driver does (see probe.json)
@@ -356,6 +367,8 @@ class CaptureNvml:
                                "nvmlDeviceGetPerformanceState"))
 
     def nvmlDeviceGetComputeRunningProcesses(self, handle: Any) -> list[Any]:
+        if isinstance(handle, MigHandle):
+            return self._mig_processes(handle)
         return self._processes(handle, "nvmlDeviceGetComputeRunningProcesses", "procs")
 
     def nvmlDeviceGetGraphicsRunningProcesses(self, handle: Any) -> list[Any]:
@@ -366,8 +379,8 @@ class CaptureNvml:
 
     def _processes(self, handle: Any, call: str, trace_key: str) -> list[Any]:
         procs = self._value(handle, call, trace_key, call)
-        return [types.SimpleNamespace(pid=p["pid"], usedGpuMemory=p.get("used"), gpuInstanceId=0xFFFFFFFF,
-                                      computeInstanceId=0xFFFFFFFF) for p in procs]
+        return [types.SimpleNamespace(pid=p["pid"], usedGpuMemory=p.get("used"), gpuInstanceId=p.get("gi", NO_MIG),
+                                      computeInstanceId=p.get("ci", NO_MIG)) for p in procs]
 
     def nvmlDeviceGetProcessesUtilizationInfo(self, handle: Any, last_seen_us: int) -> list[Any]:
         """One entry per process: its mean over the samples (whole percent, as the driver rounds),
@@ -486,15 +499,28 @@ class CaptureNvml:
             self._gpm_samples.pop(_sample_id(sample), None)
 
     def nvmlGpmSampleGet(self, handle: Any, sample: Any) -> Any:
-        index = self._device(handle, "nvmlGpmSampleGet")
+        return self._gpm_sample(handle, sample, None)
+
+    def nvmlGpmMigSampleGet(self, handle: Any, gpu_instance: int, sample: Any) -> Any:
+        """A GPU instance's sample, taken through its parent GPU's handle (as DCGM does)."""
+        return self._gpm_sample(handle, sample, gpu_instance)
+
+    def _gpm_sample(self, handle: Any, sample: Any, gpu_instance: int | None) -> Any:
+        call = "nvmlGpmSampleGet" if gpu_instance is None else "nvmlGpmMigSampleGet"
+        index = self._device(handle, call)
         if not _sample_id(sample):
             _raise(pynvml.NVML_ERROR_INVALID_ARGUMENT)
-        recorded: Any = self._record(index).get("gpm_sample")
-        if _is_error(recorded):
-            _raise_recorded(recorded["err"])
+        if gpu_instance is None:
+            recorded: Any = self._record(index).get("gpm_sample")
+            if _is_error(recorded):
+                _raise_recorded(recorded["err"])
+        else:
+            self._gpu_instance(index, gpu_instance)  # NotFound: no such instance (now)
         with self._gpm_lock:
             self._gpm_samples[_sample_id(sample)] = self._play_time(index)
-            ctypes.cast(sample, ctypes.POINTER(ctypes.c_uint64)).contents.value = index
+            # The sample remembers its GPU, and its GPU instance + 1 above bit 32 (0: the whole GPU).
+            tag = index | ((gpu_instance + 1) << 32 if gpu_instance is not None else 0)
+            ctypes.cast(sample, ctypes.POINTER(ctypes.c_uint64)).contents.value = tag
         return sample
 
     def nvmlGpmMetricsGet(self, mg: Any) -> Any:
@@ -504,9 +530,15 @@ class CaptureNvml:
             t2 = self._gpm_samples.get(_sample_id(mg.sample2))
         if t1 is None or t2 is None or not 0 <= mg.numMetrics <= len(mg.metrics):
             _raise(pynvml.NVML_ERROR_INVALID_ARGUMENT)
-        index = int(ctypes.cast(mg.sample2, ctypes.POINTER(ctypes.c_uint64)).contents.value)
+        tag = int(ctypes.cast(mg.sample2, ctypes.POINTER(ctypes.c_uint64)).contents.value)
+        if tag != int(ctypes.cast(mg.sample1, ctypes.POINTER(ctypes.c_uint64)).contents.value):
+            _raise(pynvml.NVML_ERROR_INVALID_ARGUMENT)  # samples of two different GPUs or instances
+        index, gpu_instance = tag & 0xFFFFFFFF, (tag >> 32) - 1
         self._device(self._handles[index], "nvmlGpmMetricsGet")
         records = self._records_between(index, t1, t2)
+        if gpu_instance >= 0:
+            self._gpu_instance(index, gpu_instance)  # destroyed since: NotFound
+            return self._mig_metrics(mg, index, gpu_instance, records)
         whole: Any = records[-1].get("gpm")
         if _is_error(whole):  # the recorded nvmlGpmMetricsGet itself failed
             _raise_recorded(whole["err"])
@@ -532,6 +564,19 @@ class CaptureNvml:
                 recorded = probe_metrics.get(str(metric.metricId), {"ret": pynvml.NVML_ERROR_NOT_SUPPORTED})
                 metric.nvmlReturn = int(recorded.get("ret", 0))
                 metric.value = float(recorded.get("value") or 0.0)
+        return mg
+
+    def _mig_metrics(self, mg: Any, index: int, gpu_instance: int, records: list[dict[str, Any]]) -> Any:
+        """A GPU instance's metrics: the mean of its recorded values over the records in between;
+        an id it has no reading for is NotSupported (NVLink and PCIe are the whole GPU's)."""
+        for j in range(mg.numMetrics):
+            metric = mg.metrics[j]
+            key = TRACE_GPM_KEYS.get(metric.metricId, "")
+            numbers = [v for v in self._mig_gpm(index, gpu_instance, records, key) if isinstance(v, (int, float))]
+            if numbers:
+                metric.nvmlReturn, metric.value = 0, sum(numbers) / len(numbers)
+            else:
+                metric.nvmlReturn = pynvml.NVML_ERROR_NOT_SUPPORTED
         return mg
 
     def _records_between(self, index: int, play1: float, play2: float) -> list[dict[str, Any]]:

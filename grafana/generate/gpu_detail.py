@@ -87,6 +87,34 @@ def gpu_detail() -> dict[str, Any]:
                  "pid {{pid}} {{engine}}", note="Empty unless gpumon runs with metrics.process_pids and "
                  "attribution.processes.utilization.", board=b)
 
+    b.row("MIG instances")
+    b.add(stat("MIG mode", [target(g("gpumon_mig_mode"), "{{state}}", instant=True)], "none",
+               "gpumon_mig_mode: MIG now (current) and after the next GPU reset (pending). Empty on a GPU without "
+               "MIG. While MIG is on, util.gpu, per-process utilisation and row remapping are not readable: the "
+               "panels below are the GPU's activity (docs/mig.md).",
+               mappings=[{"type": "value", "options": {"0": {"text": "off"}, "1": {"text": "on"}}}]), 6, 6)
+    b.add(table("Instances", [target(g("gpumon_mig_instance_info"), instant=True, table=True)], "none",
+                "gpumon_mig_instance_info: each compute instance, its GPU instance, MIG UUID (what device plugins give "
+                "pods), profiles, SMs and placement."), 18, 6)
+    metric_panel("gpumon_mig_sm_active_ratio", "SM activity by GPU instance (GPM)",
+                 "GI {{gpu_instance}} {{mig_profile}}", max_=1, board=b)
+    b.add(timeseries("Memory used by GPU instance", [
+        target(f'{g("gpumon_mig_memory_used_bytes")} / {g("gpumon_mig_memory_total_bytes")}',
+               "GI {{gpu_instance}} {{mig_profile}}")], "percentunit",
+        "gpumon_mig_memory_used_bytes over gpumon_mig_memory_total_bytes, per GPU instance (read once per GPU "
+        "instance: its compute instances share it).", max_=1))
+    b.add(timeseries("Occupancy, tensor, DRAM and engine by GPU instance (GPM)", [
+        target(g("gpumon_mig_sm_occupancy_ratio"), "GI {{gpu_instance}} occupancy"),
+        target(g("gpumon_mig_tensor_active_ratio"), "GI {{gpu_instance}} tensor"),
+        target(g("gpumon_mig_dram_active_ratio"), "GI {{gpu_instance}} DRAM"),
+        target(g("gpumon_mig_graphics_engine_active_ratio"), "GI {{gpu_instance}} engine")], "percentunit",
+        "The other GPM ratios of each GPU instance.", max_=1))
+    metric_panel("gpumon_mig_compute_processes", "Compute processes by GPU instance", "GI {{gpu_instance}}",
+                 board=b)
+    metric_panel("gpumon_mig_memory_used_bytes", "Memory used by GPU instance (bytes)", "GI {{gpu_instance}}",
+                 board=b)
+    metric_panel("gpumon_mig_memory_total_bytes", "Memory of each GPU instance", "GI {{gpu_instance}}", board=b)
+
     b.row("Thermal and power")
     b.add(timeseries("Temperature", [target(g("gpumon_gpu_temperature_celsius"), "GPU"),
                                      target(g("gpumon_memory_temperature_celsius"), "HBM"),

@@ -33,6 +33,12 @@ INTERVAL = "500ms"
 SPEED = 4.0
 SETTLE = 1.1 * 42 / SPEED  # one whole loop of the 42 s capture: every recorded phase, whatever the start offset
 
+# GPU detail's MIG panels (title -> refIds).
+MIG_PANELS = {"MIG mode": "A", "Instances": "A", "SM activity by GPU instance (GPM)": "A",
+              "Memory used by GPU instance": "A", "Occupancy, tensor, DRAM and engine by GPU instance (GPM)": "ABCD",
+              "Compute processes by GPU instance": "A", "Memory used by GPU instance (bytes)": "A",
+              "Memory of each GPU instance": "A"}
+
 # (dashboard, panel title, refId) -> why the bundled capture gives it no series. Nothing else may be empty.
 MAY_BE_EMPTY: dict[tuple[str, str, str], str] = {
     ("gpumon-fleet.json", "Idle but allocated GPUs", "A"):
@@ -60,6 +66,9 @@ MAY_BE_EMPTY: dict[tuple[str, str, str], str] = {
                            "NVLink utilisation, per link": "A", "NVLink throughput, per GPU": "AB",
                            "NVLink errors": "A", "NVLink links up": "A", "NVLink link speed": "A"}.items()
        for ref in refs},
+    **{("gpumon-gpu-detail.json", title, ref): "MIG is off in this capture: tests/integration/test_mig_daemon.py "
+       "runs these on the MIG capture"
+       for title, refs in MIG_PANELS.items() for ref in refs},
     **{("gpumon-health.json", title, ref): "notification series are per receiver or Alertmanager; none is configured"
        for title, refs in [("Outbox queue", "A"), ("Oldest queued notification", "A"), ("Delivery latency", "A"),
                            ("Delivery outcomes", "ABCD"), ("Alertmanager pushes", "AB")] for ref in refs},
