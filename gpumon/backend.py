@@ -89,7 +89,7 @@ def build_backend(config: Config, replay: ReplaySpec | None = None) -> Backend:
     if config.attribution.kubernetes.enabled:
         from gpumon.sources.kubelet import KubeletSource  # imports grpc: only where Kubernetes is
 
-        sources.append(KubeletSource(config.attribution.kubernetes, gpus, owners))
+        sources.append(KubeletSource(config.attribution.kubernetes, gpus, owners, mig))
     if config.attribution.jobs.mapping_dir is not None:
         sources.append(JobMapSource(config.attribution.jobs.mapping_dir, gpus, owners))
     ib, ras = config.interconnect.infiniband, config.interconnect.nccl_ras

@@ -280,9 +280,10 @@ METRICS: tuple[Metric, ...] = (
     _m("gpumon_process_series_dropped_total", COUNTER, "",
        "Processes not exported because the GPU had more than attribution.processes.max_per_gpu.", "processes"),
     _m("gpumon_gpu_owner_info", INFO, "",
-       "A pod's container the kubelet gave the GPU to (PodResources API), through a device plugin resource; "
-       "several on a time-sliced GPU. From the kubelet's last answer (attribution.kubernetes).", "kubelet",
-       labels=("owner_namespace", "owner_pod", "owner_container", "resource")),
+       "A pod's container the kubelet gave the GPU (or, under MIG, its GPU instance gpu_instance; empty for the "
+       "whole GPU) to (PodResources API), through a device plugin resource; several on a time-sliced GPU. From "
+       "the kubelet's last answer (attribution.kubernetes).", "kubelet",
+       labels=("gpu_instance", "owner_namespace", "owner_pod", "owner_container", "resource")),
     _m("gpumon_kubelet_up", GAUGE, "", "1 when the kubelet's PodResources API answered the last refresh.",
        "kubelet", per_gpu=False),
     _m("gpumon_kubelet_answer_age_seconds", GAUGE, "seconds",

@@ -118,8 +118,9 @@ def _who(snap: Snapshot) -> list[str]:
     held = []
     for d in snap.devices:
         who = attribution(by_gpu.get(d.index, []))
-        holders = [f"pod {o['owner_namespace']}/{o['owner_pod']}/{o['owner_container']}" for o in who["owners"]]
-        holders += [f"job {j['job_id']}" + (f" ({j['user']})" if j["user"] else "") for j in who["jobs"]]
+        holders = [f"pod {o['owner_namespace']}/{o['owner_pod']}/{o['owner_container']}" + _instance(o)
+                   for o in who["owners"]]
+        holders += [f"job {j['job_id']}" + (f" ({j['user']})" if j["user"] else "") + _instance(j) for j in who["jobs"]]
         if holders:
             held.append(f"GPU {d.index} held by: " + ", ".join(holders))
         for p in who["processes"]:
@@ -132,3 +133,8 @@ def _who(snap: Snapshot) -> list[str]:
         lines.append("")
         lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     return lines
+
+
+def _instance(record: dict[str, str]) -> str:
+    """" in MIG instance 9" for an owner of a GPU instance, "" for one of the whole GPU."""
+    return f" in MIG instance {record['gpu_instance']}" if record.get("gpu_instance") else ""

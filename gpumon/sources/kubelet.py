@@ -4,9 +4,11 @@ name the pods and containers that processes' cgroups point at.
 `List` over the kubelet's unix socket gives every pod's containers and the devices each was given,
 by resource (`nvidia.com/gpu`, `nvidia.com/mig-*`, ...). Device plugins name a GPU by its UUID, by
 `<UUID>::<replica>` when it is time-sliced (NVIDIA's plugin), by its index (`deviceIDStrategy:
-index`) or, on GKE, `nvidia<index>`. The answer carries no pod UID, and a process's cgroup carries
-nothing else: the kubelet's log directories join the two, `/var/log/pods/<namespace>_<pod>_<uid>/`
-and `/var/log/containers/<pod>_<namespace>_<container>-<container id>.log` (the kubelet's
+index`) or, on GKE, `nvidia<index>`; a MIG device by its MIG UUID, or on GKE `nvidia<index>/gi<gpu
+instance>`, tied to its GPU instance through the MIG source's layout. The answer carries no pod UID,
+and a process's cgroup carries nothing else: the kubelet's log directories join the two,
+`/var/log/pods/<namespace>_<pod>_<uid>/` and
+`/var/log/containers/<pod>_<namespace>_<container>-<container id>.log` (the kubelet's
 BuildPodLogsDirectory and logSymlink; names cannot contain `_`).
 
 It runs on its own task every `refresh_interval`, never per scrape; each call has a timeout and a
@@ -31,6 +33,7 @@ from gpumon.attribution.owners import Holder, KubeView, Owners
 from gpumon.config import KubernetesConfig
 from gpumon.model import Sample, Tier
 from gpumon.sources.base import Schedule, Unit
+from gpumon.sources.mig import MigSource
 from gpumon.sources.nvml import NvmlSource
 
 log = structlog.get_logger("gpumon.kubelet")
@@ -47,9 +50,11 @@ class KubeletSource:
     name = "kubelet"
     schedule = Schedule.ASYNC
 
-    def __init__(self, settings: KubernetesConfig, gpus: NvmlSource, owners: Owners) -> None:
+    def __init__(self, settings: KubernetesConfig, gpus: NvmlSource, owners: Owners, mig: MigSource | None = None
+                 ) -> None:
         self.settings = settings
         self.gpus = gpus
+        self.mig = mig  # MIG devices' UUIDs, to tie `nvidia.com/mig-*` devices to their GPU instances
         self.owners = owners
         self.interval = settings.refresh_interval
         self._channel: Any = None
@@ -144,10 +149,17 @@ class KubeletSource:
             if view is not None:
                 holders = (view.devices.get(device.uuid) or view.devices.get(f"nvidia{device.index}")
                            or view.devices.get(str(device.index)) or ())
-                for h in holders:
-                    sample.add("gpumon_gpu_owner_info", (*device.labels, ("owner_namespace", h.namespace),
-                                                         ("owner_pod", h.pod), ("owner_container", h.container),
-                                                         ("resource", h.resource)), 1.0)
+                held = [("", h) for h in holders]
+                # MIG devices: by MIG UUID (NVIDIA's plugin) or GKE's `nvidia<gpu>/gi<gpu instance>`.
+                for mig_uuid, (gi, _) in (self.mig.instances(device.index) if self.mig is not None else {}).items():
+                    for h in view.devices.get(mig_uuid) or view.devices.get(f"nvidia{device.index}/gi{gi}") or ():
+                        if (str(gi), h) not in held:
+                            held.append((str(gi), h))
+                for gi_label, h in held:
+                    sample.add("gpumon_gpu_owner_info", (*device.labels, ("gpu_instance", gi_label),
+                                                         ("owner_namespace", h.namespace), ("owner_pod", h.pod),
+                                                         ("owner_container", h.container), ("resource", h.resource)),
+                               1.0)
             out.append(sample)
         # Refreshed by its own task and re-sent each refresh: kept as long as the slow tier's samples.
         own = Sample(unit.key, Tier.SLOW.value, now)

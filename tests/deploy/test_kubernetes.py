@@ -381,3 +381,15 @@ def test_attribution_overlay_adds_exactly_what_naming_owners_needs(
     notes = (ATTRIBUTION / "kustomization.yaml").read_text()
     for cost in ("hostPID", "user 0", "log directories", '"privileged"', "20 MiB"):
         assert cost in notes, cost
+
+
+# --- overlays/mig-monitor ---------------------------------------------------------------------------------
+
+def test_mig_monitor_overlay_adds_the_monitor_variable_and_sys_admin_only() -> None:
+    base, mig = render(BASE), render(K8S / "overlays" / "mig-monitor")
+    env = {e["name"]: e["value"] for e in container(mig)["env"]}
+    assert env == {"NVIDIA_VISIBLE_DEVICES": "all", "NVIDIA_DRIVER_CAPABILITIES": "utility",
+                   "NVIDIA_MIG_MONITOR_DEVICES": "all"}
+    assert container(mig)["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["SYS_ADMIN"]}
+    assert pod_spec(mig) | {"containers": None} == pod_spec(base) | {"containers": None}  # still not root
+    assert by_kind(mig, "Namespace")["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"

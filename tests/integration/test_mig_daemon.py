@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 SPEED = 4.0  # the 42 s capture in 10.5 s: the reconfiguration comes every 5.25 s
 BEFORE, AFTER = {"2", "3", "9", "10"}, {"2", "9", "10", "11", "12"}
-GIB = 1 << 30
+GIB, MIB = 1 << 30, 1 << 20
 
 
 def test_mig_instances_are_measured_and_followed_through_a_reconfiguration(tmp_path: Path) -> None:
@@ -60,7 +60,7 @@ scrape_configs:
     used = {s.labels["gpu_instance"]: (s.labels["mig_profile"], s.value)
             for s in checked["gpumon_mig_memory_used_bytes"].samples}
     assert used == {"2": ("3g.71gb", 60 * GIB), "3": ("2g.35gb", 20 * GIB), "9": ("1g.18gb", 10 * GIB),
-                    "10": ("1g.18gb", 14 * GIB)}
+                    "10": ("1g.18gb", 17000 * MIB)}
     info = checked["gpumon_mig_instance_info"].samples
     assert sorted((s.labels["gpu_instance"], s.labels["compute_instance"], s.labels["compute_profile"])
                   for s in info) == [

@@ -183,3 +183,33 @@ def test_the_checked_in_grpc_modules_are_what_the_proto_makes() -> None:
     from gpumon.kubelet import generate
 
     assert generate.stale() == [], "regenerate: .venv/bin/python -m gpumon.kubelet.generate"
+
+
+async def test_mig_devices_are_tied_to_their_gpu_instances(tmp_path: Path) -> None:
+    from gpumon.sources.capture import load_capture
+    from gpumon.sources.capture_nvml import CaptureNvml
+    from gpumon.sources.mig import MigSource
+    from tests.fixtures.mig.generate import OUT_DIR as MIG
+
+    clock = [1.0]
+    gpus = NvmlSource(CaptureNvml(load_capture(MIG), clock=lambda: clock[0]))
+    gpus.open()
+    mig = MigSource(gpus)
+    (unit,) = mig.open()
+    mig.poll(unit, Tier.SLOW)
+    by_gi = {gi: uuid for uuid, (gi, _) in mig.instances(0).items()}
+    pods = [Pod("team-a", "idle-notebook", "61111111-2222-4333-8444-555555555555",
+                {"nb": {"nvidia.com/mig-1g.18gb": [by_gi[9]]}}),
+            Pod("team-b", "trainer", "71111111-2222-4333-8444-555555555555",
+                {"t": {"nvidia.com/mig-3g.71gb": ["nvidia0/gi2"]}}),  # GKE's MIG device ids
+            Pod("team-c", "whole", "81111111-2222-4333-8444-555555555555", {"w": {GPU_RESOURCE: ["MIG-unknown"]}})]
+    pod_logs, container_logs = log_dirs(tmp_path / "log", pods)
+    config = KubernetesConfig(socket=tmp_path / "kubelet.sock", pod_logs_dir=pod_logs,
+                              container_logs_dir=container_logs, timeout=1.0)
+    source = KubeletSource(config, gpus, Owners(), mig)
+    with serving(tmp_path / "kubelet.sock", Kubelet(pods)):
+        sample = await poll(source)
+    owners = {(d["gpu_instance"], d["owner_namespace"], d["owner_pod"], d["resource"])
+              for name, labels, _ in sample.values if name == "gpumon_gpu_owner_info" and (d := dict(labels))}
+    assert owners == {("9", "team-a", "idle-notebook", "nvidia.com/mig-1g.18gb"),
+                      ("2", "team-b", "trainer", "nvidia.com/mig-3g.71gb")}

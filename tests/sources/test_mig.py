@@ -20,7 +20,7 @@ from tests.fixtures.mig import generate
 from tests.support.faults import Faults, FaultyNvml
 
 SWITCH_S = 21.0  # the capture's reconfiguration, seconds into the trace
-GIB = 1 << 30
+GIB, MIB = 1 << 30, 1 << 20
 
 
 class Clock:
@@ -73,7 +73,7 @@ def test_each_gpu_instance_once_with_its_profile_memory_activity_and_processes()
     samples = poll_at(source, clock, unit, 3.0)
     # Memory per GPU instance: the 2g.35gb's two compute instances report its 20 GiB once, not twice.
     assert values(samples, "gpumon_mig_memory_used_bytes") == {"2": 60 * GIB, "3": 20 * GIB, "9": 10 * GIB,
-                                                               "10": 14 * GIB}
+                                                               "10": 17000 * MIB}
     assert values(samples, "gpumon_mig_memory_total_bytes")["2"] == 4 * generate.SLICE_MIB * (1 << 20)
     assert values(samples, "gpumon_mig_compute_processes") == {"2": 1, "3": 2, "9": 1, "10": 1}
     sm = values(samples, "gpumon_mig_sm_active_ratio")
@@ -150,3 +150,4 @@ def test_a_lost_gpu_is_a_lost_unit() -> None:
     clock.t = 11.0
     source.reopen(unit)
     assert set(values(poll_at(source, clock, unit, 11.0), "gpumon_mig_memory_used_bytes")) == {"2", "3", "9", "10"}
+
