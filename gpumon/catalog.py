@@ -266,10 +266,12 @@ METRICS: tuple[Metric, ...] = (
        "Device memory used by all compute processes on the GPU.", "processes"),
     _m("gpumon_process_info", INFO, "",
        "A process on the GPU (NVML's compute, graphics and MPS-client lists; kind compute, graphics, mps or "
-       "a + of them), its name from /proc, and whose it is: the Kubernetes pod and container its cgroup "
-       "belongs to, its Slurm job, its user. Empty where nothing says; at most attribution.processes."
-       "max_per_gpu per GPU, those holding the most memory.", "processes",
-       labels=("pid", "kind", "name", "owner_namespace", "owner_pod", "owner_container", "job_id", "user")),
+       "a + of them), the MIG GPU instance it runs in (gpu_instance; empty without MIG), its name from /proc, "
+       "and whose it is: the Kubernetes pod and container its cgroup belongs to, its Slurm job, its user. "
+       "Empty where nothing says; at most attribution.processes.max_per_gpu per GPU, those holding the most "
+       "memory.", "processes",
+       labels=("pid", "gpu_instance", "kind", "name", "owner_namespace", "owner_pod", "owner_container", "job_id",
+               "user")),
     _m("gpumon_process_memory_bytes", GAUGE, "bytes", "Device memory used by one process.", "processes",
        labels=("pid",), opt_in="process_pids"),
     _m("gpumon_process_utilization_ratio", GAUGE, "ratio",

@@ -23,6 +23,7 @@ from gpumon.sampler import Intervals, Sampler
 from gpumon.sources.capture import load_capture
 from gpumon.sources.capture_nvml import CaptureNvml
 from gpumon.sources.infiniband import InfinibandSource
+from gpumon.sources.mig import MigSource
 from gpumon.sources.processes import ProcessSource
 from gpumon.sources.replay import DEMO_CAPTURE, ReplaySource
 from gpumon.store import Store
@@ -43,8 +44,9 @@ async def exposition(tmp: Path) -> list[str]:
     fabric = build_connectx(tmp)
     infiniband = InfinibandSource(fabric.ib_root, gpus=lambda: source.devices, pci_root=fabric.pci_root)
     processes = ProcessSource(source, Owners(), procfs=None)  # as build_backend makes it for a replay
+    mig = MigSource(source)
     exporter = Exporter(process_metrics=False)
-    sampler = Sampler([source, processes, infiniband], Store(100), Intervals(1.0, 30.0), health=Health())
+    sampler = Sampler([source, mig, processes, infiniband], Store(100), Intervals(1.0, 30.0), health=Health())
     exporter.follow(sampler.rounds, sampler.fresh)
     try:
         await sampler.open()

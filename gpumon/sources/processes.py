@@ -38,6 +38,7 @@ log = structlog.get_logger("gpumon.processes")
 NOT_FOUND = 6  # NVML_ERROR_NOT_FOUND: no utilisation sample newer than the timestamp given
 INSUFFICIENT_SIZE = 7
 NOT_AVAILABLE = 0xFFFFFFFFFFFFFFFF  # usedGpuMemory when the driver cannot say (Windows WDDM)
+NO_INSTANCE = 0xFFFFFFFF  # gpuInstanceId of a process on a GPU without MIG
 KINDS = (("nvmlDeviceGetComputeRunningProcesses", "compute"), ("nvmlDeviceGetGraphicsRunningProcesses", "graphics"),
          ("nvmlDeviceGetMPSComputeRunningProcesses", "mps"))
 ENGINES = (("smUtil", "gpu"), ("memUtil", "memory"), ("encUtil", "encoder"), ("decUtil", "decoder"))
@@ -49,6 +50,7 @@ class _Known:
 
     facts: ProcessFacts | None
     kind: str = ""
+    gpu_instance: str = ""
     owner_version: int = -1
     labels: Labels = ()
 
@@ -153,14 +155,18 @@ class ProcessSource:
         sample = Sample(unit.key, Tier.FAST.value, time.time(), gpu=gpu.index)
         kinds: dict[int, str] = {}
         memory: dict[int, int] = {}
+        instances: dict[int, str] = {}  # pid -> its MIG GPU instance, on a MIG-enabled GPU
         compute_memory, compute_count = 0, 0
         for call, kind in KINDS:
             listed = self._call(unit, gpu, call)
             if listed is None:
                 continue
             for p in listed:
-                pid, used = (p if isinstance(p, tuple) else (int(p.pid), p.usedGpuMemory))
+                pid, used, gi = (p if isinstance(p, tuple)
+                                 else (int(p.pid), p.usedGpuMemory, getattr(p, "gpuInstanceId", NO_INSTANCE)))
                 kinds[pid] = f"{kinds[pid]}+{kind}" if pid in kinds else kind
+                if gi != NO_INSTANCE:
+                    instances[pid] = str(gi)
                 if used is not None:
                     memory[pid] = max(memory.get(pid, 0), int(used))
                 if kind == "compute":
@@ -171,9 +177,9 @@ class ProcessSource:
             sample.add("gpumon_compute_processes_memory_bytes", ids, compute_memory)
         # Who is on the GPU changes far less often than it is polled: the same processes in the same
         # lists, owned as before, give the same series as last time (a third of this poll's Python).
-        key = (tuple(kinds.items()), self.owners.version)
+        key = (tuple(kinds.items()), tuple(instances.items()), self.owners.version)
         if key != gpu.info_key or len(kinds) > self.max_per_gpu:
-            gpu.info = self._info(gpu, kinds, memory, ids)
+            gpu.info = self._info(gpu, kinds, instances, memory, ids)
             gpu.info_key = key
         sample.values.extend(gpu.info)
         if self.per_process:
@@ -185,7 +191,7 @@ class ProcessSource:
                     sample.add("gpumon_process_utilization_ratio", (*pid_labels, ("engine", engine)), value)
         return sample
 
-    def _info(self, gpu: _Gpu, kinds: dict[int, str], memory: dict[int, int],
+    def _info(self, gpu: _Gpu, kinds: dict[int, str], instances: dict[int, str], memory: dict[int, int],
               ids: Labels) -> list[tuple[str, Labels, float]]:
         """The GPU's process info, dropped count and process-derived job info."""
         for pid in [p for p in gpu.known if p not in kinds]:  # exited, or left the GPU
@@ -204,7 +210,8 @@ class ProcessSource:
                     gpu.dropped_total += 1
         gpu.shown = shown
         out: list[tuple[str, Labels, float]] = [
-            ("gpumon_process_info", self._labels(gpu, pid, kinds[pid], ids), 1.0) for pid in shown]
+            ("gpumon_process_info", self._labels(gpu, pid, kinds[pid], instances.get(pid, ""), ids), 1.0)
+            for pid in shown]
         out.append(("gpumon_process_series_dropped_total", ids, gpu.dropped_total))
         if not self.owners.gpu_jobs(gpu.index):  # the mapping directory, where it names a job, wins
             jobs = {(k.facts.job_id, user_name(k.facts.uid)) for k in gpu.known.values()
@@ -213,18 +220,19 @@ class ProcessSource:
                                                 ("origin", "cgroup")), 1.0) for job, user in sorted(jobs))
         return out
 
-    def _labels(self, gpu: _Gpu, pid: int, kind: str, ids: Labels) -> Labels:
+    def _labels(self, gpu: _Gpu, pid: int, kind: str, gpu_instance: str, ids: Labels) -> Labels:
         known = gpu.known.get(pid)
         if known is None:
             facts = self.procfs.facts(pid) if self.procfs is not None and self.host_pids else None
             known = gpu.known[pid] = _Known(facts)
         version = self.owners.version
-        if known.owner_version != version or known.kind != kind:
+        if known.owner_version != version or known.kind != kind or known.gpu_instance != gpu_instance:
             facts = known.facts
             owner = self.owners.of_process(facts, gpu.index) if facts is not None else Owner()
             name = facts.name if facts is not None else ""
-            known.labels = (*ids, ("pid", str(pid)), ("kind", kind), ("name", name), *owner.labels())
-            known.owner_version, known.kind = version, kind
+            known.labels = (*ids, ("pid", str(pid)), ("gpu_instance", gpu_instance), ("kind", kind), ("name", name),
+                            *owner.labels())
+            known.owner_version, known.kind, known.gpu_instance = version, kind, gpu_instance
         return known.labels
 
     def _forget_replaced(self, gpu: _Gpu) -> None:
@@ -263,9 +271,10 @@ class ProcessSource:
         return s
 
 
-def _processes_raw(nvml: Any, handle: Any, name: str) -> list[tuple[int, int | None]]:
-    """(pid, used memory or None) of a process list, by NVML's two-call protocol on its _v3 function,
-    read from the C array (what pynvml's own function does, without an object per process)."""
+def _processes_raw(nvml: Any, handle: Any, name: str) -> list[tuple[int, int | None, int]]:
+    """(pid, used memory or None, GPU instance) of a process list, by NVML's two-call protocol on its
+    _v3 function, read from the C array (what pynvml's own function does, without an object per
+    process)."""
     fn = nvml._nvmlGetFunctionPointer(f"{name}_v3")  # FunctionNotFound on a driver without it
     count = ctypes.c_uint(0)
     ret = fn(handle, ctypes.byref(count), None)
@@ -278,5 +287,5 @@ def _processes_raw(nvml: Any, handle: Any, name: str) -> list[tuple[int, int | N
     ret = fn(handle, ctypes.byref(count), infos)
     if ret != 0:
         raise nvml.NVMLError(ret)
-    return [(int(p.pid), None if p.usedGpuMemory == NOT_AVAILABLE else int(p.usedGpuMemory))
+    return [(int(p.pid), None if p.usedGpuMemory == NOT_AVAILABLE else int(p.usedGpuMemory), int(p.gpuInstanceId))
             for p in plain_view(infos)[:count.value]]

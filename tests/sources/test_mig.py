@@ -151,3 +151,17 @@ def test_a_lost_gpu_is_a_lost_unit() -> None:
     source.reopen(unit)
     assert set(values(poll_at(source, clock, unit, 11.0), "gpumon_mig_memory_used_bytes")) == {"2", "3", "9", "10"}
 
+
+
+def test_each_process_names_the_gpu_instance_it_runs_in() -> None:
+    from gpumon.attribution.owners import Owners
+    from gpumon.sources.processes import ProcessSource
+
+    source, clock, _ = mig_source()
+    processes = ProcessSource(source.gpus, Owners(), procfs=None)
+    (unit,) = processes.open()
+    clock.t = 1.0
+    (sample,) = processes.poll(unit, Tier.FAST)
+    where = {d["pid"]: d["gpu_instance"] for n, labels, _ in sample.values if n == "gpumon_process_info"
+             and (d := dict(labels))}
+    assert where == {"5101": "2", "5201": "3", "5202": "3", "5301": "9", "5401": "10"}
