@@ -26,14 +26,20 @@ GIB, MIB = 1 << 30, 1 << 20
 
 def test_mig_instances_are_measured_and_followed_through_a_reconfiguration(tmp_path: Path) -> None:
     layouts: list[set[str]] = []
-    with Gpumon(tmp_path, "--fast-interval", "250ms", backend=f"replay:{MIG},loop,speed={SPEED}") as g:
-        config = f"""
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    (jobs / "0.9").write_text("4242 alice\n")  # the idle 1g instance's job, as dcgm-exporter's files name it
+    config = tmp_path / "gpumon.yaml"
+    config.write_text(f'attribution: {{jobs: {{mapping_dir: "{jobs}"}}}}\n')
+    with Gpumon(tmp_path, "--fast-interval", "250ms", "--config", str(config),
+                backend=f"replay:{MIG},loop,speed={SPEED}") as g:
+        scrape = f"""
 global: {{scrape_interval: 500ms, scrape_timeout: 500ms}}
 scrape_configs:
   - job_name: gpumon
     static_configs: [{{targets: ["127.0.0.1:{g.port}"]}}]
 """
-        with Prometheus(tmp_path, config) as prom:
+        with Prometheus(tmp_path, scrape) as prom:
             start = time.time()
             deadline = start + 14.0
             while time.time() < deadline:
@@ -67,6 +73,8 @@ scrape_configs:
         ("10", "0", "1g.18gb"), ("2", "0", "3g.71gb"), ("3", "0", "1c.2g.35gb"), ("3", "1", "1c.2g.35gb"),
         ("9", "0", "1g.18gb")]
     assert all(s.labels["mig_uuid"].startswith("MIG-") and s.labels["placement"] for s in info)
+    owner = [(s.labels["gpu_instance"], s.labels["job_id"]) for s in checked["gpumon_gpu_job_info"].samples]
+    assert owner == [("9", "4242")]
     sm = {s.labels["gpu_instance"]: s.value for s in checked["gpumon_mig_sm_active_ratio"].samples}
     assert sm["2"] > 0.85 and sm["9"] < 0.01  # the busy 3g and the idle 1g
     # util.gpu is refused under MIG: no series, not a zero.
