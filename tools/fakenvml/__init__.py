@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 SOURCE_DIR = Path(__file__).resolve().parent
-LIBRARY_SOURCES = ("core.c", "capture.c", "faults.c", "device.c", "gpm.c", "events.c")
+LIBRARY_SOURCES = ("core.c", "capture.c", "faults.c", "device.c", "mig.c", "gpm.c", "events.c")
 LIBRARY_NAME = "libnvidia-ml.so.1"
 CJSON_HEADER = Path("/usr/include/cjson/cJSON.h")
 WARNINGS = ("-Wall", "-Wextra", "-Werror")

@@ -453,6 +453,8 @@ nvmlReturn_t capture_load(void)
         ret = group_by_gpu(lines, count);
     if (ret == NVML_SUCCESS)
         ret = make_devices();
+    if (ret == NVML_SUCCESS)
+        ret = mig_load(); /* handles for the MIG devices and GPU instances of the trace's layouts */
     free(lines);
     free(trace);
     free(probe);
@@ -461,6 +463,7 @@ nvmlReturn_t capture_load(void)
 
 void capture_free(void)
 {
+    mig_free();
     for (size_t i = 0; i < g.recorded_count; i++) {
         free(g.recorded[i].records);
         free(g.recorded[i].t);

@@ -268,13 +268,14 @@ nvmlReturn_t DECLDIR nvmlDeviceGetMinorNumber(nvmlDevice_t device, unsigned int 
     return call_end(&c, ret);
 }
 
+/* A MIG device's UUID too (mig.c gives a fanned-out copy's its own), while it exists. */
 nvmlReturn_t DECLDIR nvmlDeviceGetUUID(nvmlDevice_t device, char *uuid, unsigned int length)
 {
     struct call c;
-    nvmlReturn_t ret = call_begin(&c, __func__, device);
+    nvmlReturn_t ret = call_begin_any(&c, __func__, device);
     if (ret == NVML_SUCCESS) {
         note_latency(&c, "nvmlDeviceGetUUID");
-        ret = copy_string(c.dev->uuid, uuid, length);
+        ret = copy_string(c.mig != NULL ? c.mig->uuid : c.dev->uuid, uuid, length);
     }
     return call_end(&c, ret);
 }
@@ -314,9 +315,21 @@ nvmlReturn_t DECLDIR nvmlDeviceGetPciInfo(nvmlDevice_t device, nvmlPciInfo_t *pc
     return nvmlDeviceGetPciInfo_v3(device, pci);
 }
 
+/* A MIG device's name is its layout entry's ("NVIDIA H200 MIG 1g.18gb"): gpumon reads profiles from it. */
 nvmlReturn_t DECLDIR nvmlDeviceGetName(nvmlDevice_t device, char *name, unsigned int length)
 {
-    return get_string(__func__, device, "nvmlDeviceGetName", name, length);
+    struct call c;
+    const cJSON *item = NULL;
+    nvmlReturn_t ret = call_begin_any(&c, __func__, device);
+    if (ret == NVML_SUCCESS && c.mig != NULL) {
+        note_latency(&c, "nvmlDeviceGetName");
+        item = cJSON_GetObjectItemCaseSensitive(c.mig_rec, "name");
+    } else if (ret == NVML_SUCCESS) {
+        ret = answer(&c, NULL, "nvmlDeviceGetName", &item, NULL);
+    }
+    if (ret == NVML_SUCCESS)
+        ret = cJSON_IsString(item) ? copy_string(item->valuestring, name, length) : NVML_ERROR_UNKNOWN;
+    return call_end(&c, ret);
 }
 
 nvmlReturn_t DECLDIR nvmlDeviceGetSerial(nvmlDevice_t device, char *serial, unsigned int length)
@@ -578,6 +591,23 @@ nvmlReturn_t DECLDIR nvmlDeviceGetUtilizationRates(nvmlDevice_t device, nvmlUtil
     return call_end(&c, ret);
 }
 
+/* A MIG device's memory, from its layout entry's `mem` (recorded the v2 way, as the GPU's). Every
+ * compute instance of a GPU instance reports the GPU instance's memory, as NVML does. */
+static nvmlReturn_t mig_memory(struct call *c, bool out_ok, double v[4])
+{
+    static const char *const MEMBERS[] = {"total", "free", "used"};
+    if (!out_ok)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    note_latency(c, "nvmlDeviceGetMemoryInfo");
+    const cJSON *mem = cJSON_GetObjectItemCaseSensitive(c->mig_rec, "mem");
+    nvmlReturn_t ret = NVML_SUCCESS;
+    for (int i = 0; ret == NVML_SUCCESS && i < 3; i++)
+        ret = member_number(mem, MEMBERS[i], &v[i]);
+    v[3] = 0;
+    member_number(mem, "reserved", &v[3]);
+    return ret;
+}
+
 /* The trace records memory the v2 way (reserved apart from used); v1 counts reserved memory as
  * used, as the real driver does (probe.json: v1 used == v2 used + reserved == total - free). */
 nvmlReturn_t DECLDIR nvmlDeviceGetMemoryInfo(nvmlDevice_t device, nvmlMemory_t *memory)
@@ -586,9 +616,15 @@ nvmlReturn_t DECLDIR nvmlDeviceGetMemoryInfo(nvmlDevice_t device, nvmlMemory_t *
     double v[3];
     bool from_trace = false;
     struct call c;
-    nvmlReturn_t ret = call_begin(&c, __func__, device);
-    if (ret == NVML_SUCCESS)
+    nvmlReturn_t ret = call_begin_any(&c, __func__, device);
+    if (ret == NVML_SUCCESS && c.mig != NULL) {
+        double mig[4];
+        ret = mig_memory(&c, memory != NULL, mig);
+        memcpy(v, mig, sizeof v);
+        from_trace = true;
+    } else if (ret == NVML_SUCCESS) {
         ret = get_object(&c, "mem", __func__, memory != NULL, MEMBERS, v, 3, NULL, &from_trace);
+    }
     if (ret == NVML_SUCCESS) {
         memory->total = to_ull(v[0]);
         memory->free = to_ull(v[1]);
@@ -606,13 +642,19 @@ nvmlReturn_t DECLDIR nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t device, nvmlMemory_
     double v[3], reserved = 0;
     struct call c;
     const cJSON *item;
-    nvmlReturn_t ret = call_begin(&c, __func__, device);
+    nvmlReturn_t ret = call_begin_any(&c, __func__, device);
     if (ret == NVML_SUCCESS && memory != NULL && memory->version != nvmlMemory_v2)
         ret = NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
-    if (ret == NVML_SUCCESS)
+    if (ret == NVML_SUCCESS && c.mig != NULL) {
+        double mig[4];
+        ret = mig_memory(&c, memory != NULL, mig);
+        memcpy(v, mig, sizeof v);
+        reserved = mig[3];
+    } else if (ret == NVML_SUCCESS) {
         ret = get_object(&c, "mem", "nvmlDeviceGetMemoryInfo(v2)", memory != NULL, MEMBERS, v, 3, &item, NULL);
-    if (ret == NVML_SUCCESS)
-        member_number(item, "reserved", &reserved); /* absent from captures of old drivers: 0 */
+        if (ret == NVML_SUCCESS)
+            member_number(item, "reserved", &reserved); /* absent from captures of old drivers: 0 */
+    }
     if (ret == NVML_SUCCESS) {
         memory->total = to_ull(v[0]);
         memory->free = to_ull(v[1]);
@@ -697,17 +739,26 @@ nvmlReturn_t DECLDIR nvmlDeviceGetEccMode(nvmlDevice_t device, nvmlEnableState_t
 /* --- running processes ---------------------------------------------------------------------- */
 
 /* NVML's two-call protocol: with too small a buffer, say how many there are and return
- * INSUFFICIENT_SIZE; with none running, SUCCESS and a count of 0. */
+ * INSUFFICIENT_SIZE; with none running, SUCCESS and a count of 0. Under MIG each process carries its
+ * GPU and compute instance ids: recorded as "gi"/"ci" in the GPU's list, and a MIG device's list
+ * (its layout entry's `procs`, compute processes only) has its own instance's. */
 static nvmlReturn_t processes(const char *name, nvmlDevice_t device, const char *trace_key, const char *probe_key,
-                              unsigned int *infoCount, nvmlProcessInfo_t *infos)
+                              bool mig_ok, unsigned int *infoCount, nvmlProcessInfo_t *infos)
 {
     struct call c;
     const cJSON *list = NULL;
-    nvmlReturn_t ret = call_begin(&c, name, device);
+    double mig_gi = NAN, mig_ci = NAN;
+    nvmlReturn_t ret = mig_ok ? call_begin_any(&c, name, device) : call_begin(&c, name, device);
     if (ret == NVML_SUCCESS && infoCount == NULL)
         ret = NVML_ERROR_INVALID_ARGUMENT;
-    if (ret == NVML_SUCCESS)
+    if (ret == NVML_SUCCESS && c.mig != NULL) {
+        note_latency(&c, probe_key);
+        list = cJSON_GetObjectItemCaseSensitive(c.mig_rec, "procs");
+        member_number(c.mig_rec, "gi", &mig_gi);
+        member_number(c.mig_rec, "ci", &mig_ci);
+    } else if (ret == NVML_SUCCESS) {
         ret = answer(&c, trace_key, probe_key, &list, NULL);
+    }
     if (ret == NVML_SUCCESS && !cJSON_IsArray(list))
         ret = NVML_ERROR_UNKNOWN;
     if (ret == NVML_SUCCESS) {
@@ -720,13 +771,17 @@ static nvmlReturn_t processes(const char *name, nvmlDevice_t device, const char 
             unsigned i = 0;
             const cJSON *p;
             cJSON_ArrayForEach(p, list) {
-                double pid = 0, used = NAN;
+                double pid = 0, used = NAN, gi = mig_gi, ci = mig_ci;
                 member_number(p, "pid", &pid);
                 member_number(p, "used", &used); /* null: not available, as under WDDM */
+                if (c.mig == NULL) {
+                    member_number(p, "gi", &gi);
+                    member_number(p, "ci", &ci);
+                }
                 infos[i].pid = to_uint(pid);
                 infos[i].usedGpuMemory = isnan(used) ? (unsigned long long)NVML_VALUE_NOT_AVAILABLE : to_ull(used);
-                infos[i].gpuInstanceId = 0xFFFFFFFFu; /* no MIG */
-                infos[i].computeInstanceId = 0xFFFFFFFFu;
+                infos[i].gpuInstanceId = isnan(gi) ? 0xFFFFFFFFu : to_uint(gi); /* 0xFFFFFFFF: no MIG */
+                infos[i].computeInstanceId = isnan(ci) ? 0xFFFFFFFFu : to_uint(ci);
                 i++;
             }
         }
@@ -738,32 +793,35 @@ static nvmlReturn_t processes(const char *name, nvmlDevice_t device, const char 
 nvmlReturn_t DECLDIR nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t device, unsigned int *infoCount,
                                                              nvmlProcessInfo_t *infos)
 {
-    return processes(__func__, device, "procs", "nvmlDeviceGetComputeRunningProcesses", infoCount, infos);
+    return processes(__func__, device, "procs", "nvmlDeviceGetComputeRunningProcesses", true, infoCount, infos);
 }
 
 /* v2 has the same layout as v3 (nvml.h: nvmlProcessInfo_v2_t is nvmlProcessInfo_t). */
 nvmlReturn_t DECLDIR nvmlDeviceGetComputeRunningProcesses_v2(nvmlDevice_t device, unsigned int *infoCount,
                                                              nvmlProcessInfo_v2_t *infos)
 {
-    return processes(__func__, device, "procs", "nvmlDeviceGetComputeRunningProcesses", infoCount, infos);
+    return processes(__func__, device, "procs", "nvmlDeviceGetComputeRunningProcesses", true, infoCount, infos);
 }
 
 nvmlReturn_t DECLDIR nvmlDeviceGetGraphicsRunningProcesses_v3(nvmlDevice_t device, unsigned int *infoCount,
                                                               nvmlProcessInfo_t *infos)
 {
-    return processes(__func__, device, "procs_graphics", "nvmlDeviceGetGraphicsRunningProcesses", infoCount, infos);
+    return processes(__func__, device, "procs_graphics", "nvmlDeviceGetGraphicsRunningProcesses", false, infoCount,
+                     infos);
 }
 
 nvmlReturn_t DECLDIR nvmlDeviceGetGraphicsRunningProcesses_v2(nvmlDevice_t device, unsigned int *infoCount,
                                                               nvmlProcessInfo_v2_t *infos)
 {
-    return processes(__func__, device, "procs_graphics", "nvmlDeviceGetGraphicsRunningProcesses", infoCount, infos);
+    return processes(__func__, device, "procs_graphics", "nvmlDeviceGetGraphicsRunningProcesses", false, infoCount,
+                     infos);
 }
 
 nvmlReturn_t DECLDIR nvmlDeviceGetMPSComputeRunningProcesses_v3(nvmlDevice_t device, unsigned int *infoCount,
                                                                 nvmlProcessInfo_t *infos)
 {
-    return processes(__func__, device, "procs_mps", "nvmlDeviceGetMPSComputeRunningProcesses", infoCount, infos);
+    return processes(__func__, device, "procs_mps", "nvmlDeviceGetMPSComputeRunningProcesses", false, infoCount,
+                     infos);
 }
 
 /* --- per-process utilisation ---------------------------------------------------------------- */

@@ -68,21 +68,37 @@ struct recorded {
     double energy_field_lap;
 };
 
-/* What an nvmlDevice_t points to: one GPU as the caller sees it. */
+/* What an nvmlDevice_t points to: one GPU as the caller sees it (in state.devices), or one MIG
+ * device of a GPU (in state.migs; see mig.c). */
 struct nvmlDevice_st {
-    unsigned index;
+    unsigned index;      /* a MIG device: its GPU's */
     unsigned recorded;   /* index into state.recorded */
     double offset;       /* trace seconds this copy plays ahead of the recording */
     char uuid[NVML_DEVICE_UUID_V2_BUFFER_SIZE];
     char bus_id[NVML_DEVICE_PCI_BUS_ID_BUFFER_SIZE];
     char bus_id_legacy[NVML_DEVICE_PCI_BUS_ID_BUFFER_V2_SIZE];
     unsigned domain, bus, device;
+    /* MIG. A GPU: its MIG devices and GPU instances, every one its trace ever shows, as ranges of
+     * state.migs and state.gpu_instances. A MIG device: its GPU, and its UUID as the trace spells
+     * it (a fanned-out copy's own `uuid` differs), by which each call finds it in the layout. */
+    size_t mig_first, mig_count;
+    size_t gi_first, gi_count;
+    struct nvmlDevice_st *parent;  /* NULL for a GPU */
+    const char *mig_uuid;          /* points into the trace's JSON */
+};
+
+/* What an nvmlGpuInstance_t points to: GPU instance `id` of `parent`, present or not right now. */
+struct nvmlGpuInstance_st {
+    struct nvmlDevice_st *parent;
+    unsigned id;
 };
 
 struct nvmlGpmSample_st {
     struct nvmlGpmSample_st *next;
     bool taken;
     unsigned gpu;
+    bool mig;              /* taken by nvmlGpmMigSampleGet, of GPU instance gpu_instance */
+    unsigned gpu_instance;
     double play;         /* trace seconds played when taken, unwrapped */
 };
 
@@ -120,6 +136,10 @@ struct state {
     size_t recorded_count;
     struct nvmlDevice_st *devices;
     unsigned device_count;
+    struct nvmlDevice_st *migs;              /* every GPU's MIG devices (mig.c) */
+    size_t mig_count;
+    struct nvmlGpuInstance_st *gpu_instances; /* every GPU's GPU instances (mig.c) */
+    size_t gpu_instance_count;
     struct faults faults;
 
     struct nvmlGpmSample_st *samples;
@@ -133,12 +153,16 @@ extern struct state g;
  * so that shutdown can wait for it, faults apply to it by name, and its recorded latency is slept.
  * call_begin_system is for calls without a device (only faults for any GPU apply); call_enter
  * alone for calls that find their device first (by UUID, bus id, GPM sample) and then call
- * call_device, which applies that GPU's faults. */
+ * call_device, which applies that GPU's faults. call_device takes GPU handles only (a MIG device
+ * handle is INVALID_ARGUMENT); the few calls that also take MIG device handles begin with
+ * call_begin_any (mig.c), which applies the parent GPU's faults. */
 struct call {
     const char *name;
     struct nvmlDevice_st *dev;   /* NULL for calls that take no device */
     double play;                 /* trace seconds dev has played, unwrapped, at call_begin */
     const cJSON *rec;            /* the trace record playing on dev at that moment */
+    struct nvmlDevice_st *mig;   /* a call on a MIG device (call_begin_any): it; dev is its GPU */
+    const cJSON *mig_rec;        /* and its entry in rec's layout (`mig.devices`) */
     double latency_us;           /* recorded cost of this call */
     bool entered;
 };
@@ -187,6 +211,12 @@ nvmlReturn_t faults_load(const char *path, struct faults *out);
 nvmlReturn_t faults_check(const struct faults *f, const char *path, unsigned gpus);
 void faults_free(struct faults *f);
 nvmlReturn_t faults_apply(struct call *c);
+
+/* mig.c: MIG devices and GPU instances of the trace's `mig` layouts */
+nvmlReturn_t mig_load(void);
+void mig_free(void);
+nvmlReturn_t call_begin_any(struct call *c, const char *name, nvmlDevice_t device);
+const cJSON *mig_gpu_instance(const cJSON *rec, unsigned gi);
 
 /* events.c: shutdown frees what clients left behind */
 void event_sets_free(void);

@@ -1,7 +1,8 @@
 /*
- * GPU Performance Monitoring: a sample remembers which GPU and which moment of the trace it was
- * taken at; nvmlGpmMetricsGet averages the recorded metrics over the trace records between two
- * samples, as gpumon/sources/capture.py does.
+ * GPU Performance Monitoring: a sample remembers which GPU (and, taken by nvmlGpmMigSampleGet, which
+ * MIG GPU instance) and which moment of the trace it was taken at; nvmlGpmMetricsGet averages the
+ * recorded metrics (a GPU instance's: its `mig.gpu_instances[].gpm`) over the trace records between
+ * two samples, as gpumon/sources/capture_nvml.py does.
  */
 #include "fakenvml.h"
 
@@ -124,6 +125,31 @@ void gpm_samples_free(void)
     }
 }
 
+/* Record in `sample` which GPU (and GPU instance) it is of and the trace time it was taken at. */
+static nvmlReturn_t take_sample(struct call *c, nvmlGpmSample_t sample, bool mig, unsigned gpu_instance)
+{
+    double us = 0;
+    const cJSON *lat = cJSON_GetObjectItemCaseSensitive(c->rec, "lat_us");
+    if (!json_number(cJSON_GetObjectItemCaseSensitive(lat, "gpm_sample"), &us))
+        json_number(cJSON_GetObjectItemCaseSensitive(
+                        cJSON_GetObjectItemCaseSensitive(g.recorded[c->dev->recorded].probe, "gpm"), "sample_get_us"),
+                    &us);
+    c->latency_us = isfinite(us) && us > 0 ? us : 0;
+    nvmlReturn_t ret = NVML_SUCCESS;
+    pthread_mutex_lock(&g.lock);
+    if (find_sample(sample) == NULL) {
+        ret = NVML_ERROR_INVALID_ARGUMENT;
+    } else {
+        sample->taken = true;
+        sample->gpu = c->dev->index;
+        sample->mig = mig;
+        sample->gpu_instance = gpu_instance;
+        sample->play = c->play;
+    }
+    pthread_mutex_unlock(&g.lock);
+    return ret;
+}
+
 nvmlReturn_t DECLDIR nvmlGpmSampleGet(nvmlDevice_t device, nvmlGpmSample_t gpmSample)
 {
     struct call c;
@@ -131,25 +157,24 @@ nvmlReturn_t DECLDIR nvmlGpmSampleGet(nvmlDevice_t device, nvmlGpmSample_t gpmSa
     const cJSON *recorded = cJSON_GetObjectItemCaseSensitive(c.rec, "gpm_sample");
     if (ret == NVML_SUCCESS && is_recorded_error(recorded))
         ret = (nvmlReturn_t)error_code_of(cJSON_GetObjectItemCaseSensitive(recorded, "err"));
-    if (ret == NVML_SUCCESS) {
-        double us = 0;
-        const cJSON *lat = cJSON_GetObjectItemCaseSensitive(c.rec, "lat_us");
-        if (!json_number(cJSON_GetObjectItemCaseSensitive(lat, "gpm_sample"), &us))
-            json_number(cJSON_GetObjectItemCaseSensitive(
-                            cJSON_GetObjectItemCaseSensitive(g.recorded[c.dev->recorded].probe, "gpm"),
-                            "sample_get_us"),
-                        &us);
-        c.latency_us = isfinite(us) && us > 0 ? us : 0;
-        pthread_mutex_lock(&g.lock);
-        if (find_sample(gpmSample) == NULL) {
-            ret = NVML_ERROR_INVALID_ARGUMENT;
-        } else {
-            gpmSample->taken = true;
-            gpmSample->gpu = c.dev->index;
-            gpmSample->play = c.play;
-        }
-        pthread_mutex_unlock(&g.lock);
-    }
+    if (ret == NVML_SUCCESS)
+        ret = take_sample(&c, gpmSample, false, 0);
+    return call_end(&c, ret);
+}
+
+/* A GPU instance's sample, taken through its GPU's handle (as DCGM does): NOT_FOUND when the layout
+ * playing now has no such GPU instance. A recorded error of the whole GPU's sample (`gpm_sample`)
+ * does not apply: the MIG capture refuses that one while the instances answer. */
+nvmlReturn_t DECLDIR nvmlGpmMigSampleGet(nvmlDevice_t device, unsigned int gpuInstanceId, nvmlGpmSample_t gpmSample)
+{
+    struct call c;
+    nvmlReturn_t ret = call_begin(&c, __func__, device);
+    if (ret == NVML_SUCCESS && gpmSample == NULL)
+        ret = NVML_ERROR_INVALID_ARGUMENT;
+    if (ret == NVML_SUCCESS && mig_gpu_instance(c.rec, gpuInstanceId) == NULL)
+        ret = NVML_ERROR_NOT_FOUND;
+    if (ret == NVML_SUCCESS)
+        ret = take_sample(&c, gpmSample, true, gpuInstanceId);
     return call_end(&c, ret);
 }
 
@@ -225,6 +250,30 @@ static void metric_between(const struct recorded *r, size_t first, size_t count,
     m->value = v;
 }
 
+/* A GPU instance's metric: the mean of its recorded values (`mig.gpu_instances[].gpm`) over the
+ * records in between, in those that show the instance. An id it has no reading for is NOT_SUPPORTED
+ * (NVLink and PCIe are the whole GPU's), as capture_mig.py answers. */
+static void mig_metric_between(const struct recorded *r, size_t first, size_t count, unsigned gi, nvmlGpmMetric_t *m)
+{
+    const char *key = trace_metric(m->metricId);
+    double sum = 0, v;
+    size_t numbers = 0;
+    for (size_t k = 0; key != NULL && k < count; k++) {
+        const cJSON *inst = mig_gpu_instance(r->records[(first + k) % r->count], gi);
+        if (json_number(cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(inst, "gpm"), key), &v)) {
+            sum += v;
+            numbers++;
+        }
+    }
+    m->metricInfo.shortName = m->metricInfo.longName = m->metricInfo.unit = NULL;
+    if (numbers > 0) {
+        m->nvmlReturn = NVML_SUCCESS;
+        m->value = sum / (double)numbers;
+    } else {
+        m->nvmlReturn = NVML_ERROR_NOT_SUPPORTED;
+    }
+}
+
 nvmlReturn_t DECLDIR nvmlGpmMetricsGet(nvmlGpmMetricsGet_t *metricsGet)
 {
     struct call c;
@@ -235,15 +284,20 @@ nvmlReturn_t DECLDIR nvmlGpmMetricsGet(nvmlGpmMetricsGet_t *metricsGet)
         ret = NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
     if (ret == NVML_SUCCESS && metricsGet->numMetrics > NVML_GPM_METRIC_MAX)
         ret = NVML_ERROR_INVALID_ARGUMENT;
-    unsigned gpu = 0;
+    unsigned gpu = 0, gi = 0;
+    bool mig = false;
     double play1 = 0, play2 = 0;
     if (ret == NVML_SUCCESS) {
         pthread_mutex_lock(&g.lock);
         nvmlGpmSample_t s1 = metricsGet->sample1, s2 = metricsGet->sample2;
-        if (find_sample(s1) == NULL || find_sample(s2) == NULL || !s1->taken || !s2->taken || s1->gpu != s2->gpu) {
+        /* Both samples of one GPU, and of one GPU instance or both of the whole GPU. */
+        if (find_sample(s1) == NULL || find_sample(s2) == NULL || !s1->taken || !s2->taken || s1->gpu != s2->gpu
+            || s1->mig != s2->mig || (s1->mig && s1->gpu_instance != s2->gpu_instance)) {
             ret = NVML_ERROR_INVALID_ARGUMENT;
         } else {
             gpu = s2->gpu;
+            mig = s2->mig;
+            gi = s2->gpu_instance;
             play1 = s1->play;
             play2 = s2->play;
         }
@@ -262,6 +316,13 @@ nvmlReturn_t DECLDIR nvmlGpmMetricsGet(nvmlGpmMetricsGet_t *metricsGet)
     double us = 0;
     json_number(cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(last, "lat_us"), "gpm"), &us);
     c.latency_us = isfinite(us) && us > 0 ? us : 0;
+    if (mig) {
+        if (mig_gpu_instance(c.rec, gi) == NULL) /* destroyed since the samples were taken */
+            return call_end(&c, NVML_ERROR_NOT_FOUND);
+        for (unsigned j = 0; j < metricsGet->numMetrics; j++)
+            mig_metric_between(r, first, count, gi, &metricsGet->metrics[j]);
+        return call_end(&c, NVML_SUCCESS);
+    }
     if (is_recorded_error(whole)) /* the recorded nvmlGpmMetricsGet itself failed */
         return call_end(&c, (nvmlReturn_t)error_code_of(cJSON_GetObjectItemCaseSensitive(whole, "err")));
     for (unsigned j = 0; j < metricsGet->numMetrics; j++)

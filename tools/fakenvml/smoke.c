@@ -4,6 +4,9 @@
  * paths (bad handles, short buffers, NULL pointers), hung calls and event waits cut short by
  * nvmlShutdown, and objects the client never frees. Twice, so that shutdown provably frees what
  * init loaded (leak checking is on). Prints "ok" and exits 0, or names the first failed check.
+ *
+ * `smoke mig` does the same for the MIG calls, on the MIG capture (tests/fixtures/mig) played
+ * fast, so that GPU instances are destroyed and made again while threads use their handles.
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -31,6 +34,14 @@ static int failures;
     } while (0)
 
 #define OK(call) EXPECT(call, NVML_SUCCESS)
+
+#define CHECK(condition)                                                                           \
+    do {                                                                                           \
+        if (!(condition)) {                                                                        \
+            fprintf(stderr, "%s:%d: not so: %s\n", __FILE__, __LINE__, #condition);                \
+            __atomic_add_fetch(&failures, 1, __ATOMIC_SEQ_CST);                                    \
+        }                                                                                          \
+    } while (0)
 
 static void sleep_ms(int ms)
 {
@@ -232,10 +243,136 @@ static void session(void)
     EXPECT(nvmlShutdown(), NVML_ERROR_UNINITIALIZED);
 }
 
-int main(void)
+/* --- MIG ------------------------------------------------------------------------------------ */
+
+#define MIG_GPUS 2
+
+/* A MIG device destroyed since its handle was got answers NOT_FOUND; GPU 1 is lost at first. */
+#define MIG_EXPECT(call, lost)                                                                     \
+    do {                                                                                           \
+        nvmlReturn_t got_ = (call);                                                                \
+        if (got_ != NVML_SUCCESS && got_ != NVML_ERROR_NOT_FOUND && !((lost) && got_ == NVML_ERROR_GPU_IS_LOST)) { \
+            fprintf(stderr, "%s:%d: %s returned %d (%s)\n", __FILE__, __LINE__, #call, (int)got_,      \
+                    nvmlErrorString(got_));                                                        \
+            __atomic_add_fetch(&failures, 1, __ATOMIC_SEQ_CST);                                    \
+        }                                                                                          \
+    } while (0)
+
+static void mig_gpm(nvmlDevice_t gpu, unsigned gi, bool lost)
 {
-    for (int i = 0; i < 2; i++)
-        session();
+    nvmlGpmSample_t s1, s2;
+    OK(nvmlGpmSampleAlloc(&s1));
+    OK(nvmlGpmSampleAlloc(&s2));
+    nvmlReturn_t g1 = nvmlGpmMigSampleGet(gpu, gi, s1);
+    sleep_ms(1);
+    nvmlReturn_t g2 = nvmlGpmMigSampleGet(gpu, gi, s2);
+    MIG_EXPECT(g1, lost);
+    MIG_EXPECT(g2, lost);
+    nvmlGpmMetricsGet_t *mg = calloc(1, sizeof *mg);
+    mg->version = NVML_GPM_METRICS_GET_VERSION;
+    mg->sample1 = s1;
+    mg->sample2 = s2;
+    unsigned ids[] = {1, 2, 3, 5, 10, 12, 13, 20, 60};
+    mg->numMetrics = sizeof ids / sizeof *ids;
+    for (unsigned i = 0; i < mg->numMetrics; i++)
+        mg->metrics[i].metricId = ids[i];
+    if (g1 == NVML_SUCCESS && g2 == NVML_SUCCESS)
+        MIG_EXPECT(nvmlGpmMetricsGet(mg), lost);
+    free(mg);
+    OK(nvmlGpmSampleFree(s1));
+    if (gi % 2 == 0) /* leave some for nvmlShutdown to free */
+        OK(nvmlGpmSampleFree(s2));
+}
+
+static void *poll_mig(void *arg)
+{
+    unsigned index = (unsigned)(size_t)arg;
+    bool lost = index == 1;
+    nvmlDevice_t gpu, parent;
+    OK(nvmlDeviceGetHandleByIndex_v2(index, &gpu));
+    for (int round = 0; round < 100; round++) {
+        unsigned current = 0, pending = 0, max = 0, u, is_mig = 2, gi = 0, ci;
+        nvmlDeviceAttributes_t attributes;
+        MIG_EXPECT(nvmlDeviceGetMigMode(gpu, &current, &pending), lost);
+        MIG_EXPECT(nvmlDeviceGetMaxMigDeviceCount(gpu, &max), lost);
+        if (!lost) {
+            EXPECT(nvmlDeviceGetAttributes_v2(gpu, &attributes), NVML_ERROR_NOT_SUPPORTED);
+            EXPECT(nvmlDeviceGetGpuInstanceId(gpu, &u), NVML_ERROR_INVALID_ARGUMENT);
+            OK(nvmlDeviceIsMigDeviceHandle(gpu, &is_mig));
+            CHECK(is_mig == 0);
+            EXPECT(nvmlDeviceGetMigDeviceHandleByIndex(gpu, 0, NULL), NVML_ERROR_INVALID_ARGUMENT);
+            EXPECT(nvmlDeviceGetMigDeviceHandleByIndex(gpu, 99, &parent), NVML_ERROR_NOT_FOUND);
+        }
+        for (unsigned i = 0; i < max + 1; i++) {
+            nvmlDevice_t mig;
+            nvmlReturn_t r = nvmlDeviceGetMigDeviceHandleByIndex(gpu, i, &mig);
+            MIG_EXPECT(r, lost);
+            if (r != NVML_SUCCESS)
+                continue;
+            char uuid[NVML_DEVICE_UUID_V2_BUFFER_SIZE], name[NVML_DEVICE_NAME_V2_BUFFER_SIZE], tiny[4];
+            nvmlMemory_t mem;
+            nvmlMemory_v2_t mem2 = {.version = nvmlMemory_v2};
+            MIG_EXPECT(nvmlDeviceGetUUID(mig, uuid, sizeof uuid), lost);
+            MIG_EXPECT(nvmlDeviceGetName(mig, name, sizeof name), lost);
+            MIG_EXPECT(nvmlDeviceGetMemoryInfo(mig, &mem), lost);
+            MIG_EXPECT(nvmlDeviceGetMemoryInfo_v2(mig, &mem2), lost);
+            MIG_EXPECT(nvmlDeviceGetAttributes_v2(mig, &attributes), lost);
+            MIG_EXPECT(nvmlDeviceGetComputeInstanceId(mig, &ci), lost);
+            MIG_EXPECT(nvmlDeviceGetDeviceHandleFromMigDeviceHandle(mig, &parent), lost);
+            CHECK(nvmlDeviceGetName(mig, tiny, sizeof tiny) != NVML_SUCCESS);
+            if (nvmlDeviceIsMigDeviceHandle(mig, &is_mig) == NVML_SUCCESS) /* even once destroyed */
+                CHECK(is_mig == 1);
+            if (!lost) { /* calls a MIG device handle is not an argument of */
+                EXPECT(nvmlDeviceGetPowerUsage(mig, &u), NVML_ERROR_INVALID_ARGUMENT);
+                EXPECT(nvmlDeviceGetMigMode(mig, &current, &pending), NVML_ERROR_INVALID_ARGUMENT);
+                EXPECT(nvmlGpmMigSampleGet(mig, 0, NULL), NVML_ERROR_INVALID_ARGUMENT);
+            }
+            unsigned count = 0;
+            nvmlReturn_t pr = nvmlDeviceGetComputeRunningProcesses_v3(mig, &count, NULL);
+            if (pr == NVML_ERROR_INSUFFICIENT_SIZE) {
+                unsigned cap = count * 2 + 5;
+                nvmlProcessInfo_t *infos = calloc(cap, sizeof *infos);
+                count = cap;
+                pr = nvmlDeviceGetComputeRunningProcesses_v3(mig, &count, infos);
+                free(infos);
+            }
+            MIG_EXPECT(pr, lost);
+            if (nvmlDeviceGetGpuInstanceId(mig, &gi) != NVML_SUCCESS)
+                continue;
+            nvmlGpuInstance_t instance;
+            nvmlGpuInstanceInfo_t info;
+            r = nvmlDeviceGetGpuInstanceById(gpu, gi, &instance);
+            MIG_EXPECT(r, lost);
+            if (r == NVML_SUCCESS)
+                MIG_EXPECT(nvmlGpuInstanceGetInfo(instance, &info), lost);
+            mig_gpm(gpu, gi, lost);
+        }
+        nvmlGpuInstanceInfo_t info;
+        EXPECT(nvmlGpuInstanceGetInfo((nvmlGpuInstance_t)&u, &info), NVML_ERROR_INVALID_ARGUMENT);
+    }
+    return NULL;
+}
+
+static void mig_session(void)
+{
+    OK(nvmlInit_v2());
+    pthread_t pollers[2 * MIG_GPUS];
+    for (unsigned i = 0; i < 2 * MIG_GPUS; i++) /* two threads per GPU */
+        pthread_create(&pollers[i], NULL, poll_mig, (void *)(size_t)(i % MIG_GPUS));
+    for (unsigned i = 0; i < 2 * MIG_GPUS; i++)
+        pthread_join(pollers[i], NULL);
+    OK(nvmlShutdown());
+}
+
+int main(int argc, char **argv)
+{
+    bool mig = argc > 1 && strcmp(argv[1], "mig") == 0;
+    for (int i = 0; i < 2; i++) {
+        if (mig)
+            mig_session();
+        else
+            session();
+    }
     for (int code = 0; code < 1000; code++)
         if (nvmlErrorString((nvmlReturn_t)code) == NULL)
             failures++;

@@ -34,6 +34,13 @@ T0 = TRACE[0]["t"]
 DURATION = CAPTURE.duration(0)
 
 
+# The MIG reads (tests/sources/test_capture_mig.py, tests/tools/fakenvml/test_mig.py), by the names
+# pynvml asks for; MIG's setters (nvmlDeviceSetMigMode, creating and destroying instances) are not.
+MIG_CALLS = {"nvmlDeviceGetMigMode", "nvmlDeviceGetMaxMigDeviceCount", "nvmlDeviceGetMigDeviceHandleByIndex",
+             "nvmlDeviceGetDeviceHandleFromMigDeviceHandle", "nvmlDeviceIsMigDeviceHandle",
+             "nvmlDeviceGetGpuInstanceId", "nvmlDeviceGetComputeInstanceId", "nvmlDeviceGetAttributes_v2",
+             "nvmlDeviceGetAttributes", "nvmlDeviceGetGpuInstanceById", "nvmlGpuInstanceGetInfo",
+             "nvmlGpmMigSampleGet"}
 NO_NVLINK = sum(1 for m in catalog.METRICS if m.source == "nvml" and m.name.startswith("gpumon_nvlink_"))
 
 
@@ -56,7 +63,9 @@ def test_exports_nvml_functions_only(libfakenvml: Path) -> None:
     assert all(name.startswith("nvml") for name in exported), sorted(n for n in exported if not n.startswith("nvml"))
     # Deliberately left out, so clients meet FunctionNotFound as on an old driver.
     assert "nvmlDeviceGetEncoderUtilization" not in exported
+    assert not {"nvmlDeviceSetMigMode", "nvmlDeviceCreateGpuInstance", "nvmlGpuInstanceDestroy"} & exported
     assert {"nvmlInitWithFlags", "nvmlGpmMetricsGet", "nvmlEventSetWait_v2", "nvmlDeviceGetFieldValues"} <= exported
+    assert exported >= MIG_CALLS
 
 
 def test_sources_have_no_fixed_size_string_copies() -> None:
