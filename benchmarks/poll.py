@@ -11,7 +11,9 @@ are `spacing` apart so each poll reads GPM (NVML needs >= 100 ms between two GPM
 poll skips nvmlGpmMetricsGet and would look cheaper than it is). With `--processes` the process
 source polls too (on the synthetic shared-GPU capture, FAKENVML_CAPTURE=tests/fixtures/procs: 21
 processes per GPU while busy), named from a fake /proc of pod and Slurm processes and owned through a
-kubelet view, as on a shared Kubernetes node. Prints JSON.
+kubelet view, as on a shared Kubernetes node. With `--mig` the MIG source polls too, on an H200
+split into seven 1g.18gb instances (FAKENVML_CAPTURE=benchmarks.mig_capture's output): per GPU
+instance its memory, processes and GPM. Prints JSON.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ from benchmarks.report import percentile
 from gpumon.attribution.owners import KubeView, Owners
 from gpumon.attribution.procfs import Procfs
 from gpumon.model import Tier
+from gpumon.sources.mig import GPM_SERIES, MigSource
 from gpumon.sources.nvml import NvmlSource
+from gpumon.sources.nvml_readers import GPM_METRICS
 from gpumon.sources.processes import ProcessSource
 from tools.procfs import FakeProc, kube_cgroup, slurm_cgroup
 
@@ -43,18 +47,60 @@ class Bare:
 
     GPM_IDS = (1, 2, 3, 5, 10, 11, 12, 13, 20, 21)  # the GPM metrics gpumon reads
 
-    def __init__(self, nvml: Any, processes: bool = False) -> None:
+    def __init__(self, nvml: Any, processes: bool = False, mig: bool = False) -> None:
         self.n = nvml
         self.processes = processes
+        self.mig = mig  # MIG on: no util.gpu and no whole-GPU GPM (refused), each instance's calls instead
         nvml.nvmlInit()
         self.handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(nvml.nvmlDeviceGetCount())]
         self.gpm = [[nvml.nvmlGpmSampleAlloc(), nvml.nvmlGpmSampleAlloc()] for _ in self.handles]
-        for h, (first, _) in zip(self.handles, self.gpm, strict=True):
-            nvml.nvmlGpmSampleGet(h, first)
+        if not mig:
+            for h, (first, _) in zip(self.handles, self.gpm, strict=True):
+                nvml.nvmlGpmSampleGet(h, first)
         self.get = [nvml.c_nvmlGpmMetricsGet_t() for _ in self.handles]
+        self.instances: list[list[tuple[int, Any, list[Any], Any]]] = []  # per GPU: (gi, MIG handle, samples, get)
+        for h in self.handles if mig else ():
+            found = []
+            for k in range(nvml.nvmlDeviceGetMaxMigDeviceCount(h)):
+                try:
+                    handle = nvml.nvmlDeviceGetMigDeviceHandleByIndex(h, k)
+                except nvml.NVMLError:
+                    continue
+                gi = nvml.nvmlDeviceGetGpuInstanceId(handle)
+                samples = [nvml.nvmlGpmSampleAlloc(), nvml.nvmlGpmSampleAlloc()]
+                nvml.nvmlGpmMigSampleGet(h, gi, samples[0])
+                found.append((gi, handle, samples, nvml.c_nvmlGpmMetricsGet_t()))
+            self.instances.append(found)
+
+    def _metrics(self, mg: Any, first: Any, second: Any, ids: tuple[int, ...]) -> None:
+        n = self.n
+        mg.version, mg.numMetrics, mg.sample1, mg.sample2 = n.NVML_GPM_METRICS_GET_VERSION, len(ids), first, second
+        for j, metric_id in enumerate(ids):
+            mg.metrics[j].metricId = metric_id
+        n.nvmlGpmMetricsGet(mg)
+
+    def _poll_instances(self, i: int) -> int:
+        n, h = self.n, self.handles[i]
+        ids = tuple(GPM_METRICS[k] for k in GPM_SERIES)
+        values = 0
+        for k, (gi, handle, samples, mg) in enumerate(self.instances[i]):
+            n.nvmlDeviceGetMemoryInfo(handle, version=n.nvmlMemory_v2)
+            n.nvmlDeviceGetComputeRunningProcesses(handle)
+            n.nvmlGpmMigSampleGet(h, gi, samples[1])
+            self._metrics(mg, samples[0], samples[1], ids)
+            self.instances[i][k] = (gi, handle, [samples[1], samples[0]], mg)
+            values += 3 + len(ids)
+        return values
 
     def poll(self, i: int) -> int:
         n, h = self.n, self.handles[i]
+        if self.mig:
+            values = [n.nvmlDeviceGetMemoryInfo(h, version=n.nvmlMemory_v2), n.nvmlDeviceGetTemperature(h, 0),
+                      n.nvmlDeviceGetPowerUsage(h), n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_SM),
+                      n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_MEM), n.nvmlDeviceGetCurrentClocksEventReasons(h),
+                      n.nvmlDeviceGetPerformanceState(h), n.nvmlDeviceGetComputeRunningProcesses(h),
+                      n.nvmlDeviceGetFieldValues(h, [82])]
+            return len(values) + self._poll_instances(i)
         values = [n.nvmlDeviceGetUtilizationRates(h), n.nvmlDeviceGetMemoryInfo(h, version=n.nvmlMemory_v2),
                   n.nvmlDeviceGetTemperature(h, 0), n.nvmlDeviceGetPowerUsage(h),
                   n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_SM), n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_MEM),
@@ -64,11 +110,7 @@ class Bare:
             values += [n.nvmlDeviceGetGraphicsRunningProcesses(h), n.nvmlDeviceGetMPSComputeRunningProcesses(h)]
         prev, nxt = self.gpm[i]
         n.nvmlGpmSampleGet(h, nxt)
-        mg = self.get[i]
-        mg.version, mg.numMetrics, mg.sample1, mg.sample2 = n.NVML_GPM_METRICS_GET_VERSION, len(self.GPM_IDS), prev, nxt
-        for j, metric_id in enumerate(self.GPM_IDS):
-            mg.metrics[j].metricId = metric_id
-        n.nvmlGpmMetricsGet(mg)
+        self._metrics(self.get[i], prev, nxt, self.GPM_IDS)
         self.gpm[i] = [nxt, prev]
         return len(values) + len(self.GPM_IDS)
 
@@ -91,11 +133,16 @@ def shared_node(root: Path) -> tuple[Procfs, Owners]:
 
 
 def measure(nvml: Any, *, rounds: int, spacing_s: float, mode: str, bare: bool = False,
-            processes: bool = False) -> dict[str, Any]:
+            processes: bool = False, mig: bool = False) -> dict[str, Any]:
     """Poll the fast tier of every GPU `rounds` times (after one warm-up round) and time it; with
-    `bare`, make the same NVML calls without gpumon; with `processes`, the process source's too."""
-    source: Any = Bare(nvml, processes) if bare else NvmlSource(nvml)
+    `bare`, make the same NVML calls without gpumon; with `processes`, the process source's too; with
+    `mig`, the MIG source's."""
+    source: Any = Bare(nvml, processes, mig) if bare else NvmlSource(nvml)
     n = len(source.handles) if bare else len(source.open())
+    instances = None
+    if mig and not bare:
+        instances = MigSource(source)
+        mig_units = instances.open()
     pool = concurrent.futures.ThreadPoolExecutor(n) if mode == "parallel" else None
     attribution = None
     if processes and not bare:
@@ -111,6 +158,8 @@ def measure(nvml: Any, *, rounds: int, spacing_s: float, mode: str, bare: bool =
             values = len(source.read(i, Tier.FAST).values)
             if attribution is not None:
                 values += sum(len(s.values) for s in attribution.poll(units[i], Tier.FAST))
+            if instances is not None:
+                values += sum(len(s.values) for s in instances.poll(mig_units[i], Tier.FAST))
         return time.perf_counter() - t0, values
 
     per_gpu: list[float] = []
@@ -134,7 +183,7 @@ def measure(nvml: Any, *, rounds: int, spacing_s: float, mode: str, bare: bool =
         source.close()
     return {
         "gpus": n, "mode": mode, "client": "bare pynvml" if bare else "gpumon", "rounds": rounds,
-        "processes": processes,
+        "processes": processes, "mig": mig,
         "values_per_round": values,
         "gpu_poll_us_median": statistics.median(per_gpu) * 1e6,
         "gpu_poll_us_mean": statistics.fmean(per_gpu) * 1e6,
@@ -152,11 +201,12 @@ def main() -> None:
     parser.add_argument("--mode", choices=["parallel", "serial"], default="parallel")
     parser.add_argument("--bare", action="store_true", help="the same NVML calls without gpumon (reference)")
     parser.add_argument("--processes", action="store_true", help="the process source too (shared-GPU capture)")
+    parser.add_argument("--mig", action="store_true", help="the MIG source too (seven-instance capture)")
     args = parser.parse_args()
     import pynvml
 
     print(json.dumps(measure(pynvml, rounds=args.rounds, spacing_s=args.spacing, mode=args.mode, bare=args.bare,
-                             processes=args.processes)))
+                             processes=args.processes, mig=args.mig)))
 
 
 if __name__ == "__main__":

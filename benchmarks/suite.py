@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import gpumon
-from benchmarks import accounting, daemon, floor, interconnect, notify_backlog
+from benchmarks import accounting, daemon, floor, interconnect, mig_capture, notify_backlog
 from benchmarks.environment import fake_library, gpumon_argv, machine, nvml_env, real_nvml_present
 from benchmarks.report import progress
 from gpumon.sources.replay import DEMO_CAPTURE
@@ -82,15 +82,19 @@ class Settings:
 
 
 def run_poll(library: Path | None, gpus: int, latency: int, s: Settings, mode: str, bare: bool = False,
-             processes: bool = False) -> dict[str, Any]:
+             processes: bool = False, mig: bool = False) -> dict[str, Any]:
     """benchmarks.poll in a fresh process (pynvml loads the library once per process); `processes`
-    plays the shared-GPU capture in a busy phase and polls the process source too."""
+    plays the shared-GPU capture in a busy phase and polls the process source too; `mig` plays an H200
+    split into seven MIG instances and polls the MIG source too."""
     env = nvml_env(library, gpus=gpus, latency=latency)
     if processes and library is not None:
         env |= {"FAKENVML_CAPTURE": str(PROCS_CAPTURE), "FAKENVML_SPEED": "0", "FAKENVML_START": str(PROCS_BUSY_AT)}
+    if mig and library is not None:
+        env |= {"FAKENVML_CAPTURE": str(mig_capture.write(BUILD / "mig7")), "FAKENVML_SPEED": "0",
+                "FAKENVML_START": "5"}
     out = subprocess.run([sys.executable, "-m", "benchmarks.poll", "--rounds", str(s.rounds),
                           "--spacing", str(s.spacing_s), "--mode", mode, *(["--bare"] if bare else []),
-                          *(["--processes"] if processes else [])],
+                          *(["--processes"] if processes else []), *(["--mig"] if mig else [])],
                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     if out.returncode != 0:
         raise RuntimeError(f"benchmarks.poll failed:\n{out.stderr[-3000:]}")
@@ -186,6 +190,10 @@ def run(s: Settings, work: Path) -> dict[str, Any]:
     procs = results["overhead_processes"] = run_poll(library, n_over, 0, s, "serial", processes=True)
     procs["bare"] = run_poll(library, n_over, 0, s, "serial", bare=True, processes=True)
     progress(f"overhead with processes: {procs['gpu_poll_us_median']:.0f} us per GPU poll")
+    if not s.gpu:  # the fake library's seven-instance MIG capture (a real GPU is measured as it is set up)
+        mig = results["overhead_mig"] = run_poll(library, n_over, 0, s, "serial", mig=True)
+        mig["bare"] = run_poll(library, n_over, 0, s, "serial", bare=True, mig=True)
+        progress(f"overhead with 7 MIG instances: {mig['gpu_poll_us_median']:.0f} us per GPU poll")
 
     env = nvml_env(library, gpus=s.daemon_gpus, latency=1)
     port = daemon.free_port()
@@ -257,6 +265,12 @@ def table(r: dict[str, Any]) -> str:
                      f"{op['bare']['gpu_poll_us_median']:.0f} us (with the process lists)",
                      f"<= {b['python_overhead_us']:.0f} us",
                      _verdict(op["gpu_poll_us_median"] <= b["python_overhead_us"])))
+    if (om := r.get("overhead_mig")) is not None:
+        rows.append(("  ... on a GPU split into 7 MIG instances (MIG source too; no util.gpu, GPM per instance)",
+                     f"{om['gpu_poll_us_median']:.0f} us; {om['cpu_us_per_gpu_poll']:.0f} us CPU; bare pynvml "
+                     f"{om['bare']['gpu_poll_us_median']:.0f} us (the same calls per instance)",
+                     f"<= {b['python_overhead_us']:.0f} us",
+                     _verdict(om["gpu_poll_us_median"] <= b["python_overhead_us"])))
     exporters = [("gpumon", r.get("gpumon")), ("nvitop-exporter", r.get("nvitop"))]
     for name, e in exporters:
         if not e or "skipped" in e:

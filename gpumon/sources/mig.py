@@ -38,6 +38,7 @@ from gpumon.sources.nvml_readers import (
     plain_view,
     text,
 )
+from gpumon.sources.processes import compute_process_count
 
 log = structlog.get_logger("gpumon.mig")
 
@@ -294,7 +295,7 @@ class MigSource:
             first = inst.cis[0].handle
             try:
                 memory = n.nvmlDeviceGetMemoryInfo(first, version=n.nvmlMemory_v2)
-                processes = sum(len(n.nvmlDeviceGetComputeRunningProcesses(ci.handle)) for ci in inst.cis)
+                processes = sum(compute_process_count(n, ci.handle) for ci in inst.cis)
             except Exception as exc:
                 self._instance_failed(unit, gpu, inst, exc)
                 continue

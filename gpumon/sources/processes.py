@@ -289,3 +289,18 @@ def _processes_raw(nvml: Any, handle: Any, name: str) -> list[tuple[int, int | N
         raise nvml.NVMLError(ret)
     return [(int(p.pid), None if p.usedGpuMemory == NOT_AVAILABLE else int(p.usedGpuMemory), int(p.gpuInstanceId))
             for p in plain_view(infos)[:count.value]]
+
+
+def compute_process_count(nvml: Any, handle: Any) -> int:
+    """How many compute processes a GPU (or MIG device) runs: the first call of NVML's two-call
+    protocol alone, which answers the count without the list, through pynvml's function pointer
+    where `nvml` is pynvml (no object per process), else through the API."""
+    if not (isinstance(nvml, types.ModuleType) and hasattr(nvml, "_nvmlGetFunctionPointer")):
+        return len(nvml.nvmlDeviceGetComputeRunningProcesses(handle))
+    count = ctypes.c_uint(0)
+    ret = nvml._nvmlGetFunctionPointer("nvmlDeviceGetComputeRunningProcesses_v3")(handle, ctypes.byref(count), None)
+    if ret == 0:
+        return 0
+    if ret != INSUFFICIENT_SIZE:
+        raise nvml.NVMLError(ret)
+    return int(count.value)
