@@ -114,9 +114,14 @@ class FaultyNvml:
         return result
 
     def _index(self, handle: Any) -> int:
+        """The GPU a handle is, or for a MIG device handle (which has no index) its parent GPU."""
         key = handle_key(handle)
         if key not in self._indices:
-            self._indices[key] = int(self.nvml.nvmlDeviceGetIndex(handle))
+            try:
+                self._indices[key] = int(self.nvml.nvmlDeviceGetIndex(handle))
+            except pynvml.NVMLError:
+                parent = self.nvml.nvmlDeviceGetDeviceHandleFromMigDeviceHandle(handle)
+                self._indices[key] = int(self.nvml.nvmlDeviceGetIndex(parent))
         return self._indices[key]
 
     def _misbehave(self, symbol: str, gpu: int) -> None:

@@ -150,3 +150,22 @@ def test_an_event_wait_sees_the_clock_move_and_never_hangs_on_a_still_one(captur
     waiter.join(timeout=3)
     assert not waiter.is_alive() and result and result[0].eventData == 79
     assert time.monotonic() - t < 1.5
+
+
+def test_a_lost_gpu_takes_its_mig_devices_with_it_on_the_library(library: Any) -> None:
+    """pynvml gives MIG device handles the GPU handles' type but no index: their faults are their
+    parent GPU's."""
+    from tests.fixtures.mig.generate import OUT_DIR as MIG
+
+    library.configure(capture=MIG, speed=0, start=1.0)
+    clock = FakeClock(0.0)
+    nvml = FaultyNvml(library.nvml, Faults(lost=[(0, 5.0, 10.0)]), clock=clock)
+    nvml.nvmlInit()
+    try:
+        mig = nvml.nvmlDeviceGetMigDeviceHandleByIndex(nvml.nvmlDeviceGetHandleByIndex(0), 0)
+        assert nvml.nvmlDeviceGetMemoryInfo(mig).total > 0
+        clock.advance(6.0)
+        with pytest.raises(pynvml.NVMLError_GpuIsLost):
+            nvml.nvmlDeviceGetMemoryInfo(mig)
+    finally:
+        nvml.nvmlShutdown()
