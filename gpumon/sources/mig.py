@@ -121,11 +121,8 @@ class MigSource:
 
     def reopen(self, unit: Unit) -> None:
         """The nvml source re-acquires a lost GPU; its layout is read again with it."""
+        self.gpus.check_answers(unit)
         assert unit.gpu is not None
-        try:
-            self.gpus.nvml.nvmlDeviceGetIndex(self.gpus.handle(unit.gpu))
-        except Exception as exc:
-            raise UnitLost(unit, str(exc)) from None
         self._forget(self._state[unit.gpu])
 
     def health(self, units: dict[Unit, UnitHealth]) -> Sample | None:

@@ -135,6 +135,15 @@ class NvmlSource(Readers):
         """GPU `index`'s NVML handle (a new one after the GPU is re-acquired)."""
         return self._gpus[index].handle
 
+    def check_answers(self, unit: Unit) -> None:
+        """Raise UnitLost while the GPU of another source's `unit` does not answer: such a source is
+        re-opened after this one has re-acquired the GPU."""
+        assert unit.gpu is not None
+        try:
+            self.nvml.nvmlDeviceGetIndex(self.handle(unit.gpu))
+        except Exception as exc:
+            raise UnitLost(unit, str(exc)) from None
+
     def count_error(self, call: str, exc: Exception) -> None:
         """Count a failed NVML call in gpumon_nvml_errors_total (other sources on these GPUs too)."""
         self._count_error(call, exc)

@@ -110,11 +110,8 @@ class ProcessSource:
 
     def reopen(self, unit: Unit) -> None:
         """The nvml source re-acquires a lost GPU; its processes come back with it."""
+        self.gpus.check_answers(unit)
         assert unit.gpu is not None
-        try:
-            self.gpus.nvml.nvmlDeviceGetIndex(self.gpus.handle(unit.gpu))
-        except Exception as exc:
-            raise UnitLost(unit, str(exc)) from None
         self._state[unit.gpu] = _Gpu(unit.gpu)
 
     # --- polling -------------------------------------------------------------------------------
