@@ -20,7 +20,7 @@ import pytest
 from gpumon.sources.capture import load_capture
 from gpumon.sources.replay import DEMO_CAPTURE
 from tests.fixtures.mig import generate
-from tests.support.nvml import NvmlFake, record_at
+from tests.support.nvml import NvmlFake, gpm_metrics, record_at
 
 MIG_DIR = generate.OUT_DIR
 CAPTURE = load_capture(MIG_DIR)
@@ -65,17 +65,6 @@ def mig_handles(n: Any, gpu: Any) -> list[Any]:
         except pynvml.NVMLError_NotFound:
             continue
     return out
-
-
-def gpm_metrics(n: Any, s1: Any, s2: Any, ids: list[int]) -> list[tuple[int, float]]:
-    mg = pynvml.c_nvmlGpmMetricsGet_t()
-    mg.version = pynvml.NVML_GPM_METRICS_GET_VERSION
-    mg.numMetrics = len(ids)
-    mg.sample1, mg.sample2 = s1, s2
-    for j, metric in enumerate(ids):
-        mg.metrics[j].metricId = metric
-    n.nvmlGpmMetricsGet(mg)
-    return [(mg.metrics[j].nvmlReturn, mg.metrics[j].value) for j in range(len(ids))]
 
 
 # --- mode and enumeration -------------------------------------------------------------------------

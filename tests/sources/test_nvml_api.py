@@ -19,7 +19,7 @@ import pytest
 from gpumon.sources.capture import load_capture
 from gpumon.sources.replay import DEMO_CAPTURE
 from tests.fixtures.procs import generate as generate_procs
-from tests.support.nvml import NvmlFake, edited_capture, middle_of, record_at
+from tests.support.nvml import NvmlFake, edited_capture, gpm_metrics, middle_of, record_at
 
 CAPTURE = load_capture(DEMO_CAPTURE)
 TRACE = CAPTURE.traces[0]
@@ -36,17 +36,6 @@ def started(fake: NvmlFake, **start: Any) -> Any:
     nvml = fake.start(**start)
     nvml.nvmlInit()
     return nvml
-
-
-def gpm_metrics(n: Any, s1: Any, s2: Any, ids: list[int]) -> list[tuple[int, float]]:
-    mg = pynvml.c_nvmlGpmMetricsGet_t()
-    mg.version = pynvml.NVML_GPM_METRICS_GET_VERSION
-    mg.numMetrics = len(ids)
-    mg.sample1, mg.sample2 = s1, s2
-    for j, metric in enumerate(ids):
-        mg.metrics[j].metricId = metric
-    n.nvmlGpmMetricsGet(mg)
-    return [(mg.metrics[j].nvmlReturn, mg.metrics[j].value) for j in range(len(ids))]
 
 
 # --- lifecycle and static answers -----------------------------------------------------------------

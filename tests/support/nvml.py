@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import pynvml
 import pytest
 
 from gpumon.model import Sample
@@ -127,3 +128,15 @@ def edited_capture(directory: Path, edit: Callable[[dict[str, Any], list[dict[st
     if (source / "phases.json").is_file():
         (directory / "phases.json").write_text((source / "phases.json").read_text())
     return directory
+
+
+def gpm_metrics(n: Any, s1: Any, s2: Any, ids: list[int]) -> list[tuple[int, float]]:
+    """(return code, value) of each GPM metric `ids` between samples s1 and s2."""
+    mg = pynvml.c_nvmlGpmMetricsGet_t()
+    mg.version = pynvml.NVML_GPM_METRICS_GET_VERSION
+    mg.numMetrics = len(ids)
+    mg.sample1, mg.sample2 = s1, s2
+    for j, metric in enumerate(ids):
+        mg.metrics[j].metricId = metric
+    n.nvmlGpmMetricsGet(mg)
+    return [(mg.metrics[j].nvmlReturn, mg.metrics[j].value) for j in range(len(ids))]
