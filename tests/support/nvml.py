@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import pynvml
 import pytest
 
 from gpumon.model import Sample
@@ -132,8 +131,8 @@ def edited_capture(directory: Path, edit: Callable[[dict[str, Any], list[dict[st
 
 def gpm_metrics(n: Any, s1: Any, s2: Any, ids: list[int]) -> list[tuple[int, float]]:
     """(return code, value) of each GPM metric `ids` between samples s1 and s2."""
-    mg = pynvml.c_nvmlGpmMetricsGet_t()
-    mg.version = pynvml.NVML_GPM_METRICS_GET_VERSION
+    mg = n.c_nvmlGpmMetricsGet_t()
+    mg.version = n.NVML_GPM_METRICS_GET_VERSION
     mg.numMetrics = len(ids)
     mg.sample1, mg.sample2 = s1, s2
     for j, metric in enumerate(ids):

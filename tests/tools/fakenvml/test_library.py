@@ -24,7 +24,7 @@ from gpumon.sources.nvml import NvmlSource
 from gpumon.sources.processes import ProcessSource
 from gpumon.sources.replay import DEMO_CAPTURE
 from tests.support.clock import FakeClock
-from tests.support.nvml import LibraryFake, edited_capture, middle_of, record_at
+from tests.support.nvml import LibraryFake, edited_capture, gpm_metrics, middle_of, record_at
 from tools.fakenvml import SOURCE_DIR
 
 CAPTURE = load_capture(DEMO_CAPTURE)
@@ -119,17 +119,6 @@ def test_energy_keeps_counting_when_the_trace_loops(library: LibraryFake) -> Non
 
 
 # --- field values, GPM, processes, events ---------------------------------------------------------
-
-
-def gpm_metrics(n: Any, s1: Any, s2: Any, ids: list[int]) -> list[tuple[int, float]]:
-    mg = n.c_nvmlGpmMetricsGet_t()
-    mg.version = n.NVML_GPM_METRICS_GET_VERSION
-    mg.numMetrics = len(ids)
-    mg.sample1, mg.sample2 = s1, s2
-    for j, metric in enumerate(ids):
-        mg.metrics[j].metricId = metric
-    n.nvmlGpmMetricsGet(mg)
-    return [(mg.metrics[j].nvmlReturn, mg.metrics[j].value) for j in range(len(ids))]
 
 
 def test_processes_use_nvmls_two_call_protocol(library: LibraryFake) -> None:
