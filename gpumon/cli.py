@@ -72,8 +72,10 @@ def _parser() -> argparse.ArgumentParser:
     snap.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     from gpumon.accounting.cli import add_parser as add_report
+    from gpumon.doctor.cli import add_parser as add_doctor
 
     add_report(sub)
+    add_doctor(sub, BACKEND_HELP)
     return parser
 
 
@@ -108,6 +110,11 @@ def main(argv: list[str] | None = None) -> int:
             from gpumon.accounting import cli as report_cli
 
             return report_cli.run(args, config)
+        if args.command == "doctor":
+            from gpumon.doctor import cli as doctor_cli
+
+            logs.configure("warning", "console")
+            return doctor_cli.run(args, config)
         return _snapshot(args, config)
     except KeyboardInterrupt:
         return 130

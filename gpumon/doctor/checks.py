@@ -1,0 +1,306 @@
+"""The doctor's checks: each reads what gpumon already polled for one GPU (or the host) and says ok,
+warn, fail or not applicable, with the numbers it read and one next step a person can act on.
+
+The checks are pure functions of a `GpuView` (one GPU's latest series, as the store holds them), so
+the same code serves `gpumon doctor` (one poll) and, later, the daemon's slow tier.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gpumon.model import Labels, Sample
+
+
+class Verdict(enum.IntEnum):
+    """Ordered by how bad: the report sorts worst first and the exit status is the worst's."""
+
+    NOT_APPLICABLE = 0
+    OK = 1
+    WARN = 2
+    FAIL = 3
+
+    @property
+    def word(self) -> str:
+        return {0: "n/a", 1: "ok", 2: "warn", 3: "fail"}[self.value]
+
+
+@dataclass(frozen=True)
+class Finding:
+    check: str  # e.g. "hardware.temperature"
+    verdict: Verdict
+    summary: str  # one line
+    evidence: dict[str, Any] = field(default_factory=dict)  # the numbers read
+    next_step: str = ""  # one line a person can act on; "" when ok
+    gpu: int | None = None  # None: the host
+
+
+class GpuView:
+    """One GPU's latest series: `value(name, **labels)` and `values(name)`."""
+
+    def __init__(self, index: int, uuid: str, samples: Iterable[Sample]) -> None:
+        self.index = index
+        self.uuid = uuid
+        self._series: dict[str, list[tuple[dict[str, str], float]]] = {}
+        for sample in samples:
+            for name, labels, value in sample.values:
+                self._series.setdefault(name, []).append((_extra(labels), value))
+
+    def values(self, name: str) -> list[tuple[dict[str, str], float]]:
+        """(labels beyond gpu and uuid, value) of every series of `name`."""
+        return self._series.get(name, [])
+
+    def value(self, name: str, **labels: str) -> float | None:
+        return next((v for lb, v in self.values(name) if all(lb.get(k) == want for k, want in labels.items())), None)
+
+    def has(self, name: str) -> bool:
+        return name in self._series
+
+
+def _extra(labels: Labels) -> dict[str, str]:
+    return {k: v for k, v in labels if k not in ("gpu", "uuid")}
+
+
+GpuCheck = Callable[[GpuView], Finding]
+GPU_CHECKS: dict[str, GpuCheck] = {}
+
+# XIDs worth a person's attention, and what to do (the same words as the GpuXidError alert).
+SERIOUS_XIDS = {
+    "48": "Double-bit ECC error: restart the application; if it repeats, drain the node and check row remapping.",
+    "62": "Internal micro-controller halt: drain the node and reset the GPU.",
+    "63": "Row remapping or page retirement recorded: reset the GPU when convenient; watch for XID 64.",
+    "64": "Row remapping or page retirement failed: drain the node; the GPU needs service.",
+    "74": "NVLink error: check the NVLink counters; reset the GPU, reseat or replace the link if it repeats.",
+    "79": "The GPU fell off the bus: drain the node and power-cycle; check power and PCIe seating.",
+    "92": "High single-bit ECC error rate: plan a reset; watch for XID 48.",
+    "94": "Contained ECC error: only the affected application was stopped; restart it.",
+    "95": "Uncontained ECC error: reset the GPU before new work.",
+    "119": "GSP RPC timeout: reset the GPU; update the driver if it repeats.",
+    "120": "GSP firmware error: reset the GPU; update the driver if it repeats.",
+}
+
+
+def gpu_check(check_id: str) -> Callable[[Callable[[GpuView], tuple[Verdict, str, dict[str, Any], str]]], GpuCheck]:
+    """Register a per-GPU check; the function returns (verdict, summary, evidence, next step)."""
+    def register(fn: Callable[[GpuView], tuple[Verdict, str, dict[str, Any], str]]) -> GpuCheck:
+        def run(gpu: GpuView) -> Finding:
+            verdict, summary, evidence, next_step = fn(gpu)
+            return Finding(check_id, verdict, summary, evidence, next_step if verdict >= Verdict.WARN else "",
+                           gpu.index)
+        GPU_CHECKS[check_id] = run
+        return run
+    return register
+
+
+NA = Verdict.NOT_APPLICABLE
+
+
+# --- hardware -------------------------------------------------------------------------------------
+
+@gpu_check("hardware.temperature")
+def _temperature(gpu: GpuView) -> tuple[Verdict, str, dict[str, Any], str]:
+    temp = gpu.value("gpumon_gpu_temperature_celsius")
+    slowdown = gpu.value("gpumon_temperature_threshold_celsius", threshold="slowdown")
+    shutdown = gpu.value("gpumon_temperature_threshold_celsius", threshold="shutdown")
+    memory = gpu.value("gpumon_memory_temperature_celsius")
+    memory_max = gpu.value("gpumon_temperature_threshold_celsius", threshold="mem_max")
+    evidence = {"gpu_c": temp, "slowdown_c": slowdown, "shutdown_c": shutdown, "memory_c": memory,
+                "memory_max_c": memory_max}
+    if temp is None:
+        return NA, "temperature not readable", evidence, ""
+    cooling = "Check airflow, fans and the chiller; clocks drop at the slowdown threshold."
+    if slowdown is not None and temp >= slowdown:
+        return Verdict.FAIL, f"GPU at {temp:.0f} °C, at or above its slowdown threshold {slowdown:.0f} °C", evidence, \
+            cooling
+    if memory is not None and memory_max is not None and memory >= memory_max:
+        return Verdict.FAIL, f"memory at {memory:.0f} °C, at or above its maximum {memory_max:.0f} °C", evidence, \
+            cooling
+    if slowdown is not None and temp >= slowdown - 5:
+        return Verdict.WARN, f"GPU at {temp:.0f} °C, within 5 °C of slowdown ({slowdown:.0f} °C)", evidence, cooling
+    if memory is not None and memory_max is not None and memory >= memory_max - 5:
+        return Verdict.WARN, f"memory at {memory:.0f} °C, within 5 °C of its maximum", evidence, cooling
+    return Verdict.OK, f"GPU {temp:.0f} °C (slowdown {slowdown if slowdown is None else f'{slowdown:.0f}'} °C)", \
+        evidence, ""
+
+
+SLOWDOWN_REASONS = ("hw_slowdown", "hw_thermal_slowdown", "sw_thermal_slowdown", "hw_power_brake_slowdown")
+
+
+@gpu_check("hardware.clock_events")
+def _clock_events(gpu: GpuView) -> tuple[Verdict, str, dict[str, Any], str]:
+    active = sorted(lb["reason"] for lb, v in gpu.values("gpumon_clock_event_reason_active") if v == 1)
+    evidence: dict[str, Any] = {"active": active}
+    if not gpu.has("gpumon_clock_event_reason_active"):
+        return NA, "clock-event reasons not readable", evidence, ""
+    slowing = [r for r in active if r in SLOWDOWN_REASONS]
+    if slowing:
+        return Verdict.FAIL if "hw_slowdown" in slowing or "hw_power_brake_slowdown" in slowing else Verdict.WARN, \
+            f"clocks held down now by {', '.join(slowing)}", evidence, \
+            "Thermal: cooling. Power brake or HW slowdown: the system or PSU asks the GPU to slow down; check power."
+    return Verdict.OK, "no thermal or power slowdown now" + (f" (active: {', '.join(active)})" if active else ""), \
+        evidence, ""
+
+
+@gpu_check("hardware.power_cap")
+def _power_cap(gpu: GpuView) -> tuple[Verdict, str, dict[str, Any], str]:
+    draw, limit = gpu.value("gpumon_power_draw_watts"), gpu.value("gpumon_power_limit_watts")
+    capped = gpu.value("gpumon_clock_event_reason_active", reason="sw_power_cap") == 1
+    evidence = {"draw_w": draw, "limit_w": limit, "sw_power_cap": capped}
+    if draw is None or limit is None or limit <= 0:
+        return NA, "power or its limit not readable", evidence, ""
+    if capped and draw >= 0.95 * limit:
+        return Verdict.WARN, f"at the power cap: {draw:.0f} W of {limit:.0f} W, clocks reduced", evidence, \
+            "The job is power-bound; if the limit was lowered on purpose this is expected, else restore it."
+    return Verdict.OK, f"{draw:.0f} W of a {limit:.0f} W limit", evidence, ""
+
+
+@gpu_check("hardware.pcie_link")
+def _pcie_link(gpu: GpuView) -> tuple[Verdict, str, dict[str, Any], str]:
+    gen, width = gpu.value("gpumon_pcie_link_generation"), gpu.value("gpumon_pcie_link_width")
+    max_gen, max_width = gpu.value("gpumon_pcie_link_max_generation"), gpu.value("gpumon_pcie_link_max_width")
+    evidence = {"generation": gen, "width": width, "max_generation": max_gen, "max_width": max_width}
+    if None in (gen, width, max_gen, max_width):
+        return NA, "PCIe link not readable", evidence, ""
+    assert gen is not None and width is not None and max_gen is not None and max_width is not None
+    if width < max_width:
+        return Verdict.WARN, f"link trained at x{width:.0f}, the GPU supports x{max_width:.0f}: " \
+            f"{max_width / width:.0f}x less host bandwidth", evidence, "Reseat the GPU or check the riser and slot."
+    # The generation drops by design while the GPU idles; only a busy GPU below it is a problem.
+    busy = (gpu.value("gpumon_sm_active_ratio") or gpu.value("gpumon_gpu_utilization_ratio") or 0) > 0.2
+    if gen < max_gen and busy:
+        return Verdict.WARN, f"busy at PCIe Gen{gen:.0f}, the GPU supports Gen{max_gen:.0f}", evidence, \
+            "Check the slot's and BIOS's PCIe generation setting, the riser and the cable."
+    return Verdict.OK, f"Gen{gen:.0f} x{width:.0f} (max Gen{max_gen:.0f} x{max_width:.0f})", evidence, ""
+
+
+REPLAYS_WARN = 100  # since the driver loaded: a healthy link replays rarely
+
+
+@gpu_check("hardware.pcie_replays")
+def _pcie_replays(gpu: GpuView) -> tuple[Verdict, str, dict[str, Any], str]:
+    replays = gpu.value("gpumon_pcie_replays_total")
+    evidence = {"replays_since_driver_load": replays}
+    if replays is None:
+        return NA, "PCIe replay counter not readable", evidence, ""
+    if replays >= REPLAYS_WARN:
+        return Verdict.WARN, f"{replays:.0f} PCIe replays since the driver loaded", evidence, \
+            "Signal integrity: riser, slot, cable; watch gpumon_pcie_replays_total's rate."
+    return Verdict.OK, f"{replays:.0f} PCIe replays since the driver loaded", evidence, ""
+
+
+@gpu_check("hardware.ecc")
+def _ecc(gpu: GpuView) -> tuple[Verdict, str, dict[str, Any], str]:
+    volatile = gpu.value("gpumon_ecc_volatile_errors_total", severity="uncorrected")
+    aggregate = gpu.value("gpumon_ecc_aggregate_errors_total", severity="uncorrected")
+    evidence = {"uncorrected_since_reset": volatile, "uncorrected_lifetime": aggregate}
+    if volatile is None and aggregate is None:
+        return NA, "ECC off or not readable", evidence, ""
+    if volatile:
+        return Verdict.FAIL, f"{volatile:.0f} uncorrectable ECC errors since the last reset", evidence, \
+            "Restart the affected work and reset the GPU; watch row remapping."
+    if aggregate:
+        return Verdict.WARN, f"{aggregate:.0f} uncorrectable ECC errors in the GPU's lifetime", evidence, \
+            "Check row remapping; a GPU that keeps adding them needs service."
+    return Verdict.OK, "no uncorrectable ECC errors", evidence, ""
+
+
+@gpu_check("hardware.row_remap")
+def _row_remap(gpu: GpuView) -> tuple[Verdict, str, dict[str, Any], str]:
+    pending, failed = gpu.value("gpumon_row_remap_pending"), gpu.value("gpumon_row_remap_failed")
+    evidence = {"pending": pending, "failed": failed,
+                "remapped": {lb["cause"]: v for lb, v in gpu.values("gpumon_remapped_rows_total")}}
+    if pending is None and failed is None:
+        return NA, "row remapping not readable (pre-Ampere, or MIG instances exist)", evidence, ""
+    if failed:
+        return Verdict.FAIL, "a row remap failed", evidence, "Drain the node; the GPU needs service."
+    if pending:
+        return Verdict.WARN, "a row remap waits for the next GPU reset", evidence, "Schedule a GPU reset."
+    return Verdict.OK, "no row remap pending or failed", evidence, ""
+
+
+@gpu_check("hardware.xid")
+def _xid(gpu: GpuView) -> tuple[Verdict, str, dict[str, Any], str]:
+    seen = {lb["xid"]: v for lb, v in gpu.values("gpumon_xid_errors_total")}
+    evidence: dict[str, Any] = {"xids": seen}
+    serious = sorted((x for x in seen if x in SERIOUS_XIDS), key=int)
+    if serious:
+        return Verdict.FAIL, "XID " + ", ".join(serious) + " seen", evidence, SERIOUS_XIDS[serious[0]]
+    if seen:
+        return Verdict.WARN, "XID " + ", ".join(sorted(seen, key=int)) + " seen", evidence, \
+            "Look the code up in NVIDIA's XID catalogue; most point at the application."
+    return Verdict.OK, "no XID while gpumon listened", evidence, ""
+
+
+@gpu_check("hardware.nvlink")
+def _nvlink(gpu: GpuView) -> tuple[Verdict, str, dict[str, Any], str]:
+    up = {lb["link"]: v for lb, v in gpu.values("gpumon_nvlink_up")}
+    errors = {f"{lb['link']}/{lb['type']}": v for lb, v in gpu.values("gpumon_nvlink_errors_total") if v}
+    evidence = {"links_up": sum(1 for v in up.values() if v == 1), "links": len(up), "errors": errors}
+    if not up:
+        return NA, "no NVLink", evidence, ""
+    down = sorted((link for link, v in up.items() if v != 1), key=int)
+    if down:
+        return Verdict.FAIL, f"NVLink link {', '.join(down)} down", evidence, \
+            "Reset the GPU; if the link stays down, the baseboard or NVSwitch needs service."
+    if errors:
+        return Verdict.WARN, f"NVLink errors on {len(errors)} link counter(s)", evidence, \
+            "Watch the counters' rate (NvlinkErrorsIncreasing); a link that keeps counting needs a reset or service."
+    return Verdict.OK, f"{len(up)} NVLink links up, no errors", evidence, ""
+
+
+# --- workload -------------------------------------------------------------------------------------
+
+@gpu_check("workload.memory_full")
+def _memory_full(gpu: GpuView) -> tuple[Verdict, str, dict[str, Any], str]:
+    used, total = gpu.value("gpumon_memory_used_bytes"), gpu.value("gpumon_memory_total_bytes")
+    evidence = {"used_bytes": used, "total_bytes": total}
+    if used is None or not total:
+        return NA, "memory not readable", evidence, ""
+    share = used / total
+    if share > 0.9:
+        return Verdict.WARN, f"memory {share:.0%} used", evidence, \
+            "The next allocation may fail with out-of-memory: check the job's batch size and caches."
+    return Verdict.OK, f"memory {share:.0%} used", evidence, ""
+
+
+@gpu_check("workload.copies_not_compute")
+def _copies(gpu: GpuView) -> tuple[Verdict, str, dict[str, Any], str]:
+    util, sm = gpu.value("gpumon_gpu_utilization_ratio"), gpu.value("gpumon_sm_active_ratio")
+    pcie = (gpu.value("gpumon_pcie_rx_bytes_per_second") or 0) + (gpu.value("gpumon_pcie_tx_bytes_per_second") or 0)
+    evidence = {"util_gpu": util, "sm_active": sm, "pcie_bytes_per_second": pcie}
+    if util is None or sm is None:
+        return NA, "needs util.gpu and GPM SM activity", evidence, ""
+    if util > 0.8 and sm < 0.2:
+        return Verdict.WARN, f"util.gpu {util:.0%} but SM activity {sm:.0%}: the GPU is copying, not computing", \
+            evidence, "The job waits on host-device copies: pin host memory, overlap copies with compute, " \
+            "or keep the data on the GPU."
+    return Verdict.OK, f"util.gpu {util:.0%}, SM activity {sm:.0%}", evidence, ""
+
+
+@gpu_check("workload.held_idle")
+def _held_idle(gpu: GpuView) -> tuple[Verdict, str, dict[str, Any], str]:
+    processes = gpu.value("gpumon_compute_processes")
+    sm = gpu.value("gpumon_sm_active_ratio")
+    streak = gpu.value("gpumon_gpu_idle_held_streak_seconds")
+    owners = sorted({f"{lb['owner_namespace']}/{lb['owner_pod']}" for lb, _ in gpu.values("gpumon_gpu_owner_info")}
+                    | {f"job {lb['job_id']}" for lb, _ in gpu.values("gpumon_gpu_job_info")})
+    evidence = {"compute_processes": processes, "sm_active": sm, "idle_held_streak_s": streak, "owners": owners}
+    if processes is None or sm is None:
+        return NA, "needs the process list and GPM SM activity", evidence, ""
+    if processes > 0 and sm < 0.05:
+        held_by = f" by {', '.join(owners)}" if owners else ""
+        return Verdict.WARN, f"held{held_by} ({processes:.0f} processes) with SMs idle", evidence, \
+            "A hung or data-starved job, or an idle notebook: ask the owner; gpumon report names how long."
+    return Verdict.OK, f"{processes:.0f} compute processes, SM activity {sm:.0%}", evidence, ""
+
+
+def run_gpu_checks(gpu: GpuView, only: frozenset[str] = frozenset()) -> list[Finding]:
+    return [check(gpu) for check_id, check in GPU_CHECKS.items() if selected(check_id, only)]
+
+
+def selected(check_id: str, only: frozenset[str]) -> bool:
+    """`--only hardware` selects every hardware check, `--only hardware.ecc` one."""
+    return not only or any(check_id == o or check_id.startswith(o + ".") for o in only)

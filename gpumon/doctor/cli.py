@@ -1,0 +1,56 @@
+"""`gpumon doctor [--backend ...] [--json] [--only CHECK...]`: one poll, every check, a report."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+from gpumon.config import Config
+from gpumon.doctor import host
+from gpumon.doctor.checks import GPU_CHECKS, GpuView, run_gpu_checks, selected
+from gpumon.doctor.report import Report, as_json, as_text
+
+HOST_CHECKS = ("hardware.gpus_missing", "driver.version", "application.algorithm_and_data")
+
+
+def add_parser(sub: Any, backend_help: str) -> None:
+    doctor = sub.add_parser("doctor", help="diagnose the GPUs: hardware, driver, workload (exit 0 ok, 1 warn, 2 fail)")
+    doctor.add_argument("--config", type=Path, help="YAML configuration file")
+    doctor.add_argument("--backend", help=backend_help)
+    doctor.add_argument("--json", action="store_true", help="JSON (docs/doctor.schema.json) instead of a table")
+    doctor.add_argument("--only", nargs="+", default=[], metavar="CHECK",
+                        help="checks or layers to run (hardware, hardware.ecc, workload, ...)")
+    doctor.add_argument("--sysfs", type=Path, default=Path("/sys"), help=argparse.SUPPRESS)  # tests: a fake tree
+
+
+def known_checks() -> list[str]:
+    return [*GPU_CHECKS, *HOST_CHECKS]
+
+
+def run(args: argparse.Namespace, config: Config) -> int:
+    from gpumon.snapshot import take_snapshot
+
+    only = frozenset(args.only)
+    unknown = sorted(o for o in only if not any(selected(c, frozenset({o})) for c in known_checks()))
+    if unknown:
+        print(f"gpumon: unknown check {unknown[0]!r}; checks: {', '.join(known_checks())}", file=sys.stderr)
+        return 64
+    snap = asyncio.run(take_snapshot(config))
+    devices = snap.devices
+    by_gpu = snap.store.latest_by_gpu()
+    findings = []
+    for d in devices:
+        findings += run_gpu_checks(GpuView(d.index, d.uuid, by_gpu.get(d.index, [])), only)
+    replayed = bool(snap.backend.capture)
+    if selected("hardware.gpus_missing", only):
+        findings.append(host.gpus_missing(devices, args.sysfs, replayed))
+    if selected("driver.version", only):
+        findings.append(host.driver(devices))
+    if selected("application.algorithm_and_data", only):
+        findings.append(host.application_layers())
+    report = Report(findings, {d.index: d.uuid for d in devices}, snap.backend.name, snap.backend.capture)
+    print(as_json(report) if args.json else as_text(report, colour=sys.stdout.isatty()))
+    return report.exit_status

@@ -1,0 +1,147 @@
+"""`gpumon doctor` on the replayed H200 capture: healthy, every check ok or not applicable; with each
+fault written into a copy of the capture, the check that should name it does, with its evidence, next
+step and exit status; the JSON validates against docs/doctor.schema.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from gpumon.cli import main
+from gpumon.doctor import host
+from gpumon.doctor.checks import GpuView, Verdict, run_gpu_checks
+from gpumon.model import Device, Sample
+from tests.support.nvml import edited_capture
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMA = json.loads((ROOT / "docs" / "doctor.schema.json").read_text())
+
+
+def doctor(capsys: pytest.CaptureFixture[str], backend: str, *args: str) -> tuple[int, dict[str, Any]]:
+    code = main(["doctor", "--backend", backend, "--json", *args])
+    doc = json.loads(capsys.readouterr().out)
+    jsonschema.validate(doc, SCHEMA)
+    return code, doc
+
+
+def finding(doc: dict[str, Any], check: str) -> dict[str, Any]:
+    (found,) = [f for f in doc["findings"] if f["check"] == check]
+    return found
+
+
+def test_the_healthy_capture_is_all_ok_or_not_applicable(capsys: pytest.CaptureFixture[str]) -> None:
+    code, doc = doctor(capsys, "replay:demo")
+    assert code == 0 and doc["status"] == "ok" and doc["exit_status"] == 0
+    assert {f["verdict"] for f in doc["findings"]} <= {"ok", "not_applicable"}
+    assert finding(doc, "hardware.temperature")["evidence"]["slowdown_c"] == 89
+    assert finding(doc, "driver.version")["evidence"]["driver"] == ["580.159.04"]
+    assert finding(doc, "application.algorithm_and_data")["verdict"] == "not_applicable"
+
+
+def edit_last(records: list[dict[str, Any]], **values: Any) -> None:
+    for r in records:
+        r.update(values)
+
+
+FAULTS: dict[str, tuple[Any, str, str, str]] = {
+    # name: (edit, check, verdict, a word of the next step)
+    "slowdown temperature": (lambda probe, records: edit_last(records, temp_c=89), "hardware.temperature", "fail",
+                             "airflow"),
+    "PCIe Gen3 x8": (lambda probe, records: probe["devices"][0]["getters"].update(
+        nvmlDeviceGetCurrPcieLinkGeneration={"ok": 3}, nvmlDeviceGetCurrPcieLinkWidth={"ok": 8}),
+        "hardware.pcie_link", "warn", "Reseat"),
+    "uncorrectable ECC": (lambda probe, records: [probe["devices"][0]["parametrized"].update(
+        {"nvmlDeviceGetTotalEccErrors(1,0)": {"ok": 2}}), [r["fields"].update(ecc_dbe_vol=2) for r in records]],
+        "hardware.ecc", "fail", "reset the GPU"),
+    "pending row remap": (lambda probe, records: probe["devices"][0]["getters"].update(
+        nvmlDeviceGetRemappedRows={"ok": [0, 1, 1, 0]}), "hardware.row_remap", "warn", "Schedule a GPU reset"),
+}
+
+
+@pytest.mark.parametrize("fault", FAULTS, ids=list(FAULTS))
+def test_each_fault_is_named_with_its_evidence_and_next_step(fault: str, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    edit, check, verdict, step = FAULTS[fault]
+    capture = edited_capture(tmp_path / "capture", edit)
+    code, doc = doctor(capsys, f"replay:{capture}")
+    found = finding(doc, check)
+    assert found["verdict"] == verdict, found
+    assert step in found["next_step"] and found["evidence"]
+    assert code == {"fail": 2, "warn": 1}[verdict]
+    assert doc["findings"][0]["verdict"] == verdict  # worst first
+    others = [f for f in doc["findings"] if f["check"] != check]
+    assert {f["verdict"] for f in others} <= {"ok", "not_applicable"}, others
+
+
+def test_the_pcie_link_finding_says_what_it_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    edit = FAULTS["PCIe Gen3 x8"][0]
+    code, doc = doctor(capsys, f"replay:{edited_capture(tmp_path / 'capture', edit)}", "--only", "hardware.pcie_link")
+    assert code == 1
+    assert [f["check"] for f in doc["findings"]] == ["hardware.pcie_link"]
+    assert finding(doc, "hardware.pcie_link")["evidence"] == {"generation": 3, "width": 8, "max_generation": 5,
+                                                              "max_width": 16}
+    assert "2x less host bandwidth" in finding(doc, "hardware.pcie_link")["summary"]
+
+
+def test_an_xid_79_is_explained(tmp_path: Path) -> None:
+    sample = Sample("gpu0", "fast", 0.0, gpu=0)
+    sample.add("gpumon_xid_errors_total", (("gpu", "0"), ("uuid", "GPU-a"), ("xid", "79")), 1.0)
+    (xid,) = [f for f in run_gpu_checks(GpuView(0, "GPU-a", [sample])) if f.check == "hardware.xid"]
+    assert xid.verdict is Verdict.FAIL and "fell off the bus" in xid.next_step and xid.evidence == {"xids": {"79": 1}}
+
+
+def fake_pci(root: Path, *devices: tuple[str, str, str]) -> Path:
+    for address, vendor, klass in devices:
+        d = root / "bus" / "pci" / "devices" / address
+        d.mkdir(parents=True)
+        (d / "vendor").write_text(vendor + "\n")
+        (d / "class").write_text(klass + "\n")
+    return root
+
+
+def test_a_gpu_on_the_bus_that_nvml_does_not_see_fails(tmp_path: Path) -> None:
+    sysfs = fake_pci(tmp_path, ("0000:18:00.0", "0x10de", "0x030200"), ("0000:2a:00.0", "0x10de", "0x030200"),
+                     ("0000:05:00.0", "0x10de", "0x068000"),  # an NVSwitch: a bridge, not a GPU
+                     ("0000:00:01.0", "0x8086", "0x060400"))
+    seen = [Device(0, "GPU-a", "NVIDIA H200", "00000000:18:00.0", "hopper", True, "580", "13.0")]
+    missing = host.gpus_missing(seen, sysfs, replayed=False)
+    assert missing.verdict is Verdict.FAIL and missing.evidence["missing"] == ["0000:2a:00.0"]
+    assert "dmesg" in missing.next_step
+    both = [*seen, Device(1, "GPU-b", "NVIDIA H200", "00000000:2A:00.0", "hopper", True, "580", "13.0")]
+    assert host.gpus_missing(both, sysfs, replayed=False).verdict is Verdict.OK
+    assert host.gpus_missing(seen, sysfs, replayed=True).verdict is Verdict.NOT_APPLICABLE
+
+
+def test_only_and_unknown_checks(capsys: pytest.CaptureFixture[str]) -> None:
+    code, doc = doctor(capsys, "replay:demo", "--only", "workload")
+    assert code == 0
+    assert {f["check"].split(".")[0] for f in doc["findings"]} == {"workload"}
+    assert main(["doctor", "--backend", "replay:demo", "--only", "hardwar"]) == 64
+    assert "unknown check 'hardwar'" in capsys.readouterr().err
+
+
+def test_the_terminal_report_has_no_colour_off_a_tty(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    capture = edited_capture(tmp_path / "capture", FAULTS["slowdown temperature"][0])
+    assert main(["doctor", "--backend", f"replay:{capture}"]) == 2
+    out = capsys.readouterr().out
+    assert "\033[" not in out and "DEMO DATA" in out
+    lines = out.splitlines()
+    assert lines[1].startswith("gpumon doctor: 1 fail")
+    assert lines[2].startswith("FAIL  GPU 0  hardware.temperature")
+    assert "next: Check airflow" in out
+
+
+def test_the_example_application_rules_load_in_gpumon_and_prometheus() -> None:
+    import shutil
+    import subprocess
+
+    example = ROOT / "rules" / "examples" / "application.rules.yml"
+    assert main(["rules", "check", str(example)]) == 0
+    promtool = shutil.which("promtool")
+    assert promtool is not None, "promtool not found: run the tests with `make test`"
+    checked = subprocess.run([promtool, "check", "rules", str(example)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
