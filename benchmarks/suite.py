@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import gpumon
-from benchmarks import accounting, daemon, floor, interconnect, mig_capture, notify_backlog
+from benchmarks import accounting, daemon, doctor, floor, interconnect, mig_capture, notify_backlog
 from benchmarks.environment import fake_library, gpumon_argv, machine, nvml_env, real_nvml_present
 from benchmarks.report import progress
 from gpumon.sources.replay import DEMO_CAPTURE
@@ -60,6 +60,7 @@ ALERT_CONFIG = """notify:
 BUDGETS = {  # issue 8
     "poll_vs_floor": 1.2, "python_overhead_us": 150.0, "cpu_percent_per_gpu": 0.3, "rss_mb_8gpus": 60.0,
     "scrape_p99_ms": 5.0, "alert_ms_after_firing": 200.0, "accounting_us_per_gpu": 20.0,
+    "doctor_us_per_gpu": 1000.0,
 }
 
 
@@ -79,6 +80,7 @@ class Settings:
     alert_lead_s: float = 8.0  # the replay reaches memory > 90% on GPU 0 this long after start
     interconnect_rounds: int = 500  # InfiniBand polls over 8 fake NICs (benchmarks.interconnect)
     accounting_rounds: int = 300  # accounting steps over daemon_gpus GPUs (benchmarks.accounting)
+    doctor_rounds: int = 200  # slow rounds of the doctor's checks over daemon_gpus GPUs (benchmarks.doctor)
 
 
 def run_poll(library: Path | None, gpus: int, latency: int, s: Settings, mode: str, bare: bool = False,
@@ -232,6 +234,8 @@ def run(s: Settings, work: Path) -> dict[str, Any]:
     # Issue 7: InfiniBand collection over 8 fake NICs (no NVML involved, so also with --gpu).
     results["accounting"] = asyncio.run(accounting.measure(s.daemon_gpus, s.accounting_rounds))
     progress(f"accounting: {results['accounting']['loop_us_per_gpu_median']:.1f} us per GPU per poll")
+    results["doctor"] = asyncio.run(doctor.measure(s.daemon_gpus, s.doctor_rounds))
+    progress(f"doctor: {results['doctor']['slow_round_us_per_gpu_median']:.0f} us per GPU per slow round")
     results["interconnect"] = interconnect.run(rounds=s.interconnect_rounds)
     progress(f"interconnect: {results['interconnect']['connectx']['poll_us_median']:.0f} us per poll, 8 NICs")
     results["machine"]["loadavg_end"] = os.getloadavg()
@@ -333,6 +337,12 @@ def table(r: dict[str, Any]) -> str:
                      f"{a['cpu_us_per_gpu_with_writes']:.0f} us CPU with the state-file writes (their own thread)",
                      f"<= {b['accounting_us_per_gpu']:.0f} us", _verdict(a["loop_us_per_gpu_median"]
                                                                   <= b["accounting_us_per_gpu"])))
+    if "doctor" in r:
+        d = r["doctor"]
+        rows.append((f"doctor's checks, {d['gpus']} GPUs: per GPU per slow round (median; p90)",
+                     f"{d['slow_round_us_per_gpu_median']:.0f} us ({d['slow_round_us_per_gpu_p90']:.0f})",
+                     f"<= {b['doctor_us_per_gpu']:.0f} us",
+                     _verdict(d["slow_round_us_per_gpu_median"] <= b["doctor_us_per_gpu"])))
     if "interconnect" in r:
         rows.append(interconnect.table_row(r["interconnect"]))
     if "notify_backlog" in r:
@@ -357,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         s = Settings(gpu=args.gpu, sizes=(1, 2), rounds=2, spacing_s=0.11, daemon_gpus=2, footprint_s=1.0,
                      scrape_each=3, scrapers=2, paced_s=1.0, nvitop=not args.no_nvitop, alert_lead_s=2.0,
-                     accounting_rounds=5)
+                     accounting_rounds=5, doctor_rounds=5)
     with tempfile.TemporaryDirectory(prefix="gpumon-bench-") as tmp:
         results = run(s, Path(tmp))
     results["table"] = table(results)

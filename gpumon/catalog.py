@@ -31,6 +31,7 @@ class Origin(enum.StrEnum):
     JOBS = "jobs"  # gpumon/sources/jobs.py (and the Slurm cgroups of processes)
     KUBELET = "kubelet"  # gpumon/sources/kubelet.py
     MIG = "mig"  # gpumon/sources/mig.py
+    DOCTOR = "doctor"  # gpumon/doctor/service.py
     ACCOUNTING = "accounting"  # gpumon/accounting/
     INFINIBAND = "infiniband"
     NCCL_RAS = "nccl_ras"
@@ -260,6 +261,15 @@ METRICS: tuple[Metric, ...] = (
        "graphics/compute engine was active (GPM GRAPHICS_UTIL).", "mig", labels=("gpu_instance", "mig_profile")),
     _m("gpumon_mig_compute_processes", GAUGE, "", "Compute processes running in a GPU instance (all its "
        "compute instances).", "mig", labels=("gpu_instance", "mig_profile")),
+    # --- the doctor's checks (gpumon/doctor/, docs/doctor.md) -------------------------------------------
+    _m("gpumon_health_check_status", GAUGE, "",
+       "A `gpumon doctor` check of the GPU after each slow poll: 0 ok, 1 warn, 2 fail; no series where it does "
+       "not apply. `gpumon doctor --only CHECK` on the host prints its evidence and next step.", "doctor",
+       tier=S, labels=("check",)),
+    _m("gpumon_host_check_status", GAUGE, "",
+       "A `gpumon doctor` check of the host (hardware.gpus_missing: NVIDIA GPUs on the PCI bus that NVML does "
+       "not see) after each slow poll: 0 ok, 1 warn, 2 fail; no series where it does not apply.", "doctor",
+       tier=S, per_gpu=False, labels=("check",)),
     # --- processes and their owners (gpumon/sources/processes.py, docs/attribution.md) ----------------
     _m("gpumon_compute_processes", GAUGE, "", "Compute processes running on the GPU.", "processes"),
     _m("gpumon_compute_processes_memory_bytes", GAUGE, "bytes",

@@ -26,6 +26,7 @@ from gpumon import logs
 from gpumon.accounting.service import AccountingService
 from gpumon.backend import intervals_of, open_sampler
 from gpumon.config import Config, WebConfig, load_config
+from gpumon.doctor.service import DoctorService
 from gpumon.exporter import Exporter
 from gpumon.health import Health
 from gpumon.lifecycle import Service
@@ -173,11 +174,13 @@ class Daemon:
                 return EXIT_CONFIG
             if backend.capture:
                 log.warning("DEMO DATA: " + backend.demo_note, capture=backend.capture)
-            # After each round: accounting, then the rules (which read its counters), so the series both
-            # make are in the exposition rendered right after them.
+            # After each round: accounting and the doctor's checks, then the rules (which read their series),
+            # so the series they make are in the exposition rendered right after them.
             assert self.rules is not None
             if self.accounting is not None:
                 self.rounds.subscribe("accounting", self.accounting.on_round)
+            doctor = DoctorService(store, lambda: backend.devices, replayed=bool(backend.capture))
+            self.rounds.subscribe("doctor", doctor.on_round)
             self.rounds.subscribe("rules", self.rules.on_round)
             self.exporter.follow(self.rounds, self.sampler.fresh)
             for service in services:

@@ -79,6 +79,13 @@ def fleet() -> dict[str, Any]:
         f'count by (instance, gpu, owner_namespace, owner_pod, job_id, user) ({g("gpumon_process_info")})',
         instant=True, table=True)], "none",
         "How many processes each owner (pod, Slurm job, user) runs on each GPU now.", links=DETAIL_LINK), 12, 8)
+    b.add(table("Doctor checks not ok", [
+        target(f'{g("gpumon_health_check_status")} > 0', instant=True, table=True),
+        target(f'{h("gpumon_host_check_status")} > 0', instant=True, table=True)], "none",
+        "A: `gpumon doctor` checks of each GPU that warn (1) or fail (2) after the last slow poll; B: checks of "
+        "the host (a GPU on the PCI bus that NVML does not see). `gpumon doctor --only CHECK` on the host says why "
+        "(docs/doctor.md).", links=DETAIL_LINK,
+        mappings=[{"type": "value", "options": {"1": {"text": "warn"}, "2": {"text": "fail"}}}]), 12, 8)
     b.add(table("Alerts firing (gpumon local rules)",
                 [target(h("gpumon_alerts", 'alertstate="firing"')),
                  target(f'time() - {h("gpumon_alerts_active_since_timestamp_seconds")}')],

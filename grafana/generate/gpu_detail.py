@@ -87,6 +87,14 @@ def gpu_detail() -> dict[str, Any]:
                  "pid {{pid}} {{engine}}", note="Empty unless gpumon runs with metrics.process_pids and "
                  "attribution.processes.utilization.", board=b)
 
+    b.row("Doctor")
+    b.add(table("Doctor checks", [target(g("gpumon_health_check_status"), instant=True, table=True)], "none",
+                "gpumon_health_check_status: each `gpumon doctor` check of this GPU after the last slow poll: 0 ok, "
+                "1 warn, 2 fail (absent: not applicable). `gpumon doctor --only CHECK` on the host prints the "
+                "evidence.",
+                mappings=[{"type": "value", "options": {"0": {"text": "ok"}, "1": {"text": "warn"},
+                                                        "2": {"text": "fail"}}}]), 24, 8)
+
     b.row("MIG instances")
     b.add(stat("MIG mode", [target(g("gpumon_mig_mode"), "{{state}}", instant=True)], "none",
                "gpumon_mig_mode: MIG now (current) and after the next GPU reset (pending). Empty on a GPU without "

@@ -77,11 +77,11 @@ def stat(title: str, targets: list[dict[str, Any]], unit: str, description: str 
 
 
 def table(title: str, targets: list[dict[str, Any]], unit: str, description: str = "",
-          links: list[dict[str, str]] | None = None) -> Panel:
+          links: list[dict[str, str]] | None = None, mappings: list[dict[str, Any]] | None = None) -> Panel:
     for t in targets:
         t.update(instant=True, range=False, format="table")
     p = _panel("table", title, targets, unit, description, {"showHeader": True, "cellHeight": "sm"},
-               {"links": links or []})
+               {"links": links or [], **({"mappings": mappings} if mappings else {})})
     p["transformations"] = [{"id": "merge", "options": {}},
                             {"id": "organize", "options": {"excludeByName": {"Time": True, "__name__": True}}}]
     return p

@@ -48,6 +48,8 @@ MAY_BE_EMPTY: dict[tuple[str, str, str], str] = {
     ("gpumon-fleet.json", "Alerts firing (gpumon local rules)", "B"): "as above, and pending alerts count too",
     ("gpumon-fleet.json", "Alerts firing (Prometheus ALERTS)", "A"): "as above, for Prometheus evaluating them",
     ("gpumon-gpu-detail.json", "XID errors", "A"): "the capture recorded no XID errors",
+    ("gpumon-fleet.json", "Doctor checks not ok", "A"): "every doctor check of the healthy capture is ok",
+    ("gpumon-fleet.json", "Doctor checks not ok", "B"): "replayed GPUs are not this host's: no PCI bus check",
     ("gpumon-gpu-detail.json", "Last XID", "A"): "the capture recorded no XID errors",
     ("gpumon-interconnect.json", "PCIe links below their maximum", "A"): "the capture's link runs at gen 5 x16",
     ("gpumon-interconnect.json", "PCIe links below their maximum", "B"): "the capture's link runs at gen 5 x16",

@@ -1,0 +1,54 @@
+"""The doctor's checks in the daemon: after a slow round, one status series per check that applies,
+for each GPU and for the host; nothing after a fast round."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from gpumon.attribution.owners import Owners
+from gpumon.doctor.service import DoctorService
+from gpumon.model import Tier
+from gpumon.rounds import Round
+from gpumon.sampler import Intervals, Sampler
+from gpumon.sources.capture import load_capture
+from gpumon.sources.capture_nvml import CaptureNvml
+from gpumon.sources.nvml import NvmlSource
+from gpumon.sources.processes import ProcessSource
+from gpumon.store import Store
+from tests.support.nvml import edited_capture
+
+
+def test_checks_become_series_after_each_slow_round(tmp_path: Path) -> None:
+    hot = edited_capture(tmp_path / "capture", lambda probe, records: [r.update(temp_c=90) for r in records])
+    nvml = NvmlSource(CaptureNvml(load_capture(hot), gpus=2))
+    store = Store(10)
+    sampler = Sampler([nvml, ProcessSource(nvml, Owners(), procfs=None)], store, Intervals(1.0, 30.0))
+
+    async def poll() -> None:
+        await sampler.open()
+        await sampler.poll_round(Tier.STATIC)
+        await sampler.poll_round(Tier.SLOW)
+        await asyncio.sleep(0.12)
+        await sampler.poll_round(Tier.FAST)
+        await sampler.stop()
+    asyncio.run(poll())
+    sysfs = tmp_path / "sys"
+    for address in ("0000:18:00.0", "0000:2a:00.0", "0000:3a:00.0"):  # three GPUs on the bus, NVML sees two
+        d = sysfs / "bus" / "pci" / "devices" / address
+        d.mkdir(parents=True)
+        (d / "vendor").write_text("0x10de\n")
+        (d / "class").write_text("0x030200\n")
+    service = DoctorService(store, lambda: nvml.devices, replayed=False, sysfs=sysfs)
+    service.on_round(Round(Tier.FAST.value, time.time(), True))
+    assert not [s for s in store.latest() if s.unit.startswith("doctor")]
+    service.on_round(Round(Tier.SLOW.value, time.time(), True))
+    status = {(s.gpu, dict(lb)["check"]): v for s in store.latest() if s.unit.startswith("doctor")
+              for n, lb, v in s.values}
+    assert status[(0, "hardware.temperature")] == 2 and status[(1, "hardware.temperature")] == 2
+    assert status[(0, "hardware.ecc")] == 0
+    assert (0, "hardware.nvlink") not in status  # not applicable: no series
+    assert status[(None, "hardware.gpus_missing")] == 2  # the capture's bus ids are not this fake bus's
+    names = {n for s in store.latest() if s.unit.startswith("doctor") for n, _, _ in s.values}
+    assert names == {"gpumon_health_check_status", "gpumon_host_check_status"}
