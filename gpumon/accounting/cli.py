@@ -11,6 +11,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from gpumon import promclient
 from gpumon.accounting import prometheus
 from gpumon.accounting.db import open_readonly
 from gpumon.accounting.report import GROUPINGS, as_csv, as_json, as_table, build
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
             raise ValueError("the period is empty: --from must be before --to")
         prices = {"price_per_gpu_hour": args.price_per_gpu_hour, "price_per_kwh": args.price_per_kwh}
         if args.prometheus:
-            http = prometheus.http_settings(args.http_config)
+            http = promclient.http_settings(args.http_config)
             rows = prometheus.rows(args.prometheus, start, end, http)
             source = f"Prometheus at {redacted(args.prometheus.rstrip('/'))}"
         else:

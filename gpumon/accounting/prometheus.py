@@ -2,31 +2,18 @@
 increase over the period, at its end, per GPU and per owner (instant queries of `increase(...[R])`,
 which Prometheus extrapolates to the period's edges, as a dashboard would read them).
 
-How to reach the server is promtool's `--http.config.file`: a YAML file with `basic_auth` (username,
-password or password_file), `authorization` (type, credentials or credentials_file), or
-`bearer_token_file`, and `tls_config` (ca_file, cert_file, key_file, server_name,
-insecure_skip_verify). Secrets are read from files and never printed; a URL's userinfo is removed
-from every message.
+The server is reached through gpumon/promclient.py (promtool's `--http.config.file`).
 """
 
 from __future__ import annotations
 
-import base64
-import json
-import ssl
 import sys
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from gpumon.accounting.db import Row
 from gpumon.accounting.ledger import OWNER_LABELS, Owner
-from gpumon.notify.urls import redacted
-from gpumon.yamlfile import ConfigError, load_yaml
+from gpumon.promclient import HttpSettings, query
 
 OWNER_BY = "instance, gpu, uuid, owner_namespace, owner_pod, owner_container, job_id, user, process"
 QUERIES = {
@@ -37,75 +24,6 @@ QUERIES = {
     "owner_sm": f"sum by ({OWNER_BY}) (increase(gpumon_owner_sm_active_seconds_total[{{r}}]))",
     "owner_joules": f"sum by ({OWNER_BY}) (increase(gpumon_owner_energy_joules_total[{{r}}]))",
 }
-TIMEOUT_S = 120.0
-
-
-@dataclass
-class HttpSettings:
-    headers: dict[str, str]
-    context: ssl.SSLContext | None
-
-
-def http_settings(path: Path | None) -> HttpSettings:
-    """promtool's --http.config.file, the parts a client needs. Raises ConfigError naming the key."""
-    headers: dict[str, str] = {}
-    context: ssl.SSLContext | None = None
-    if path is None:
-        return HttpSettings(headers, context)
-    data, _ = load_yaml(path)
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}:1: an HTTP client configuration must be a mapping")
-    unknown = set(data) - {"basic_auth", "authorization", "bearer_token_file", "tls_config"}
-    if unknown:
-        raise ConfigError(f"{path}: {sorted(unknown)[0]}: unknown key")
-
-    def secret(section: dict[str, Any], value_key: str, file_key: str, where: str) -> str:
-        if section.get(file_key):
-            try:
-                return Path(section[file_key]).read_text().strip()
-            except OSError as exc:
-                raise ConfigError(f"{path}: {where}.{file_key}: cannot read {section[file_key]}: "
-                                  f"{exc.strerror}") from None
-        return str(section.get(value_key) or "")
-
-    if isinstance(auth := data.get("basic_auth"), dict):
-        user = str(auth.get("username", ""))
-        password = secret(auth, "password", "password_file", "basic_auth")
-        headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-    if isinstance(auth := data.get("authorization"), dict):
-        credentials = secret(auth, "credentials", "credentials_file", "authorization")
-        headers["Authorization"] = f"{auth.get('type', 'Bearer')} {credentials}"
-    if data.get("bearer_token_file"):
-        headers["Authorization"] = "Bearer " + secret(data, "", "bearer_token_file", "")
-    if isinstance(tls := data.get("tls_config"), dict):
-        context = ssl.create_default_context(cafile=tls.get("ca_file"))
-        if tls.get("cert_file"):
-            context.load_cert_chain(tls["cert_file"], tls.get("key_file"))
-        if tls.get("insecure_skip_verify"):
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        if tls.get("server_name"):
-            headers["Host"] = str(tls["server_name"])
-    return HttpSettings(headers, context)
-
-
-def query(url: str, expr: str, at: float, http: HttpSettings) -> list[dict[str, Any]]:
-    """An instant query; raises ConfigError (a sentence, the URL without secrets) when it fails."""
-    params = urllib.parse.urlencode({"query": expr, "time": f"{at:.3f}"})
-    base = url.rstrip("/")
-    request = urllib.request.Request(f"{base}/api/v1/query?{params}", headers=http.headers)
-    try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT_S, context=http.context) as response:
-            answer = json.load(response)
-    except urllib.error.HTTPError as exc:
-        raise ConfigError(f"Prometheus at {redacted(base)} answered {exc.code} {exc.reason}") from None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise ConfigError(f"cannot query Prometheus at {redacted(base)}: {reason}") from None
-    if answer.get("status") != "success":
-        raise ConfigError(f"Prometheus at {redacted(base)}: {answer.get('error', 'query failed')}")
-    result: list[dict[str, Any]] = answer["data"]["result"]
-    return result
 
 
 def rows(url: str, start: float, end: float, http: HttpSettings, *, progress: bool = True) -> list[tuple[Row, str]]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gpumon.accounting import prometheus
+from gpumon import promclient
 from gpumon.accounting.cli import parse_time
 from gpumon.accounting.db import AccountingDB, Row, open_readonly
 from gpumon.accounting.ledger import Amounts, Owner
@@ -136,15 +136,15 @@ def test_http_settings_as_promtool_reads_them(tmp_path: Path) -> None:
     (tmp_path / "password").write_text("s3cret\n")
     (tmp_path / "http.yml").write_text(f"basic_auth: {{username: ops, password_file: {tmp_path / 'password'}}}\n"
                                        "tls_config: {insecure_skip_verify: true}\n")
-    http = prometheus.http_settings(tmp_path / "http.yml")
+    http = promclient.http_settings(tmp_path / "http.yml")
     assert http.headers["Authorization"] == "Basic " + base64.b64encode(b"ops:s3cret").decode()
     assert http.context is not None and not http.context.check_hostname
     (tmp_path / "token").write_text("tok\n")
     (tmp_path / "bearer.yml").write_text(f"authorization: {{credentials_file: {tmp_path / 'token'}}}\n")
-    assert prometheus.http_settings(tmp_path / "bearer.yml").headers["Authorization"] == "Bearer tok"
+    assert promclient.http_settings(tmp_path / "bearer.yml").headers["Authorization"] == "Bearer tok"
     (tmp_path / "bad.yml").write_text("basic_auth: {username: a}\nproxy_url: http://x\n")
     with pytest.raises(ConfigError, match="proxy_url: unknown key"):
-        prometheus.http_settings(tmp_path / "bad.yml")
+        promclient.http_settings(tmp_path / "bad.yml")
 
 
 def test_a_failing_prometheus_is_a_sentence_without_secrets(capsys: pytest.CaptureFixture[str]) -> None:
