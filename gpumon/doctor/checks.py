@@ -280,20 +280,27 @@ def _copies(gpu: GpuView) -> tuple[Verdict, str, dict[str, Any], str]:
     return Verdict.OK, f"util.gpu {util:.0%}, SM activity {sm:.0%}", evidence, ""
 
 
+HELD_IDLE_WARN_S = 600.0  # held with SMs idle this long without a break: not a pause between steps
+
+
 @gpu_check("workload.held_idle")
 def _held_idle(gpu: GpuView) -> tuple[Verdict, str, dict[str, Any], str]:
     processes = gpu.value("gpumon_compute_processes")
     sm = gpu.value("gpumon_sm_active_ratio")
-    streak = gpu.value("gpumon_gpu_idle_held_streak_seconds")
+    streak = gpu.value("gpumon_gpu_idle_held_streak_seconds")  # the daemon's accounting, at the poll rate
     owners = sorted({f"{lb['owner_namespace']}/{lb['owner_pod']}" for lb, _ in gpu.values("gpumon_gpu_owner_info")}
                     | {f"job {lb['job_id']}" for lb, _ in gpu.values("gpumon_gpu_job_info")})
     evidence = {"compute_processes": processes, "sm_active": sm, "idle_held_streak_s": streak, "owners": owners}
+    held_by = f" by {', '.join(owners)}" if owners else ""
+    next_step = "A hung or data-starved job, or an idle notebook: ask the owner; `gpumon report` says for how long."
+    if streak is not None:
+        if streak >= HELD_IDLE_WARN_S:
+            return Verdict.WARN, f"held{held_by} with SMs idle for {streak / 60:.0f} minutes", evidence, next_step
+        return Verdict.OK, f"not held idle for long ({streak:.0f} s now)", evidence, ""
     if processes is None or sm is None:
         return NA, "needs the process list and GPM SM activity", evidence, ""
-    if processes > 0 and sm < 0.05:
-        held_by = f" by {', '.join(owners)}" if owners else ""
-        return Verdict.WARN, f"held{held_by} ({processes:.0f} processes) with SMs idle", evidence, \
-            "A hung or data-starved job, or an idle notebook: ask the owner; gpumon report names how long."
+    if processes > 0 and sm < 0.05:  # one poll cannot tell for how long: the daemon's streak can
+        return Verdict.WARN, f"held{held_by} ({processes:.0f} processes) with SMs idle now", evidence, next_step
     return Verdict.OK, f"{processes:.0f} compute processes, SM activity {sm:.0%}", evidence, ""
 
 

@@ -8,11 +8,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gpumon import promclient
 from gpumon.config import Config
-from gpumon.doctor import host
+from gpumon.doctor import fleet, host
 from gpumon.doctor.checks import GPU_CHECKS, GpuView, run_gpu_checks, selected
 from gpumon.doctor.report import Report, as_json, as_text
+from gpumon.yamlfile import ConfigError
 
+EXIT_UNCHECKED = 3  # --fleet could not read the fleet: neither ok nor a finding
 HOST_CHECKS = ("hardware.gpus_missing", "driver.version", "application.algorithm_and_data")
 
 
@@ -23,6 +26,9 @@ def add_parser(sub: Any, backend_help: str) -> None:
     doctor.add_argument("--json", action="store_true", help="JSON (docs/doctor.schema.json) instead of a table")
     doctor.add_argument("--only", nargs="+", default=[], metavar="CHECK",
                         help="checks or layers to run (hardware, hardware.ecc, workload, ...)")
+    doctor.add_argument("--fleet", metavar="URL", help="read every host's checks from this Prometheus server")
+    doctor.add_argument("--http.config.file", dest="http_config", type=Path,
+                        help="HTTP client settings for --fleet, as promtool's (auth, TLS)")
     doctor.add_argument("--sysfs", type=Path, default=Path("/sys"), help=argparse.SUPPRESS)  # tests: a fake tree
 
 
@@ -38,6 +44,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
     if unknown:
         print(f"gpumon: unknown check {unknown[0]!r}; checks: {', '.join(known_checks())}", file=sys.stderr)
         return 64
+    if args.fleet:
+        return _fleet(args, only)
     snap = asyncio.run(take_snapshot(config))
     devices = snap.devices
     by_gpu = snap.store.latest_by_gpu()
@@ -54,3 +62,13 @@ def run(args: argparse.Namespace, config: Config) -> int:
     report = Report(findings, {d.index: d.uuid for d in devices}, snap.backend.name, snap.backend.capture)
     print(as_json(report) if args.json else as_text(report, colour=sys.stdout.isatty()))
     return report.exit_status
+
+
+def _fleet(args: argparse.Namespace, only: frozenset[str]) -> int:
+    try:
+        hosts = fleet.read(args.fleet, promclient.http_settings(args.http_config), only)
+    except ConfigError as exc:  # an unreachable server or a bad --http.config.file: nothing was checked
+        print(f"gpumon: {exc}", file=sys.stderr)
+        return EXIT_UNCHECKED
+    print(fleet.as_json(args.fleet, hosts) if args.json else fleet.as_text(args.fleet, hosts))
+    return fleet.exit_status(hosts)

@@ -145,3 +145,17 @@ def test_the_example_application_rules_load_in_gpumon_and_prometheus() -> None:
     assert promtool is not None, "promtool not found: run the tests with `make test`"
     checked = subprocess.run([promtool, "check", "rules", str(example)], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+@pytest.mark.parametrize(("streak", "verdict"), [(700.0, Verdict.WARN), (30.0, Verdict.OK)])
+def test_in_the_daemon_held_idle_needs_ten_minutes_without_a_break(streak: float, verdict: Verdict) -> None:
+    sample = Sample("gpu0", "fast", 0.0, gpu=0)
+    ids = (("gpu", "0"), ("uuid", "GPU-a"))
+    sample.add("gpumon_compute_processes", ids, 1.0)
+    sample.add("gpumon_sm_active_ratio", ids, 0.0)
+    sample.add("gpumon_gpu_idle_held_streak_seconds", ids, streak)
+    sample.add("gpumon_gpu_job_info", (*ids, ("gpu_instance", ""), ("job_id", "77"), ("user", "bob"),
+                                       ("origin", "mapping")), 1.0)
+    (held,) = [f for f in run_gpu_checks(GpuView(0, "GPU-a", [sample])) if f.check == "workload.held_idle"]
+    assert held.verdict is verdict
+    assert verdict is Verdict.OK or held.summary == "held by job 77 with SMs idle for 12 minutes"

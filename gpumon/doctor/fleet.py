@@ -1,0 +1,90 @@
+"""`gpumon doctor --fleet URL`: the checks every gpumon ran after its last slow poll, read back from a
+Prometheus server that scrapes them (`gpumon_health_check_status`, `gpumon_host_check_status`), as
+one table of hosts × checks, worst host first. The evidence stays on each host: `gpumon doctor` there."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from gpumon.doctor.checks import Verdict, selected
+from gpumon.notify.urls import redacted
+from gpumon.promclient import HttpSettings, query
+
+BY_STATUS = {0.0: Verdict.OK, 1.0: Verdict.WARN, 2.0: Verdict.FAIL}
+
+
+@dataclass
+class Host:
+    instance: str
+    checks: dict[str, Verdict] = field(default_factory=dict)  # check -> its worst verdict on this host
+    gpus: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))  # check -> GPUs not ok
+
+    @property
+    def worst(self) -> Verdict:
+        return max(self.checks.values(), default=Verdict.NOT_APPLICABLE)
+
+
+def read(url: str, http: HttpSettings, only: frozenset[str] = frozenset()) -> list[Host]:
+    """Every gpumon the server scrapes, with the checks it exported (those `only` selects); worst host
+    first."""
+    now = time.time()
+    hosts = {s["metric"].get("instance", ""): Host(s["metric"].get("instance", ""))
+             for s in query(url, "gpumon_build_info", now, http)}
+    for expr in ("gpumon_health_check_status", "gpumon_host_check_status"):
+        for s in query(url, expr, now, http):
+            labels = s["metric"]
+            if not selected(labels.get("check", ""), only):
+                continue
+            verdict = BY_STATUS.get(float(s["value"][1]), Verdict.FAIL)
+            host = hosts.setdefault(labels.get("instance", ""), Host(labels.get("instance", "")))
+            check = labels.get("check", "?")
+            host.checks[check] = max(host.checks.get(check, Verdict.NOT_APPLICABLE), verdict)
+            if verdict >= Verdict.WARN and "gpu" in labels:
+                host.gpus[check].append(labels["gpu"])
+    return sorted(hosts.values(), key=lambda h: (-h.worst, h.instance))
+
+
+def exit_status(hosts: list[Host]) -> int:
+    worst = max((h.worst for h in hosts), default=Verdict.OK)
+    return {Verdict.FAIL: 2, Verdict.WARN: 1}.get(worst, 0)
+
+
+def as_text(url: str, hosts: list[Host]) -> str:
+    checks = sorted({c for h in hosts for c in h.checks})
+    lines = [f"gpumon doctor --fleet {redacted(url.rstrip('/'))}: {len(hosts)} hosts, "
+             f"{sum(1 for h in hosts if h.worst is Verdict.FAIL)} failing, "
+             f"{sum(1 for h in hosts if h.worst is Verdict.WARN)} warning"]
+    rows = [["host", "worst", *checks]]
+    for h in hosts:
+        rows.append([h.instance, h.worst.word if h.checks else "no checks", *(_cell(h, c) for c in checks)])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines.append("Evidence and next steps: `gpumon doctor --only CHECK` on the host.")
+    return "\n".join(lines)
+
+
+def _cell(host: Host, check: str) -> str:
+    verdict = host.checks.get(check)
+    if verdict is None:
+        return "-"
+    gpus = host.gpus.get(check)
+    return verdict.word + (f" (GPU {','.join(sorted(gpus, key=int))})" if gpus else "")
+
+
+def as_json(url: str, hosts: list[Host]) -> str:
+    doc: dict[str, Any] = {
+        "schema_version": 1, "generated_at": round(time.time(), 3), "prometheus": redacted(url.rstrip("/")),
+        "exit_status": exit_status(hosts),
+        "hosts": [{"instance": h.instance, "worst": _word(h.worst) if h.checks else None,
+                   "checks": {c: {"verdict": _word(v), "gpus": sorted(h.gpus.get(c, []), key=int)}
+                              for c, v in sorted(h.checks.items())}} for h in hosts],
+    }
+    return json.dumps(doc, indent=2)
+
+
+def _word(v: Verdict) -> str:
+    return "not_applicable" if v is Verdict.NOT_APPLICABLE else v.word

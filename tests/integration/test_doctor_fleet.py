@@ -1,0 +1,67 @@
+"""`gpumon doctor --fleet` against a real Prometheus scraping two replaying gpumons, one of them on a
+capture whose GPU runs at its slowdown temperature: one table, the failing host first, and the exit
+status of the worst; the JSON the same; an unreachable server is a sentence and exit 3."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.nvml import edited_capture
+from tests.support.processes import Gpumon, Prometheus, http_get
+
+pytestmark = pytest.mark.integration
+
+
+def doctor(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gpumon", "doctor", *args], capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_the_fleet_in_one_table_worst_first(tmp_path: Path) -> None:
+    hot = edited_capture(tmp_path / "hot", lambda probe, records: [r.update(temp_c=92) for r in records])
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with Gpumon(tmp_path / "a", "--slow-interval", "1s", backend="replay:demo,loop") as healthy, \
+            Gpumon(tmp_path / "b", "--slow-interval", "1s", backend=f"replay:{hot},loop") as sick:
+        scrape = f"""
+global: {{scrape_interval: 500ms, scrape_timeout: 500ms}}
+scrape_configs:
+  - job_name: gpumon
+    static_configs: [{{targets: ["127.0.0.1:{healthy.port}", "127.0.0.1:{sick.port}"]}}]
+"""
+        with Prometheus(tmp_path, scrape) as prom:
+            deadline = time.time() + 20
+            while time.time() < deadline:  # both targets scraped with their checks
+                status, body = http_get(f"{prom.url}/api/v1/query?query=count(count%20by%20(instance)"
+                                        "(gpumon_health_check_status))")
+                result = json.loads(body)["data"]["result"]
+                if status == 200 and result and result[0]["value"][1] == "2":
+                    break
+                time.sleep(0.3)
+            table = doctor("--fleet", prom.url)
+            as_json = doctor("--fleet", prom.url, "--json")
+            only = doctor("--fleet", prom.url, "--only", "workload")
+        unreachable = doctor("--fleet", "http://user:secret@127.0.0.1:1")
+
+    assert table.returncode == 2, table.stdout + table.stderr
+
+    lines = table.stdout.splitlines()
+    assert lines[0].endswith("2 hosts, 1 failing, 0 warning")
+    header, first, second = lines[1].split(), lines[2].split(), lines[3].split()
+    assert first[0] == f"127.0.0.1:{sick.port}" and first[1] == "fail"
+    assert first[header.index("hardware.temperature")] == "fail"  # the cell names the GPU too: "fail (GPU 0)"
+    assert "fail (GPU 0)" in lines[2]
+    assert second[0] == f"127.0.0.1:{healthy.port}" and second[1] == "ok"
+    doc = json.loads(as_json.stdout)
+    assert as_json.returncode == 2 and doc["hosts"][0]["checks"]["hardware.temperature"] == {"verdict": "fail",
+                                                                                            "gpus": ["0"]}
+    assert doc["hosts"][1]["worst"] == "ok"
+    assert only.returncode == 0 and "hardware.temperature" not in only.stdout
+    assert unreachable.returncode == 3 and "secret" not in unreachable.stderr + unreachable.stdout
+    assert unreachable.stderr.startswith("gpumon: cannot query Prometheus at http://127.0.0.1:1")
