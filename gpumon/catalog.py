@@ -267,8 +267,9 @@ METRICS: tuple[Metric, ...] = (
        "not apply. `gpumon doctor --only CHECK` on the host prints its evidence and next step.", "doctor",
        tier=S, labels=("check",)),
     _m("gpumon_host_check_status", GAUGE, "",
-       "A `gpumon doctor` check of the host (hardware.gpus_missing: NVIDIA GPUs on the PCI bus that NVML does "
-       "not see) after each slow poll: 0 ok, 1 warn, 2 fail; no series where it does not apply.", "doctor",
+       "A `gpumon doctor` check of the host after each slow poll (hardware.gpus_missing: NVIDIA GPUs on the PCI "
+       "bus that NVML does not see; workload.straggler: one owner's GPUs far apart in SM activity): 0 ok, "
+       "1 warn, 2 fail; no series where it does not apply.", "doctor",
        tier=S, per_gpu=False, labels=("check",)),
     # --- processes and their owners (gpumon/sources/processes.py, docs/attribution.md) ----------------
     _m("gpumon_compute_processes", GAUGE, "", "Compute processes running on the GPU.", "processes"),

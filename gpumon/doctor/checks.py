@@ -304,6 +304,40 @@ def _held_idle(gpu: GpuView) -> tuple[Verdict, str, dict[str, Any], str]:
     return Verdict.OK, f"{processes:.0f} compute processes, SM activity {sm:.0%}", evidence, ""
 
 
+STRAGGLER_SPREAD = 0.4  # SM activity between one job's GPUs: data-parallel ranks run in lockstep
+
+
+def owner_of(gpu: GpuView) -> str:
+    """The GPU's owner as one word: its pod, else its job; "" when neither is known."""
+    pods = sorted(f"pod {lb['owner_namespace']}/{lb['owner_pod']}" for lb, _ in gpu.values("gpumon_gpu_owner_info")
+                  if not lb.get("gpu_instance"))
+    jobs = sorted(f"job {lb['job_id']}" for lb, _ in gpu.values("gpumon_gpu_job_info") if not lb.get("gpu_instance"))
+    return (pods or jobs or [""])[0]
+
+
+def straggler(gpus: list[GpuView]) -> Finding:
+    """Across GPUs: one owner's GPUs whose SM activity differs widely (a straggler holds the rest back)."""
+    check = "workload.straggler"
+    by_owner: dict[str, dict[int, float]] = {}
+    for gpu in gpus:
+        owner, sm = owner_of(gpu), gpu.value("gpumon_sm_active_ratio")
+        if owner and sm is not None:
+            by_owner.setdefault(owner, {})[gpu.index] = sm
+    shared = {owner: sms for owner, sms in by_owner.items() if len(sms) >= 2}
+    evidence: dict[str, Any] = {owner: {str(i): round(v, 3) for i, v in sms.items()} for owner, sms in shared.items()}
+    if not shared:
+        return Finding(check, NA, "no owner (pod or job) holds two or more GPUs here", evidence)
+    for owner, sms in sorted(shared.items()):
+        slowest = min(sms, key=lambda i: sms[i])
+        if max(sms.values()) - sms[slowest] >= STRAGGLER_SPREAD:
+            return Finding(check, Verdict.WARN, f"{owner}: GPU {slowest} at {sms[slowest]:.0%} SM activity, its other "
+                           f"GPUs up to {max(sms.values()):.0%}", evidence,
+                           f"Look at GPU {slowest}'s rank: its data loader, its host (CPU, NUMA), its links; the "
+                           f"others wait for it at every collective.")
+    return Finding(check, Verdict.OK, f"{len(shared)} multi-GPU owner(s), their GPUs within "
+                   f"{STRAGGLER_SPREAD:.0%} SM activity of each other", evidence)
+
+
 def run_gpu_checks(gpu: GpuView, only: frozenset[str] = frozenset()) -> list[Finding]:
     return [check(gpu) for check_id, check in GPU_CHECKS.items() if selected(check_id, only)]
 

@@ -11,12 +11,12 @@ from typing import Any
 from gpumon import promclient
 from gpumon.config import Config
 from gpumon.doctor import fleet, host
-from gpumon.doctor.checks import GPU_CHECKS, GpuView, run_gpu_checks, selected
+from gpumon.doctor.checks import GPU_CHECKS, GpuView, run_gpu_checks, selected, straggler
 from gpumon.doctor.report import Report, as_json, as_text
 from gpumon.yamlfile import ConfigError
 
 EXIT_UNCHECKED = 3  # --fleet could not read the fleet: neither ok nor a finding
-HOST_CHECKS = ("hardware.gpus_missing", "driver.version", "application.algorithm_and_data")
+HOST_CHECKS = ("hardware.gpus_missing", "driver.version", "workload.straggler", "application.algorithm_and_data")
 
 
 def add_parser(sub: Any, backend_help: str) -> None:
@@ -50,13 +50,16 @@ def run(args: argparse.Namespace, config: Config) -> int:
     devices = snap.devices
     by_gpu = snap.store.latest_by_gpu()
     findings = []
-    for d in devices:
-        findings += run_gpu_checks(GpuView(d.index, d.uuid, by_gpu.get(d.index, [])), only)
+    views = [GpuView(d.index, d.uuid, by_gpu.get(d.index, [])) for d in devices]
+    for view in views:
+        findings += run_gpu_checks(view, only)
     replayed = bool(snap.backend.capture)
     if selected("hardware.gpus_missing", only):
         findings.append(host.gpus_missing(devices, args.sysfs, replayed))
     if selected("driver.version", only):
         findings.append(host.driver(devices))
+    if selected("workload.straggler", only):
+        findings.append(straggler(views))
     if selected("application.algorithm_and_data", only):
         findings.append(host.application_layers())
     report = Report(findings, {d.index: d.uuid for d in devices}, snap.backend.name, snap.backend.capture)

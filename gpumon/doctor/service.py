@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gpumon.doctor import host
-from gpumon.doctor.checks import Finding, GpuView, Verdict, run_gpu_checks
+from gpumon.doctor.checks import Finding, GpuView, Verdict, run_gpu_checks, straggler
 from gpumon.model import Device, Sample
 from gpumon.rounds import Round
 from gpumon.store import Store
@@ -32,15 +32,17 @@ class DoctorService:
         now = time.time()
         devices = self.devices()
         by_gpu = self.store.latest_by_gpu()
+        views = []
         for d in devices:
             sample = Sample(f"doctor:gpu{d.index}", "slow", now, gpu=d.index)
             view = GpuView(d.index, d.uuid, (s for s in by_gpu.get(d.index, ()) if not s.unit.startswith("doctor:")))
+            views.append(view)
             for f in run_gpu_checks(view):
                 self._add(sample, "gpumon_health_check_status", (*d.labels, ("check", f.check)), f)
             self.store.put(sample)
         own = Sample("doctor:host", "slow", now)
-        self._add(own, "gpumon_host_check_status", (("check", "hardware.gpus_missing"),),
-                  host.gpus_missing(devices, self.sysfs, self.replayed))
+        for f in (host.gpus_missing(devices, self.sysfs, self.replayed), straggler(views)):
+            self._add(own, "gpumon_host_check_status", (("check", f.check),), f)
         self.store.put(own)
 
     @staticmethod

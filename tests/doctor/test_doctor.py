@@ -159,3 +159,23 @@ def test_in_the_daemon_held_idle_needs_ten_minutes_without_a_break(streak: float
     (held,) = [f for f in run_gpu_checks(GpuView(0, "GPU-a", [sample])) if f.check == "workload.held_idle"]
     assert held.verdict is verdict
     assert verdict is Verdict.OK or held.summary == "held by job 77 with SMs idle for 12 minutes"
+
+
+def job_gpu(index: int, sm: float, job: str = "77") -> GpuView:
+    sample = Sample(f"gpu{index}", "fast", 0.0, gpu=index)
+    ids = (("gpu", str(index)), ("uuid", f"GPU-{index}"))
+    sample.add("gpumon_sm_active_ratio", ids, sm)
+    sample.add("gpumon_gpu_job_info", (*ids, ("gpu_instance", ""), ("job_id", job), ("user", "bob"),
+                                       ("origin", "mapping")), 1.0)
+    return GpuView(index, f"GPU-{index}", [sample])
+
+
+def test_a_straggler_among_one_jobs_gpus_is_named() -> None:
+    from gpumon.doctor.checks import straggler
+
+    slow = straggler([job_gpu(0, 0.91), job_gpu(1, 0.88), job_gpu(2, 0.30), job_gpu(3, 0.05, job="other")])
+    assert slow.verdict is Verdict.WARN and slow.gpu is None
+    assert slow.summary == "job 77: GPU 2 at 30% SM activity, its other GPUs up to 91%"
+    assert slow.evidence == {"job 77": {"0": 0.91, "1": 0.88, "2": 0.3}} and "GPU 2" in slow.next_step
+    assert straggler([job_gpu(0, 0.91), job_gpu(1, 0.80)]).verdict is Verdict.OK
+    assert straggler([job_gpu(0, 0.91), job_gpu(1, 0.10, job="b")]).verdict is Verdict.NOT_APPLICABLE
