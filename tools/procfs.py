@@ -85,5 +85,15 @@ class FakeProc:
                                   f"Pid:\t{pid}\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\nGid:\t{uid}\t{uid}\t{uid}\t{uid}\n")
         (d / "cgroup").write_text(cgroup or host_cgroup())
 
+    def maps(self, pid: int, *paths: str) -> None:
+        """/proc/<pid>/maps mapping each file (as the kernel writes a file mapping: address range,
+        permissions, offset, device, inode, path), among the anonymous mappings a process has."""
+        lines = ["55d0c0a00000-55d0c0a21000 r--p 00000000 00:00 0          [heap]"]
+        for i, path in enumerate(paths):
+            start = 0x7F0000000000 + i * 0x1000000
+            lines.append(f"{start:x}-{start + 0x80000:x} r-xp 00000000 fd:01 {1048576 + i:<10} {path}")
+        lines.append("7ffc1e1e0000-7ffc1e201000 rw-p 00000000 00:00 0          [stack]")
+        (self.root / str(pid) / "maps").write_text("\n".join(lines) + "\n")
+
     def remove(self, pid: int) -> None:
         shutil.rmtree(self.root / str(pid), ignore_errors=True)

@@ -23,6 +23,10 @@ from pathlib import Path
 # include/linux/proc_ns.h: the initial PID namespace's inode number, the same on every boot.
 PROC_PID_INIT_INO = 0xEFFFFFFC
 MAX_READ = 64 * 1024  # a cgroup file of a deeply nested process is a few hundred bytes
+MAX_MAPS = 16 * 1024 * 1024  # a PyTorch process maps thousands of files: ~1 MB of maps
+# The CUDA libraries a process has mapped, by file name: libcudart.so.12.4.127 (the toolkit),
+# libcudart.so.12 (pip wheels: the major only), libcudart-d0da41ae.so.11.0 (bundled, with a hash).
+_LIBRARY = re.compile(rb"/lib(cudart|nccl|cublas)(?:-[0-9a-f]{8})?\.so\.([0-9]+(?:\.[0-9]+)*)\s*$", re.MULTILINE)
 MAX_NAME = 64
 
 # A pod's cgroup, as the kubelet names it: cgroupfs driver `/kubepods/burstable/pod<uid>/...`,
@@ -85,6 +89,22 @@ class Procfs:
             return None
         pod_uid, container_id, job_id, slurm_uid = parse_cgroup(cgroup)
         return ProcessFacts(pid, before, name, uid if uid is not None else slurm_uid, pod_uid, container_id, job_id)
+
+    def libraries(self, pid: int) -> dict[str, str] | None:
+        """{"cudart": "12.4.127", "nccl": "2.21.5", ...}: the CUDA libraries the process has mapped
+        (/proc/<pid>/maps), each with the version its file name carries; None when the maps cannot be
+        read (gone, or another user's process without CAP_SYS_PTRACE)."""
+        try:
+            with open(self.root / str(pid) / "maps", "rb") as f:
+                maps = f.read(MAX_MAPS)
+        except OSError:
+            return None
+        found: dict[str, str] = {}
+        for m in _LIBRARY.finditer(maps):
+            name, version = m.group(1).decode(), m.group(2).decode()
+            if len(version) > len(found.get(name, "")):  # the most precise of its spellings
+                found[name] = version
+        return found
 
     def alive(self, pid: int, start_time: int) -> bool:
         """Whether the process read earlier is still the one with this PID."""

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from gpumon import promclient
+from gpumon.attribution.procfs import Procfs
 from gpumon.config import Config
 from gpumon.doctor import fleet, host
 from gpumon.doctor.checks import GPU_CHECKS, GpuView, run_gpu_checks, selected, straggler
@@ -16,7 +17,8 @@ from gpumon.doctor.report import Report, as_json, as_text
 from gpumon.yamlfile import ConfigError
 
 EXIT_UNCHECKED = 3  # --fleet could not read the fleet: neither ok nor a finding
-HOST_CHECKS = ("hardware.gpus_missing", "driver.version", "workload.straggler", "application.algorithm_and_data")
+HOST_CHECKS = ("hardware.gpus_missing", "driver.version", "driver.cuda_runtime", "workload.straggler",
+               "application.algorithm_and_data")
 
 
 def add_parser(sub: Any, backend_help: str) -> None:
@@ -58,6 +60,11 @@ def run(args: argparse.Namespace, config: Config) -> int:
         findings.append(host.gpus_missing(devices, args.sysfs, replayed))
     if selected("driver.version", only):
         findings.append(host.driver(devices))
+    if selected("driver.cuda_runtime", only):
+        proc_root = config.attribution.processes.proc_root
+        # A replayed capture's PIDs are not this host's, unless /proc is a stand-in (tests).
+        procfs = None if replayed and proc_root == Path("/proc") else Procfs(proc_root)
+        findings.append(host.cuda_runtime(views, devices, procfs))
     if selected("workload.straggler", only):
         findings.append(straggler(views))
     if selected("application.algorithm_and_data", only):

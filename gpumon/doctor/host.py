@@ -1,11 +1,12 @@
-"""Checks of the host rather than of one GPU: GPUs on the PCI bus that NVML does not see, the driver,
-and the diagnosis layers only the application can see."""
+"""Checks of the host rather than of one GPU: GPUs on the PCI bus that NVML does not see, the driver
+and the CUDA runtimes the GPU processes mapped, and the diagnosis layers only the application can see."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from gpumon.doctor.checks import Finding, Verdict
+from gpumon.attribution.procfs import Procfs
+from gpumon.doctor.checks import Finding, GpuView, Verdict
 from gpumon.model import Device
 
 NVIDIA = "0x10de"
@@ -69,3 +70,63 @@ def application_layers() -> Finding:
     return Finding("application.algorithm_and_data", Verdict.NOT_APPLICABLE,
                    "algorithm (gradient norms) and data (input drift) live inside the application: publish them "
                    "beside gpumon's metrics (docs/doctor.md, rules/examples/)")
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in text.split(".") if p.isdigit())
+
+
+def cuda_runtime(views: list[GpuView], devices: list[Device], procfs: Procfs | None) -> Finding:
+    """Each GPU process's mapped CUDA runtime against the CUDA version the driver supports (a runtime of
+    a newer major fails with "CUDA driver version is insufficient"; a newer minor runs on minor-version
+    compatibility without the newer features), and NCCL versions that differ within one owner's processes."""
+    check = "driver.cuda_runtime"
+    if procfs is None:
+        return Finding(check, Verdict.NOT_APPLICABLE, "replayed processes are not this host's: /proc is not read")
+    driver = max((_version(d.cuda_driver_version) for d in devices if d.cuda_driver_version), default=())
+    processes: dict[str, str] = {}  # pid -> owner
+    for view in views:
+        for labels, _ in view.values("gpumon_process_info"):
+            owner = (f"pod {labels.get('owner_namespace')}/{labels.get('owner_pod')}" if labels.get("owner_pod")
+                     else f"job {labels['job_id']}" if labels.get("job_id") else f"pid {labels['pid']}")
+            processes[labels["pid"]] = owner
+    runtimes: dict[str, dict[str, str]] = {}
+    unreadable = []
+    for pid in sorted(processes, key=int):
+        libraries = procfs.libraries(int(pid))
+        if libraries is None:
+            unreadable.append(pid)
+        elif libraries:
+            runtimes[pid] = libraries
+    evidence = {"driver_cuda": ".".join(map(str, driver)) or None, "processes": runtimes, "unreadable": unreadable}
+    if not runtimes:
+        why = "no GPU process maps a CUDA runtime" if not unreadable else \
+            f"the maps of {len(unreadable)} GPU process(es) are not readable (another user's: CAP_SYS_PTRACE)"
+        return Finding(check, Verdict.NOT_APPLICABLE, why, evidence)
+    newer_major = [pid for pid, lib in runtimes.items()
+                   if "cudart" in lib and driver and _version(lib["cudart"])[:1] > driver[:1]]
+    newer_minor = [pid for pid, lib in runtimes.items() if "cudart" in lib and driver
+                   and _version(lib["cudart"])[:1] == driver[:1] and _version(lib["cudart"])[:2] > driver[:2]]
+    driver_text = evidence["driver_cuda"]
+    if newer_major:
+        pid = newer_major[0]
+        return Finding(check, Verdict.FAIL, f"pid {pid} ({processes[pid]}) maps CUDA runtime "
+                       f"{runtimes[pid]['cudart']}, the driver supports CUDA {driver_text}: 'CUDA driver version is "
+                       "insufficient'", evidence,
+                       "Upgrade the driver on this host, or run the job's image built for the driver's CUDA.")
+    nccl: dict[str, set[str]] = {}
+    for pid, lib in runtimes.items():
+        if "nccl" in lib:
+            nccl.setdefault(processes[pid], set()).add(lib["nccl"])
+    mixed = {owner: sorted(v) for owner, v in nccl.items() if len(v) > 1}
+    if mixed:
+        owner, versions = next(iter(sorted(mixed.items())))
+        return Finding(check, Verdict.WARN, f"{owner} runs NCCL {' and '.join(versions)} in different processes",
+                       evidence, "Build every rank from one image: mixed NCCL versions hang or fail in collectives.")
+    if newer_minor:
+        pid = newer_minor[0]
+        return Finding(check, Verdict.WARN, f"pid {pid} maps CUDA runtime {runtimes[pid]['cudart']}, newer than the "
+                       f"driver's CUDA {driver_text}: it runs on minor-version compatibility, without the newer "
+                       "features", evidence, "Upgrade the driver if the job needs the newer CUDA's features or PTX.")
+    return Finding(check, Verdict.OK, f"{len(runtimes)} GPU process(es) map a CUDA runtime the driver "
+                   f"(CUDA {driver_text}) supports", evidence)

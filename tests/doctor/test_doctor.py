@@ -179,3 +179,49 @@ def test_a_straggler_among_one_jobs_gpus_is_named() -> None:
     assert slow.evidence == {"job 77": {"0": 0.91, "1": 0.88, "2": 0.3}} and "GPU 2" in slow.next_step
     assert straggler([job_gpu(0, 0.91), job_gpu(1, 0.80)]).verdict is Verdict.OK
     assert straggler([job_gpu(0, 0.91), job_gpu(1, 0.10, job="b")]).verdict is Verdict.NOT_APPLICABLE
+
+
+def host_with_processes(tmp_path: Path, trainer_libs: list[str], display_libs: list[str]) -> tuple[str, Path]:
+    """The shared-GPU capture's idle start (its trainer and a display server on GPU 0) with a fake /proc
+    in which both belong to Slurm job 77 and map the given libraries."""
+    from tests.fixtures.procs import generate
+    from tools.procfs import FakeProc, slurm_cgroup
+
+    proc = FakeProc(tmp_path / "proc")
+    for pid, libs in ((generate.TRAINER, trainer_libs), (generate.DISPLAY, display_libs)):
+        proc.add(pid, "python3", cgroup=slurm_cgroup(77, 1001), uid=1001)
+        proc.maps(pid, "/usr/lib/x86_64-linux-gnu/libc.so.6", *libs)
+    config = tmp_path / "gpumon.yaml"
+    config.write_text(f'attribution: {{processes: {{proc_root: "{tmp_path / "proc"}"}}}}\n')
+    return f"replay:{generate.OUT_DIR}", config
+
+
+CUDART_13 = "/opt/venv/lib/python3.11/site-packages/nvidia/cuda_runtime/lib/libcudart.so.13"
+
+
+@pytest.mark.parametrize(("trainer", "display", "verdict", "words"), [
+    ([CUDART_13, "/opt/venv/lib/libnccl.so.2.27.3"], [CUDART_13], "ok", "2 GPU process(es) map a CUDA runtime"),
+    (["/usr/local/cuda-14.0/lib64/libcudart.so.14.0.35"], [CUDART_13], "fail", "driver version is insufficient"),
+    (["/opt/torch/lib/libcudart-9335f6a2.so.13.1.52"], [], "warn", "minor-version compatibility"),
+    ([CUDART_13, "/opt/a/libnccl.so.2.27.3"], [CUDART_13, "/opt/b/libnccl.so.2.21.5"], "warn",
+     "job 77 runs NCCL 2.21.5 and 2.27.3"),
+])
+def test_the_cuda_runtime_each_gpu_process_maps_against_the_driver(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], trainer: list[str], display: list[str], verdict: str,
+        words: str) -> None:
+    backend, config = host_with_processes(tmp_path, trainer, display)
+    code, doc = doctor(capsys, backend, "--config", str(config), "--only", "driver.cuda_runtime")
+    found = finding(doc, "driver.cuda_runtime")
+    assert found["verdict"] == verdict and words in found["summary"], found
+    assert code == {"ok": 0, "warn": 1, "fail": 2}[verdict]
+    assert found["evidence"]["driver_cuda"] == "13.0"
+
+
+def test_a_process_whose_maps_cannot_be_read_is_not_a_finding(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                                              ) -> None:
+    backend, config = host_with_processes(tmp_path, [CUDART_13], [])
+    for maps in (tmp_path / "proc").glob("*/maps"):
+        maps.unlink()  # as another user's process reads without CAP_SYS_PTRACE: EACCES
+    code, doc = doctor(capsys, backend, "--config", str(config), "--only", "driver.cuda_runtime")
+    found = finding(doc, "driver.cuda_runtime")
+    assert code == 0 and found["verdict"] == "not_applicable" and "not readable" in found["summary"]
