@@ -180,6 +180,13 @@ METRICS: tuple[Metric, ...] = (
        tier=ST, reading="pcie_link_max", key="width"),
     _m("gpumon_pcie_replays_total", COUNTER, "", "PCIe replay events (link-level retransmissions).",
        tier=S, reading="pcie_replay"),
+    _m("gpumon_persistence_mode", GAUGE, "",
+       "1 when persistence mode is on (the driver stays loaded with no client), 0 when off.", tier=S,
+       reading="persistence_mode"),
+    _m("gpumon_gpu_recovery_action", GAUGE, "",
+       "The recovery NVML recommends now (field NVML_FI_DEV_GET_GPU_RECOVERY_ACTION): 0 none, 1 GPU reset, "
+       "2 node reboot, 3 drain peer-to-peer, 4 drain and reset, 5 recover the IMEX domain, 6 PCIe bus reset, "
+       "7 system reboot.", tier=S, reading="fields", key="230"),
     # --- NVLink (links not active at (re)initialisation have no series) -------------------------
     _m("gpumon_nvlink_up", GAUGE, "", "1 while an NVLink link that was active at initialisation is up.",
        tier=S, reading="nvlink_state", labels=("link",)),

@@ -251,6 +251,43 @@ def _nvlink(gpu: GpuView) -> tuple[Verdict, str, dict[str, Any], str]:
     return Verdict.OK, f"{len(up)} NVLink links up, no errors", evidence, ""
 
 
+RECOVERY_ACTIONS = {  # nvmlDeviceGpuRecoveryAction_t: what NVML says to do, and how
+    1: ("a GPU reset", "Drain the GPU's work and reset it (nvidia-smi -r)."),
+    2: ("a node reboot", "Drain the node and reboot it."),
+    3: ("draining peer-to-peer traffic", "Stop the jobs using NVLink/P2P on this GPU, then reset it."),
+    4: ("a drain and a GPU reset", "Drain the GPU's work and reset it."),
+    5: ("recovering the IMEX domain", "Restart the IMEX daemon of the NVLink domain."),
+    6: ("a PCIe bus reset", "Drain the GPU's work and reset its PCIe bus."),
+    7: ("a system reboot", "Drain the node and reboot it."),
+}
+
+
+@gpu_check("hardware.recovery_action")
+def _recovery_action(gpu: GpuView) -> tuple[Verdict, str, dict[str, Any], str]:
+    action = gpu.value("gpumon_gpu_recovery_action")
+    evidence = {"recovery_action": action}
+    if action is None:
+        return NA, "NVML gives no recovery action on this driver", evidence, ""
+    if int(action) == 0:
+        return Verdict.OK, "NVML recommends no recovery action", evidence, ""
+    what, step = RECOVERY_ACTIONS.get(int(action), (f"recovery action {int(action)}", "See nvml.h's "
+                                                    "nvmlDeviceGpuRecoveryAction_t."))
+    return Verdict.FAIL, f"NVML recommends {what}", evidence, step
+
+
+@gpu_check("driver.persistence_mode")
+def _persistence(gpu: GpuView) -> tuple[Verdict, str, dict[str, Any], str]:
+    mode = gpu.value("gpumon_persistence_mode")
+    evidence = {"persistence_mode": mode}
+    if mode is None:
+        return NA, "persistence mode not readable", evidence, ""
+    if mode == 0:
+        return Verdict.WARN, "persistence mode is off: the driver unloads when no client is left", evidence, \
+            "Run nvidia-persistenced (or nvidia-smi -pm 1): without it each job's first CUDA call pays " \
+            "the driver's start-up and GPU state is lost between jobs."
+    return Verdict.OK, "persistence mode on", evidence, ""
+
+
 # --- workload -------------------------------------------------------------------------------------
 
 @gpu_check("workload.memory_full")

@@ -225,6 +225,10 @@ class Readers:
     def _read_pcie_replay(self, gpu: GpuState, plan: Plan) -> Reading:
         return (("", (), self.nvml.nvmlDeviceGetPcieReplayCounter(gpu.handle)),)
 
+    @reads("persistence_mode", "nvmlDeviceGetPersistenceMode")
+    def _read_persistence_mode(self, gpu: GpuState, plan: Plan) -> Reading:
+        return (("", (), int(self.nvml.nvmlDeviceGetPersistenceMode(gpu.handle))),)
+
     @reads("remapped_rows", "nvmlDeviceGetRemappedRows")
     def _read_remapped_rows(self, gpu: GpuState, plan: Plan) -> Reading:
         corr, unc, pending, failure = self.nvml.nvmlDeviceGetRemappedRows(gpu.handle)

@@ -95,6 +95,17 @@ def gpu_detail() -> dict[str, Any]:
                 mappings=[{"type": "value", "options": {"0": {"text": "ok"}, "1": {"text": "warn"},
                                                         "2": {"text": "fail"}}}]), 24, 8)
 
+    b.add(stat("Persistence mode", [target(g("gpumon_persistence_mode"), instant=True)], "none",
+               "gpumon_persistence_mode: off, the driver unloads between jobs (docs/doctor.md).",
+               mappings=[{"type": "value", "options": {"0": {"text": "off"}, "1": {"text": "on"}}}],
+               thresholds=[(None, "orange"), (1, "green")]), 12, 4)
+    b.add(stat("Recovery NVML recommends", [target(g("gpumon_gpu_recovery_action"), instant=True)], "none",
+               "gpumon_gpu_recovery_action: what NVML says to do now (0 none).",
+               mappings=[{"type": "value", "options": {str(k): {"text": t} for k, t in (
+                   (0, "none"), (1, "GPU reset"), (2, "node reboot"), (3, "drain P2P"), (4, "drain and reset"),
+                   (5, "recover IMEX"), (6, "PCIe bus reset"), (7, "system reboot"))}}],
+               thresholds=[(None, "green"), (1, "red")]), 12, 4)
+
     b.row("MIG instances")
     b.add(stat("MIG mode", [target(g("gpumon_mig_mode"), "{{state}}", instant=True)], "none",
                "gpumon_mig_mode: MIG now (current) and after the next GPU reset (pending). Empty on a GPU without "

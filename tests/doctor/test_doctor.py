@@ -225,3 +225,16 @@ def test_a_process_whose_maps_cannot_be_read_is_not_a_finding(tmp_path: Path, ca
     code, doc = doctor(capsys, backend, "--config", str(config), "--only", "driver.cuda_runtime")
     found = finding(doc, "driver.cuda_runtime")
     assert code == 0 and found["verdict"] == "not_applicable" and "not readable" in found["summary"]
+
+
+def test_persistence_off_and_a_recommended_reset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def edit(probe: dict[str, Any], records: list[dict[str, Any]]) -> None:
+        device = probe["devices"][0]
+        device["getters"]["nvmlDeviceGetPersistenceMode"] = {"ok": 0}
+        device["fields"]["by_id"]["230"] = {"ret": 0, "type": 1, "value": 4}  # NVML_GPU_RECOVERY_ACTION_DRAIN_AND_RESET
+    code, doc = doctor(capsys, f"replay:{edited_capture(tmp_path / 'capture', edit)}", "--only",
+                       "driver.persistence_mode", "hardware.recovery_action")
+    assert code == 2
+    assert finding(doc, "hardware.recovery_action")["summary"] == "NVML recommends a drain and a GPU reset"
+    persistence = finding(doc, "driver.persistence_mode")
+    assert persistence["verdict"] == "warn" and "nvidia-persistenced" in persistence["next_step"]
