@@ -275,7 +275,8 @@ METRICS: tuple[Metric, ...] = (
        tier=S, labels=("check",)),
     _m("gpumon_host_check_status", GAUGE, "",
        "A `gpumon doctor` check of the host after each slow poll (hardware.gpus_missing: NVIDIA GPUs on the PCI "
-       "bus that NVML does not see; workload.straggler: one owner's GPUs far apart in SM activity): 0 ok, "
+       "bus that NVML does not see; interconnect.infiniband: RDMA ports down or below their kind's best rate; "
+       "workload.straggler: one owner's GPUs far apart in SM activity): 0 ok, "
        "1 warn, 2 fail; no series where it does not apply.", "doctor",
        tier=S, per_gpu=False, labels=("check",)),
     # --- processes and their owners (gpumon/sources/processes.py, docs/attribution.md) ----------------

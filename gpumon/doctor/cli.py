@@ -17,8 +17,8 @@ from gpumon.doctor.report import Report, as_json, as_text
 from gpumon.yamlfile import ConfigError
 
 EXIT_UNCHECKED = 3  # --fleet could not read the fleet: neither ok nor a finding
-HOST_CHECKS = ("hardware.gpus_missing", "driver.version", "driver.cuda_runtime", "workload.straggler",
-               "application.algorithm_and_data")
+HOST_CHECKS = ("hardware.gpus_missing", "interconnect.infiniband", "driver.version", "driver.cuda_runtime",
+               "workload.straggler", "application.algorithm_and_data")
 
 
 def add_parser(sub: Any, backend_help: str) -> None:
@@ -58,6 +58,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
     replayed = bool(snap.backend.capture)
     if selected("hardware.gpus_missing", only):
         findings.append(host.gpus_missing(devices, args.sysfs, replayed))
+    if selected("interconnect.infiniband", only):
+        findings.append(host.infiniband(snap.store.latest()))
     if selected("driver.version", only):
         findings.append(host.driver(devices))
     if selected("driver.cuda_runtime", only):

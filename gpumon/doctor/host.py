@@ -3,11 +3,13 @@ and the CUDA runtimes the GPU processes mapped, and the diagnosis layers only th
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from gpumon.attribution.procfs import Procfs
 from gpumon.doctor.checks import Finding, GpuView, Verdict
-from gpumon.model import Device
+from gpumon.model import Device, Sample
 
 NVIDIA = "0x10de"
 GPU_CLASSES = ("0x0300", "0x0302")  # VGA and 3D controllers; NVSwitches are bridges (0x0680)
@@ -130,3 +132,41 @@ def cuda_runtime(views: list[GpuView], devices: list[Device], procfs: Procfs | N
                        "features", evidence, "Upgrade the driver if the job needs the newer CUDA's features or PTX.")
     return Finding(check, Verdict.OK, f"{len(runtimes)} GPU process(es) map a CUDA runtime the driver "
                    f"(CUDA {driver_text}) supports", evidence)
+
+
+def infiniband(samples: Iterable[Sample]) -> Finding:
+    """RDMA ports down, or running below the best rate or width of their kind on this host (a port of
+    an 8 × 400G node at 200G, or trained at 2X, halves that rail's collectives)."""
+    check = "interconnect.infiniband"
+    ports: dict[str, dict[str, Any]] = {}
+    for sample in samples:
+        for name, labels, value in sample.values:
+            if name in _IB_READ:
+                d = dict(labels)
+                port = ports.setdefault(f"{d['device']}/{d['port']}", {})
+                if name == "gpumon_ib_port_info":
+                    port["kind"] = (d.get("hca_type", ""), d.get("link_layer", ""))
+                else:
+                    port[_IB_READ[name]] = value
+    if not ports:
+        return Finding(check, Verdict.NOT_APPLICABLE, "no RDMA port")
+    evidence: dict[str, Any] = {p: {k: v for k, v in f.items() if k != "kind"} for p, f in sorted(ports.items())}
+    down = sorted(p for p, f in ports.items() if f.get("up") == 0)
+    best: dict[Any, float] = {}
+    for f in ports.values():
+        if f.get("up") == 1:
+            best[f.get("kind")] = max(best.get(f.get("kind"), 0.0), f.get("rate", 0.0))
+    slow = sorted(p for p, f in ports.items() if f.get("up") == 1
+                  and (f.get("rate", 0.0) < best[f.get("kind")] or f.get("width", 4) < 4))
+    if slow:
+        return Finding(check, Verdict.WARN, "RDMA port(s) below the best rate or width of their kind: "
+                       + ", ".join(slow), evidence,
+                       "Reseat or replace the cable or transceiver; check the switch port's speed setting.")
+    if down:
+        return Finding(check, Verdict.WARN, f"RDMA port(s) down: {', '.join(down)}", evidence,
+                       "If the port is cabled: cable, switch port, subnet manager (an unused port reads down too).")
+    return Finding(check, Verdict.OK, f"{len(ports)} RDMA port(s) up at their kind's best rate", evidence)
+
+
+_IB_READ = {"gpumon_ib_port_info": "info", "gpumon_ib_port_up": "up", "gpumon_ib_port_rate_bytes_per_second": "rate",
+            "gpumon_ib_port_width_lanes": "width"}

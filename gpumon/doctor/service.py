@@ -41,7 +41,8 @@ class DoctorService:
                 self._add(sample, "gpumon_health_check_status", (*d.labels, ("check", f.check)), f)
             self.store.put(sample)
         own = Sample("doctor:host", "slow", now)
-        for f in (host.gpus_missing(devices, self.sysfs, self.replayed), straggler(views)):
+        for f in (host.gpus_missing(devices, self.sysfs, self.replayed), host.infiniband(self.store.latest()),
+                  straggler(views)):
             self._add(own, "gpumon_host_check_status", (("check", f.check),), f)
         self.store.put(own)
 

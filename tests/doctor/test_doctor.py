@@ -238,3 +238,21 @@ def test_persistence_off_and_a_recommended_reset(tmp_path: Path, capsys: pytest.
     assert finding(doc, "hardware.recovery_action")["summary"] == "NVML recommends a drain and a GPU reset"
     persistence = finding(doc, "driver.persistence_mode")
     assert persistence["verdict"] == "warn" and "nvidia-persistenced" in persistence["next_step"]
+
+
+def test_rdma_ports_down_or_below_the_best_rate_of_their_kind(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from tools.ibsysfs import IbSysfs
+
+    fabric = IbSysfs(tmp_path / "sys")
+    for i, rate in enumerate(("400 Gb/sec (4X NDR)", "400 Gb/sec (4X NDR)", "200 Gb/sec (4X HDR)")):
+        fabric.add_device(f"mlx5_{i}", ["pci0000:00", f"0000:00:0{i + 1}.0", f"0000:0{i + 1}:00.0"], rate=rate)
+    config = tmp_path / "gpumon.yaml"
+    config.write_text(f'interconnect: {{infiniband: {{root: "{fabric.ib_root}"}}}}\n')
+    code, doc = doctor(capsys, "replay:demo", "--config", str(config), "--only", "interconnect")
+    slow = finding(doc, "interconnect.infiniband")
+    assert code == 1 and slow["verdict"] == "warn" and slow["summary"].endswith(": mlx5_2/1")
+    assert slow["evidence"]["mlx5_2/1"]["rate"] == 25e9 and slow["evidence"]["mlx5_0/1"]["rate"] == 50e9
+    fabric.link_down("mlx5_2", 1)
+    code, doc = doctor(capsys, "replay:demo", "--config", str(config), "--only", "interconnect")
+    assert code == 1 and finding(doc, "interconnect.infiniband")["summary"] == "RDMA port(s) down: mlx5_2/1"
