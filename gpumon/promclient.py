@@ -2,7 +2,8 @@
 --prometheus`, `gpumon doctor --fleet`): instant queries, reached as promtool's `--http.config.file`
 says — a YAML file with `basic_auth` (username, password or password_file), `authorization` (type,
 credentials or credentials_file), or `bearer_token_file`, and `tls_config` (ca_file, cert_file,
-key_file, server_name, insecure_skip_verify). Secrets are read from files and never printed; a URL's
+key_file, insecure_skip_verify; server_name is refused: urllib cannot set it). Redirects are refused,
+so credentials never follow one to another host. Secrets are read from files and never printed; a URL's
 userinfo is removed from every message.
 """
 
@@ -62,15 +63,26 @@ def http_settings(path: Path | None) -> HttpSettings:
     if data.get("bearer_token_file"):
         headers["Authorization"] = "Bearer " + secret(data, "", "bearer_token_file", "")
     if isinstance(tls := data.get("tls_config"), dict):
-        context = ssl.create_default_context(cafile=tls.get("ca_file"))
-        if tls.get("cert_file"):
-            context.load_cert_chain(tls["cert_file"], tls.get("key_file"))
+        if tls.get("server_name"):  # urllib cannot set the SNI name apart from the URL's host
+            raise ConfigError(f"{path}: tls_config.server_name: not supported; put that name in the URL")
+        try:
+            context = ssl.create_default_context(cafile=tls.get("ca_file"))
+            if tls.get("cert_file"):
+                context.load_cert_chain(tls["cert_file"], tls.get("key_file"))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"{path}: tls_config: {exc}") from None
         if tls.get("insecure_skip_verify"):
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
-        if tls.get("server_name"):
-            headers["Host"] = str(tls["server_name"])
     return HttpSettings(headers, context)
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """urllib would send the Authorization header on to wherever a redirect points (another host, or
+    http): a redirect is answered as the error it then is."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
 
 
 def query(url: str, expr: str, at: float, http: HttpSettings) -> list[dict[str, Any]]:
@@ -79,13 +91,16 @@ def query(url: str, expr: str, at: float, http: HttpSettings) -> list[dict[str, 
     base = url.rstrip("/")
     request = urllib.request.Request(f"{base}/api/v1/query?{params}", headers=http.headers)
     try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT_S, context=http.context) as response:
+        opener = urllib.request.build_opener(_NoRedirects, urllib.request.HTTPSHandler(context=http.context))
+        with opener.open(request, timeout=TIMEOUT_S) as response:
             answer = json.load(response)
     except urllib.error.HTTPError as exc:
         raise ConfigError(f"Prometheus at {redacted(base)} answered {exc.code} {exc.reason}") from None
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         raise ConfigError(f"cannot query Prometheus at {redacted(base)}: {reason}") from None
+    if not isinstance(answer, dict) or not isinstance(answer.get("data"), dict):
+        raise ConfigError(f"Prometheus at {redacted(base)}: the answer is not Prometheus's query JSON")
     if answer.get("status") != "success":
         raise ConfigError(f"Prometheus at {redacted(base)}: {answer.get('error', 'query failed')}")
     result: list[dict[str, Any]] = answer["data"]["result"]

@@ -115,9 +115,36 @@ def anchored(pattern: str) -> Regex:
     Alternatives of plain values (`48|62|79`, `hw_slowdown|sw_thermal_slowdown`) match as a set, as
     Prometheus's FastRegexMatcher does: `^(?:a|b)$` matches exactly the texts a and b. RE2 compiles
     the pattern only if something asks for its groups (label_replace)."""
-    if _METACHARACTERS.isdisjoint(pattern) and pattern.isprintable() and len(pattern) <= MAX_PATTERN_BYTES // 4:
-        return Regex(f"^(?:{pattern})$", None, frozenset(pattern.split("|")))
+    if pattern.isprintable() and len(pattern) <= MAX_PATTERN_BYTES // 4:
+        literals = _literal_alternatives(pattern)
+        if literals is not None:
+            return Regex(f"^(?:{pattern})$", None, literals)
     return compile_go(f"^(?:{pattern})$")
+
+
+def _literal_alternatives(pattern: str) -> frozenset[str] | None:
+    """The texts `a|b\\.c` matches exactly ({"a", "b.c"}): alternatives of plain characters, where a
+    metacharacter counts only escaped (`\\.`); None for anything else."""
+    alternatives, current = [], []
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            if i + 1 >= len(pattern) or pattern[i + 1] not in _METACHARACTERS | {"|"}:
+                return None  # \d, \w, ...: a class, not a character
+            current.append(pattern[i + 1])
+            i += 2
+            continue
+        if c == "|":
+            alternatives.append("".join(current))
+            current = []
+        elif c in _METACHARACTERS:
+            return None
+        else:
+            current.append(c)
+        i += 1
+    alternatives.append("".join(current))
+    return frozenset(alternatives)
 
 
 def _reject_go_rejects(pattern: str) -> None:

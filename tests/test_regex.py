@@ -23,6 +23,19 @@ def test_alternatives_of_values_match_as_re2_matches_them(values: list[str], tex
         assert fast.matches(text) == re2.matches(text), (pattern, text)
 
 
+ESCAPED = st.lists(st.one_of(PLAIN, st.sampled_from(["\\.", "\\*", "\\|", "\\(", "\\$"])), min_size=1, max_size=4
+                   ).map("".join)
+
+
+@given(values=st.lists(ESCAPED, min_size=1, max_size=4), texts=st.lists(PLAIN, max_size=4))
+def test_values_with_escaped_metacharacters_match_as_re2_matches_them(values: list[str], texts: list[str]) -> None:
+    pattern = "|".join(values)
+    fast, re2 = anchored(pattern), compile_go(f"^(?:{pattern})$")
+    unescaped = [v.replace("\\", "") for v in values]
+    for text in [*unescaped, *values, *texts, pattern, unescaped[0] + "x", ""]:
+        assert fast.matches(text) == re2.matches(text), (pattern, text)
+
+
 def test_a_pattern_with_any_metacharacter_is_compiled() -> None:
     assert anchored("4.|79").matches("48") and not anchored("4.|79").matches("4\n")
     assert anchored("gpu(0|1)").matches("gpu1")

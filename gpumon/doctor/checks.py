@@ -165,6 +165,8 @@ def _pcie_link(gpu: GpuView) -> tuple[Verdict, str, dict[str, Any], str]:
     if None in (gen, width, max_gen, max_width):
         return NA, "PCIe link not readable", evidence, ""
     assert gen is not None and width is not None and max_gen is not None and max_width is not None
+    if width <= 0:  # no link trained (a GPU in a deep power state reads 0): nothing to compare
+        return NA, "PCIe link width reads 0 (no link trained now)", evidence, ""
     if width < max_width:
         return Verdict.WARN, f"link trained at x{width:.0f}, the GPU supports x{max_width:.0f}: " \
             f"{max_width / width:.0f}x less host bandwidth", evidence, "Reseat the GPU or check the riser and slot."

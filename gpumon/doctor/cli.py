@@ -14,6 +14,7 @@ from gpumon.config import Config
 from gpumon.doctor import fleet, host
 from gpumon.doctor.checks import GPU_CHECKS, GpuView, run_gpu_checks, selected, straggler
 from gpumon.doctor.report import Report, as_json, as_text
+from gpumon.model import BackendUnavailable
 from gpumon.yamlfile import ConfigError
 
 EXIT_UNCHECKED = 3  # --fleet could not read the fleet: neither ok nor a finding
@@ -48,7 +49,11 @@ def run(args: argparse.Namespace, config: Config) -> int:
         return 64
     if args.fleet:
         return _fleet(args, only)
-    snap = asyncio.run(take_snapshot(config))
+    try:
+        snap = asyncio.run(take_snapshot(config))
+    except BackendUnavailable as exc:  # NVML cannot load, the capture cannot be read: the worst finding
+        print(f"gpumon: {exc}", file=sys.stderr)
+        return 2
     devices = snap.devices
     by_gpu = snap.store.latest_by_gpu()
     findings = []

@@ -3,6 +3,7 @@ and the CUDA runtimes the GPU processes mapped, and the diagnosis layers only th
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,8 @@ GPU_CLASSES = ("0x0300", "0x0302")  # VGA and 3D controllers; NVSwitches are bri
 
 
 def nvidia_gpus_on_the_bus(sysfs: Path) -> list[str]:
-    """PCI addresses (domain:bus:device.function, lower case) of NVIDIA display and 3D controllers."""
+    """PCI addresses (domain:bus:device.function, lower case) of NVIDIA display and 3D controllers bound to
+    the nvidia driver or to none."""
     found = []
     try:
         entries = sorted((sysfs / "bus" / "pci" / "devices").iterdir())
@@ -28,7 +30,10 @@ def nvidia_gpus_on_the_bus(sysfs: Path) -> list[str]:
             klass = (entry / "class").read_text().strip().lower()
         except OSError:
             continue
-        if vendor == NVIDIA and klass.startswith(GPU_CLASSES):
+        # A GPU bound to another driver (vfio-pci for a VM, an SR-IOV function) is not NVML's to see;
+        # one bound to none failed to initialise, and one bound to nvidia should be seen.
+        driver = os.path.basename(os.path.realpath(entry / "driver")) if (entry / "driver").exists() else ""
+        if vendor == NVIDIA and klass.startswith(GPU_CLASSES) and driver in ("", "nvidia"):
             found.append(entry.name.lower())
     return found
 

@@ -31,6 +31,7 @@ from gpumon.sources.base import Schedule, Unit, UnitHealth, UnitLost
 from gpumon.sources.nvml import NvmlSource
 from gpumon.sources.nvml_readers import (
     ABSENT_CODES,
+    ARGUMENT_VERSION_MISMATCH,
     GPM_METRICS,
     GPM_MIN_INTERVAL_S,
     LOST_CODES,
@@ -148,7 +149,10 @@ class MigSource:
             self._discover(unit, gpu)
             assert gpu.layout_sample is not None
             out.append(gpu.layout_sample)
-        if tier is Tier.FAST and gpu.mode is not None and gpu.mode[0] == MIG_ENABLED:
+        if tier is Tier.FAST and gpu.mode is not None and gpu.mode[0] != MIG_ENABLED:
+            # MIG off: an empty sample, so the series of instances there were end now, not 5 minutes on
+            out.append(Sample(unit.key, Tier.FAST.value, time.time(), gpu=gpu.index))
+        elif tier is Tier.FAST and gpu.mode is not None:
             out.append(self._measure(unit, gpu))
             if gpu.stale:  # an instance was destroyed: the layout now, its new instances from the next poll
                 self._discover(unit, gpu)
@@ -181,9 +185,11 @@ class MigSource:
             if code(exc) in ABSENT_CODES:
                 gpu.supported = False
                 log.info("GPU has no MIG", gpu=gpu.index, error=type(exc).__name__)
-            else:
+                gpu.layout_sample = sample
+            else:  # a passing failure: the layout read last stays, its series with it
                 self.gpus.count_error("nvmlDeviceGetMigMode", exc)
-            gpu.layout_sample, gpu.stale = sample, False
+                gpu.layout_sample = gpu.layout_sample or sample
+            gpu.stale = False
             return
         gpu.mode = (current, pending)
         sample.add("gpumon_mig_mode", (*device.labels, ("state", "current")), float(current == MIG_ENABLED))
@@ -289,28 +295,52 @@ class MigSource:
         n = self.gpus.nvml
         parent = self.gpus.handle(gpu.index)
         for inst in gpu.instances.values():
-            first = inst.cis[0].handle
-            try:
-                memory = n.nvmlDeviceGetMemoryInfo(first, version=n.nvmlMemory_v2)
-                processes = sum(compute_process_count(n, ci.handle) for ci in inst.cis)
+            try:  # the memory call on its handle decides whether the instance is still there
+                memory = self._memory(gpu, inst.cis[0].handle)
             except Exception as exc:
                 self._instance_failed(unit, gpu, inst, exc)
                 continue
             sample.add("gpumon_mig_memory_used_bytes", inst.labels, float(memory.used))
             sample.add("gpumon_mig_memory_total_bytes", inst.labels, float(memory.total))
-            sample.add("gpumon_mig_compute_processes", inst.labels, float(processes))
+            if "processes" not in gpu.absent:
+                try:
+                    processes = sum(compute_process_count(n, ci.handle) for ci in inst.cis)
+                except Exception as exc:
+                    self._read_failed(unit, gpu, "processes", "nvmlDeviceGetComputeRunningProcesses", exc)
+                else:
+                    sample.add("gpumon_mig_compute_processes", inst.labels, float(processes))
             if "gpm" not in gpu.absent:
                 try:
                     for key, value in self._gpm(parent, inst):
                         sample.add(GPM_SERIES[key], inst.labels, value * catalog.PERCENT)
-                except Exception as exc:
-                    if code(exc) in ABSENT_CODES:
-                        gpu.absent.add("gpm")
-                        log.info("GPU instances give no GPM: no per-instance SM activity", gpu=gpu.index,
-                                 error=type(exc).__name__)
-                    else:
-                        self._instance_failed(unit, gpu, inst, exc)
+                except Exception as exc:  # never a sign that the instance is gone: its memory said
+                    self._read_failed(unit, gpu, "gpm", "nvmlGpmMigSampleGet", exc)
         return sample
+
+    def _memory(self, gpu: _Gpu, handle: Any) -> Any:
+        """nvmlMemory_v2, or v1 on a driver before R510 (remembered)."""
+        n = self.gpus.nvml
+        if "memory_v2" not in gpu.absent:
+            try:
+                return n.nvmlDeviceGetMemoryInfo(handle, version=n.nvmlMemory_v2)
+            except Exception as exc:
+                if code(exc) not in ABSENT_CODES | {ARGUMENT_VERSION_MISMATCH}:
+                    raise
+                gpu.absent.add("memory_v2")
+        return n.nvmlDeviceGetMemoryInfo(handle)
+
+    def _read_failed(self, unit: Unit, gpu: _Gpu, what: str, call: str, exc: Exception) -> None:
+        """A per-instance reading failed: a lost GPU is lost; one the GPU refuses is left out (logged once)."""
+        rc = code(exc)
+        if rc in LOST_CODES:
+            raise UnitLost(unit, f"{call}: {type(exc).__name__}") from None
+        if rc in ABSENT_CODES:
+            if what not in gpu.absent:
+                gpu.absent.add(what)
+                log.info("GPU instances do not give this reading", gpu=gpu.index, reading=what,
+                         error=type(exc).__name__)
+            return
+        self.gpus.count_error(call, exc)
 
     def _instance_failed(self, unit: Unit, gpu: _Gpu, inst: _GpuInstance, exc: Exception) -> None:
         rc = code(exc)

@@ -294,7 +294,7 @@ def compute_process_count(nvml: Any, handle: Any) -> int:
     where `nvml` is pynvml (no object per process), else through the API."""
     if not (isinstance(nvml, types.ModuleType) and hasattr(nvml, "_nvmlGetFunctionPointer")):
         return len(nvml.nvmlDeviceGetComputeRunningProcesses(handle))
-    count = ctypes.c_uint(0)
+    count = ctypes.c_uint(0)  # FunctionNotFound on a driver without _v3, as pynvml's own call
     ret = nvml._nvmlGetFunctionPointer("nvmlDeviceGetComputeRunningProcesses_v3")(handle, ctypes.byref(count), None)
     if ret == 0:
         return 0

@@ -256,3 +256,28 @@ def test_rdma_ports_down_or_below_the_best_rate_of_their_kind(tmp_path: Path,
     fabric.link_down("mlx5_2", 1)
     code, doc = doctor(capsys, "replay:demo", "--config", str(config), "--only", "interconnect")
     assert code == 1 and finding(doc, "interconnect.infiniband")["summary"] == "RDMA port(s) down: mlx5_2/1"
+
+
+def test_an_unreadable_backend_is_one_sentence_and_a_failure(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["doctor", "--backend", "replay:/nonexistent"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gpumon: /nonexistent: capture not found") and "Traceback" not in err
+
+
+def test_a_gpu_bound_to_another_driver_is_not_missing(tmp_path: Path) -> None:
+    sysfs = fake_pci(tmp_path, ("0000:18:00.0", "0x10de", "0x030200"), ("0000:2a:00.0", "0x10de", "0x030200"))
+    drivers = tmp_path / "bus" / "pci" / "drivers"
+    (drivers / "vfio-pci").mkdir(parents=True)
+    (sysfs / "bus" / "pci" / "devices" / "0000:2a:00.0" / "driver").symlink_to(drivers / "vfio-pci")  # a VM's
+    seen = [Device(0, "GPU-a", "NVIDIA H200", "00000000:18:00.0", "hopper", True, "580", "13.0")]
+    assert host.gpus_missing(seen, sysfs, replayed=False).verdict is Verdict.OK
+
+
+def test_a_link_of_width_zero_is_not_a_division() -> None:
+    sample = Sample("gpu0", "slow", 0.0, gpu=0)
+    ids = (("gpu", "0"), ("uuid", "GPU-a"))
+    for name, value in (("gpumon_pcie_link_generation", 1.0), ("gpumon_pcie_link_width", 0.0),
+                        ("gpumon_pcie_link_max_generation", 5.0), ("gpumon_pcie_link_max_width", 16.0)):
+        sample.add(name, ids, value)
+    (link,) = [f for f in run_gpu_checks(GpuView(0, "GPU-a", [sample])) if f.check == "hardware.pcie_link"]
+    assert link.verdict is Verdict.NOT_APPLICABLE

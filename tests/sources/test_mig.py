@@ -122,7 +122,8 @@ def test_a_gpu_with_mig_off_says_so_and_nothing_more() -> None:
     slow = poll_at(source, clock, unit, 1.0, Tier.SLOW)
     assert [(n, dict(lb)["state"], v) for s in slow for n, lb, v in s.values] == [
         ("gpumon_mig_mode", "current", 0.0), ("gpumon_mig_mode", "pending", 0.0)]
-    assert poll_at(source, clock, unit, 2.0) == []
+    (empty,) = poll_at(source, clock, unit, 2.0)  # ends the series of instances there were, if any
+    assert empty.tier == "fast" and empty.values == []
 
 
 def test_a_gpu_without_mig_has_no_series() -> None:
@@ -165,3 +166,18 @@ def test_each_process_names_the_gpu_instance_it_runs_in() -> None:
     where = {d["pid"]: d["gpu_instance"] for n, labels, _ in sample.values if n == "gpumon_process_info"
              and (d := dict(labels))}
     assert where == {"5101": "2", "5201": "3", "5202": "3", "5301": "9", "5401": "10"}
+
+
+def test_an_instance_gpm_refuses_is_not_an_instance_gone() -> None:
+    """Only the memory call on an instance's handle says it was destroyed: a GPM call that keeps failing
+    must not make every poll read the layout again."""
+    source, clock, unit = mig_source(Faults(errors=[("nvmlGpmMigSampleGet", None, pynvml.NVML_ERROR_INVALID_ARGUMENT)]))
+    layouts = 0
+    for t in (1.0, 2.0, 3.0, 4.0):
+        samples = poll_at(source, clock, unit, t)
+        layouts += sum(1 for s in samples if s.tier == "slow")
+        assert set(values(samples, "gpumon_mig_memory_used_bytes")) == {"2", "3", "9", "10"}
+        assert values(samples, "gpumon_mig_sm_active_ratio") == {}
+    assert layouts == 1 and source.reconfigurations == 0
+    errors = source.gpus.error_counts()
+    assert errors[("nvmlGpmMigSampleGet", "NVMLError_InvalidArgument")] == 4 * 4  # instances × polls
