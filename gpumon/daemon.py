@@ -179,7 +179,8 @@ class Daemon:
             assert self.rules is not None
             if self.accounting is not None:
                 self.rounds.subscribe("accounting", self.accounting.on_round)
-            doctor = DoctorService(store, lambda: backend.devices, replayed=bool(backend.capture))
+            doctor = DoctorService(store, lambda: backend.devices, replayed=bool(backend.capture),
+                                   fresh=self.sampler.fresh)
             self.rounds.subscribe("doctor", doctor.on_round)
             self.rounds.subscribe("rules", self.rules.on_round)
             self.exporter.follow(self.rounds, self.sampler.fresh)

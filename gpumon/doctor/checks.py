@@ -59,6 +59,11 @@ class GpuView:
     def has(self, name: str) -> bool:
         return name in self._series
 
+    @property
+    def empty(self) -> bool:
+        """Nothing read of the GPU (hung, or lost): no check has anything to say about it."""
+        return not self._series
+
 
 def _extra(labels: Labels) -> dict[str, str]:
     return {k: v for k, v in labels if k not in ("gpu", "uuid")}
@@ -378,6 +383,8 @@ def straggler(gpus: list[GpuView]) -> Finding:
 
 
 def run_gpu_checks(gpu: GpuView, only: frozenset[str] = frozenset()) -> list[Finding]:
+    if gpu.empty:
+        return []
     return [check(gpu) for check_id, check in GPU_CHECKS.items() if selected(check_id, only)]
 
 

@@ -49,6 +49,9 @@ def read(url: str, http: HttpSettings, only: frozenset[str] = frozenset()) -> li
 
 
 def exit_status(hosts: list[Host]) -> int:
+    """0, 1 or 2 as the worst host's verdict; 3 when the server scrapes no gpumon (nothing was checked)."""
+    if not hosts:
+        return 3
     worst = max((h.worst for h in hosts), default=Verdict.OK)
     return {Verdict.FAIL: 2, Verdict.WARN: 1}.get(worst, 0)
 

@@ -157,12 +157,14 @@ def infiniband(samples: Iterable[Sample]) -> Finding:
         return Finding(check, Verdict.NOT_APPLICABLE, "no RDMA port")
     evidence: dict[str, Any] = {p: {k: v for k, v in f.items() if k != "kind"} for p, f in sorted(ports.items())}
     down = sorted(p for p, f in ports.items() if f.get("up") == 0)
-    best: dict[Any, float] = {}
+    best: dict[Any, tuple[float, float]] = {}  # kind -> (best rate, best width) of its ports that are up
     for f in ports.values():
         if f.get("up") == 1:
-            best[f.get("kind")] = max(best.get(f.get("kind"), 0.0), f.get("rate", 0.0))
+            rate, width = best.get(f.get("kind"), (0.0, 0.0))
+            best[f.get("kind")] = (max(rate, f.get("rate", 0.0)), max(width, f.get("width", 0.0)))
+    # Against ports of the same kind only: a 1X RoCE port or a 2X split port is not degraded by itself.
     slow = sorted(p for p, f in ports.items() if f.get("up") == 1
-                  and (f.get("rate", 0.0) < best[f.get("kind")] or f.get("width", 4) < 4))
+                  and (f.get("rate", 0.0) < best[f.get("kind")][0] or f.get("width", 0.0) < best[f.get("kind")][1]))
     if slow:
         return Finding(check, Verdict.WARN, "RDMA port(s) below the best rate or width of their kind: "
                        + ", ".join(slow), evidence,

@@ -20,9 +20,12 @@ STATUS = {Verdict.OK: 0.0, Verdict.WARN: 1.0, Verdict.FAIL: 2.0}
 
 class DoctorService:
     def __init__(self, store: Store, devices: Callable[[], list[Device]], *, replayed: bool,
-                 sysfs: Path = Path("/sys")) -> None:
+                 sysfs: Path = Path("/sys"), fresh: Callable[[float], list[Sample]] | None = None) -> None:
         self.store = store
         self.devices = devices
+        # What the exposition shows (the sampler's `fresh`): a GPU hung in a call gets no verdict from
+        # its last samples, which would say "ok" about a GPU that stopped answering.
+        self.fresh = fresh or (lambda now: store.latest())
         self.replayed = replayed
         self.sysfs = sysfs
 
@@ -31,17 +34,21 @@ class DoctorService:
             return
         now = time.time()
         devices = self.devices()
-        by_gpu = self.store.latest_by_gpu()
+        samples = [s for s in self.fresh(now) if not s.unit.startswith("doctor")]
+        by_gpu: dict[int, list[Sample]] = {}
+        for s in samples:
+            if s.gpu is not None:
+                by_gpu.setdefault(s.gpu, []).append(s)
         views = []
         for d in devices:
             sample = Sample(f"doctor:gpu{d.index}", "slow", now, gpu=d.index)
-            view = GpuView(d.index, d.uuid, (s for s in by_gpu.get(d.index, ()) if not s.unit.startswith("doctor:")))
+            view = GpuView(d.index, d.uuid, by_gpu.get(d.index, ()))
             views.append(view)
             for f in run_gpu_checks(view):
                 self._add(sample, "gpumon_health_check_status", (*d.labels, ("check", f.check)), f)
             self.store.put(sample)
         own = Sample("doctor:host", "slow", now)
-        for f in (host.gpus_missing(devices, self.sysfs, self.replayed), host.infiniband(self.store.latest()),
+        for f in (host.gpus_missing(devices, self.sysfs, self.replayed), host.infiniband(samples),
                   straggler(views)):
             self._add(own, "gpumon_host_check_status", (("check", f.check),), f)
         self.store.put(own)

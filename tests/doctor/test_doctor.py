@@ -281,3 +281,10 @@ def test_a_link_of_width_zero_is_not_a_division() -> None:
         sample.add(name, ids, value)
     (link,) = [f for f in run_gpu_checks(GpuView(0, "GPU-a", [sample])) if f.check == "hardware.pcie_link"]
     assert link.verdict is Verdict.NOT_APPLICABLE
+
+
+def test_a_fleet_with_no_gpumon_was_not_checked() -> None:
+    from gpumon.doctor import fleet
+
+    assert fleet.exit_status([]) == 3
+    assert fleet.exit_status([fleet.Host("a:9948", {"hardware.ecc": Verdict.OK})]) == 0

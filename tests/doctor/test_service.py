@@ -52,3 +52,13 @@ def test_checks_become_series_after_each_slow_round(tmp_path: Path) -> None:
     assert status[(None, "hardware.gpus_missing")] == 2  # the capture's bus ids are not this fake bus's
     names = {n for s in store.latest() if s.unit.startswith("doctor") for n, _, _ in s.values}
     assert names == {"gpumon_health_check_status", "gpumon_host_check_status"}
+
+
+def test_a_gpu_with_no_fresh_samples_gets_no_verdict(tmp_path: Path) -> None:
+    """The daemon passes the sampler's `fresh`: a GPU hung in a call for three intervals has none."""
+    nvml = NvmlSource(CaptureNvml(load_capture(edited_capture(tmp_path / "c", lambda probe, records: None))))
+    nvml.open()
+    store = Store(10)
+    service = DoctorService(store, lambda: nvml.devices, replayed=True, fresh=lambda now: [])
+    service.on_round(Round(Tier.SLOW.value, time.time(), True))
+    assert [v for s in store.latest() for v in s.values] == []
