@@ -27,6 +27,16 @@ class Verdict(enum.IntEnum):
     def word(self) -> str:
         return {0: "n/a", 1: "ok", 2: "warn", 3: "fail"}[self.value]
 
+    @property
+    def json_word(self) -> str:
+        """As docs/doctor.schema.json spells it."""
+        return "not_applicable" if self is Verdict.NOT_APPLICABLE else self.word
+
+    @property
+    def exit_status(self) -> int:
+        """`gpumon doctor`'s exit status when this is the worst verdict: 0 ok, 1 warn, 2 fail."""
+        return {Verdict.FAIL: 2, Verdict.WARN: 1}.get(self, 0)
+
 
 @dataclass(frozen=True)
 class Finding:

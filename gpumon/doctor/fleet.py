@@ -52,8 +52,7 @@ def exit_status(hosts: list[Host]) -> int:
     """0, 1 or 2 as the worst host's verdict; 3 when the server scrapes no gpumon (nothing was checked)."""
     if not hosts:
         return 3
-    worst = max((h.worst for h in hosts), default=Verdict.OK)
-    return {Verdict.FAIL: 2, Verdict.WARN: 1}.get(worst, 0)
+    return max(h.worst for h in hosts).exit_status
 
 
 def as_text(url: str, hosts: list[Host]) -> str:
@@ -82,12 +81,8 @@ def as_json(url: str, hosts: list[Host]) -> str:
     doc: dict[str, Any] = {
         "schema_version": 1, "generated_at": round(time.time(), 3), "prometheus": redacted(url.rstrip("/")),
         "exit_status": exit_status(hosts),
-        "hosts": [{"instance": h.instance, "worst": _word(h.worst) if h.checks else None,
-                   "checks": {c: {"verdict": _word(v), "gpus": sorted(h.gpus.get(c, []), key=int)}
+        "hosts": [{"instance": h.instance, "worst": h.worst.json_word if h.checks else None,
+                   "checks": {c: {"verdict": v.json_word, "gpus": sorted(h.gpus.get(c, []), key=int)}
                               for c, v in sorted(h.checks.items())}} for h in hosts],
     }
     return json.dumps(doc, indent=2)
-
-
-def _word(v: Verdict) -> str:
-    return "not_applicable" if v is Verdict.NOT_APPLICABLE else v.word

@@ -29,7 +29,7 @@ class Report:
 
     @property
     def exit_status(self) -> int:
-        return {Verdict.FAIL: 2, Verdict.WARN: 1}.get(self.worst, 0)
+        return self.worst.exit_status
 
     def ordered(self) -> list[Finding]:
         return sorted(self.findings, key=lambda f: (-f.verdict, f.gpu if f.gpu is not None else -1, f.check))
@@ -41,17 +41,13 @@ def as_json(report: Report) -> str:
         "generated_at": round(time.time(), 3),
         "backend": report.backend,
         "capture": report.capture or None,
-        "status": _word(report.worst if report.worst >= Verdict.OK else Verdict.OK),
+        "status": max(report.worst, Verdict.OK).json_word,
         "exit_status": report.exit_status,
         "findings": [{"check": f.check, "gpu": f.gpu, "uuid": report.uuids.get(f.gpu) if f.gpu is not None else None,
-                      "verdict": _word(f.verdict), "summary": f.summary, "evidence": f.evidence,
+                      "verdict": f.verdict.json_word, "summary": f.summary, "evidence": f.evidence,
                       "next_step": f.next_step or None} for f in report.ordered()],
     }
     return json.dumps(doc, indent=2)
-
-
-def _word(v: Verdict) -> str:
-    return "not_applicable" if v is Verdict.NOT_APPLICABLE else v.word
 
 
 def as_text(report: Report, colour: bool) -> str:

@@ -17,7 +17,6 @@ utilisation and row remapping (nvml.h): the per-instance series are what stays t
 from __future__ import annotations
 
 import math
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -103,7 +102,6 @@ class MigSource:
         self.gpus = gpus
         self._clock = clock
         self._state: list[_Gpu] = []
-        self._lock = threading.Lock()
         self.reconfigurations = 0
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -131,11 +129,12 @@ class MigSource:
 
     def instances(self, index: int) -> dict[str, tuple[int, int]]:
         """MIG UUID -> (GPU instance, compute instance) of GPU `index` (for owners of MIG devices)."""
-        with self._lock:
-            gpu = self._state[index] if index < len(self._state) else None
-            if gpu is None:
-                return {}
-            return {ci.uuid: (inst.gi, ci.ci) for inst in gpu.instances.values() for ci in inst.cis}
+        # Read from the event loop while the GPU's worker thread polls: safe without a lock, because the
+        # worker never changes a published layout, it replaces `instances` whole (one atomic store).
+        gpu = self._state[index] if index < len(self._state) else None
+        if gpu is None:
+            return {}
+        return {ci.uuid: (inst.gi, ci.ci) for inst in gpu.instances.values() for ci in inst.cis}
 
     # --- polling -------------------------------------------------------------------------------
 
@@ -210,8 +209,7 @@ class MigSource:
             self.reconfigurations += 1
             log.info("MIG instances changed", gpu=gpu.index, before=sorted(f"{i.gi}:{i.profile}" for i in old.values()),
                      after=sorted(f"{i.gi}:{i.profile}" for i in found.values()))
-        with self._lock:
-            gpu.instances = found
+        gpu.instances = found
         for inst in found.values():
             for ci in inst.cis:
                 sample.add("gpumon_mig_instance_info", (
@@ -282,8 +280,7 @@ class MigSource:
     def _forget(self, gpu: _Gpu) -> None:
         for inst in gpu.instances.values():
             self._free_gpm(inst)
-        with self._lock:
-            gpu.instances = {}
+        gpu.instances = {}
         gpu.stale = True
 
     # --- per instance --------------------------------------------------------------------------
