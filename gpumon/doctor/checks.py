@@ -58,6 +58,15 @@ class GpuView:
         for sample in samples:
             for name, labels, value in sample.values:
                 self._series.setdefault(name, []).append((_extra(labels), value))
+        # Counters' increase over the daemon's recent history, (labels, increase, seconds covered); empty
+        # for `gpumon doctor`, which reads one poll.
+        self._increases: dict[str, list[tuple[dict[str, str], float, float]]] = {}
+
+    def add_increase(self, name: str, labels: Labels, increase: float, seconds: float) -> None:
+        self._increases.setdefault(name, []).append((_extra(labels), increase, seconds))
+
+    def increases(self, name: str) -> list[tuple[dict[str, str], float, float]]:
+        return self._increases.get(name, [])
 
     def values(self, name: str) -> list[tuple[dict[str, str], float]]:
         """(labels beyond gpu and uuid, value) of every series of `name`."""
@@ -96,6 +105,20 @@ SERIOUS_XIDS = {
     "119": "GSP RPC timeout: reset the GPU; update the driver if it repeats.",
     "120": "GSP firmware error: reset the GPU; update the driver if it repeats.",
 }
+
+
+# What the common others mean (NVIDIA's XID catalogue): mostly the application's own faults.
+XID_MEANINGS = {
+    "8": "GPU stopped processing (a hung kernel or a driver fault)",
+    "13": "graphics engine exception (often an out-of-range access in the application)",
+    "31": "GPU memory page fault (usually an illegal address in the application)",
+    "43": "GPU stopped processing (the application hit a fault and was stopped)",
+    "45": "preemptive cleanup after earlier errors (the application's channels were torn down)",
+    "61": "internal micro-controller breakpoint/warning",
+    "68": "video decoder (NVDEC) exception",
+    "69": "graphics engine class error",
+    "154": "GPU recovery action changed: read the recovery action",
+} | {xid: step.split(":")[0] for xid, step in SERIOUS_XIDS.items()}
 
 
 def gpu_check(check_id: str) -> Callable[[Callable[[GpuView], tuple[Verdict, str, dict[str, Any], str]]], GpuCheck]:
@@ -141,6 +164,10 @@ def _temperature(gpu: GpuView) -> tuple[Verdict, str, dict[str, Any], str]:
         evidence, ""
 
 
+# NVML violation counters (gpumon_clock_throttle_seconds_total) that mean a fault rather than a job
+# using what it was given: power capping is normal at full load (hardware.power_cap says when it binds).
+HELD_DOWN_VIOLATIONS = ("thermal", "board_limit", "reliability")
+HELD_DOWN_WARN = 0.05
 SLOWDOWN_REASONS = ("hw_slowdown", "hw_thermal_slowdown", "sw_thermal_slowdown", "hw_power_brake_slowdown")
 
 
@@ -150,11 +177,23 @@ def _clock_events(gpu: GpuView) -> tuple[Verdict, str, dict[str, Any], str]:
     evidence: dict[str, Any] = {"active": active}
     if not gpu.has("gpumon_clock_event_reason_active"):
         return NA, "clock-event reasons not readable", evidence, ""
+    # Share of the recent past each violation counter ran (the daemon's history; one poll has none).
+    held = {lb["reason"]: round(increase / seconds, 3)
+            for lb, increase, seconds in gpu.increases("gpumon_clock_throttle_seconds_total")
+            if lb.get("reason") in HELD_DOWN_VIOLATIONS and seconds > 0}
+    if held:
+        evidence["held_share_recently"] = held
+        evidence["recent_seconds"] = round(max(s for _, _, s in gpu.increases("gpumon_clock_throttle_seconds_total")))
     slowing = [r for r in active if r in SLOWDOWN_REASONS]
+    step = "Thermal: cooling. Power brake or HW slowdown: the system or PSU asks the GPU to slow down; check power."
     if slowing:
         return Verdict.FAIL if "hw_slowdown" in slowing or "hw_power_brake_slowdown" in slowing else Verdict.WARN, \
-            f"clocks held down now by {', '.join(slowing)}", evidence, \
-            "Thermal: cooling. Power brake or HW slowdown: the system or PSU asks the GPU to slow down; check power."
+            f"clocks held down now by {', '.join(slowing)}", evidence, step
+    recent = {reason: share for reason, share in held.items() if share >= HELD_DOWN_WARN}
+    if recent:
+        worst = max(recent, key=lambda r: recent[r])
+        return Verdict.WARN, f"clocks held down by {worst} for {recent[worst]:.0%} of the last " \
+            f"{evidence['recent_seconds'] / 60:.0f} min, though not now", evidence, step
     return Verdict.OK, "no thermal or power slowdown now" + (f" (active: {', '.join(active)})" if active else ""), \
         evidence, ""
 

@@ -11,15 +11,15 @@ from typing import Any
 from gpumon import promclient
 from gpumon.attribution.procfs import Procfs
 from gpumon.config import Config
-from gpumon.doctor import fleet, host
+from gpumon.doctor import fleet, host, kernel_log
 from gpumon.doctor.checks import GPU_CHECKS, GpuView, run_gpu_checks, selected, straggler
 from gpumon.doctor.report import Report, as_json, as_text
 from gpumon.model import BackendUnavailable
 from gpumon.yamlfile import ConfigError
 
 EXIT_UNCHECKED = 3  # --fleet could not read the fleet: neither ok nor a finding
-HOST_CHECKS = ("hardware.gpus_missing", "interconnect.infiniband", "driver.version", "driver.cuda_runtime",
-               "workload.straggler", "application.algorithm_and_data")
+HOST_CHECKS = ("hardware.gpus_missing", "hardware.xid_since_boot", "interconnect.infiniband", "driver.version",
+               "driver.cuda_runtime", "workload.straggler", "application.algorithm_and_data")
 
 
 def add_parser(sub: Any, backend_help: str) -> None:
@@ -33,6 +33,7 @@ def add_parser(sub: Any, backend_help: str) -> None:
     doctor.add_argument("--http.config.file", dest="http_config", type=Path,
                         help="HTTP client settings for --fleet, as promtool's (auth, TLS)")
     doctor.add_argument("--sysfs", type=Path, default=Path("/sys"), help=argparse.SUPPRESS)  # tests: a fake tree
+    doctor.add_argument("--kmsg", type=Path, default=kernel_log.KMSG, help=argparse.SUPPRESS)  # tests: a saved log
 
 
 def known_checks() -> list[str]:
@@ -63,6 +64,9 @@ def run(args: argparse.Namespace, config: Config) -> int:
     replayed = bool(snap.backend.capture)
     if selected("hardware.gpus_missing", only):
         findings.append(host.gpus_missing(devices, args.sysfs, replayed))
+    if selected("hardware.xid_since_boot", only):
+        findings.append(host.kernel_xids(devices, _xids_since_boot(args.kmsg, replayed),
+                                         kernel_log.seconds_since_boot()))
     if selected("interconnect.infiniband", only):
         findings.append(host.infiniband(snap.store.latest()))
     if selected("driver.version", only):
@@ -79,6 +83,15 @@ def run(args: argparse.Namespace, config: Config) -> int:
     report = Report(findings, {d.index: d.uuid for d in devices}, snap.backend.name, snap.backend.capture)
     print(as_json(report) if args.json else as_text(report, colour=sys.stdout.isatty()))
     return report.exit_status
+
+
+def _xids_since_boot(path: Path, replayed: bool) -> kernel_log.XidsSinceBoot | None:
+    if replayed and path == kernel_log.KMSG:  # this host's log says nothing of a replayed capture's GPUs
+        return None
+    xids = kernel_log.XidsSinceBoot(kernel_log.KernelLog(path))
+    xids.read()
+    xids.log.close()
+    return xids
 
 
 def _fleet(args: argparse.Namespace, only: frozenset[str]) -> int:

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from gpumon.attribution.procfs import Procfs
-from gpumon.doctor.checks import Finding, GpuView, Verdict
+from gpumon.doctor.checks import SERIOUS_XIDS, XID_MEANINGS, Finding, GpuView, Verdict
+from gpumon.doctor.kernel_log import XidsSinceBoot
 from gpumon.model import Device, Sample
 
 NVIDIA = "0x10de"
@@ -61,6 +62,52 @@ def gpus_missing(devices: list[Device], sysfs: Path, replayed: bool) -> Finding:
                        "A GPU fell off the bus or failed to initialise: check `dmesg` for XID 79 or NVRM errors, "
                        "then drain the node and power-cycle it.")
     return Finding(check, Verdict.OK, f"all {len(on_bus)} NVIDIA GPU(s) on the PCI bus are seen by NVML", evidence)
+
+
+XID_RECENT_S = 3600.0
+
+
+def kernel_xids(devices: list[Device], xids: XidsSinceBoot | None, now_since_boot: float) -> Finding:
+    """XIDs in the kernel log since boot, each explained: a serious one in the last hour fails, one
+    earlier (or a benign one in the last hour) warns. Covers the time before gpumon started and GPUs NVML
+    no longer sees, which the per-GPU `hardware.xid` (NVML's events while gpumon listens) cannot."""
+    check = "hardware.xid_since_boot"
+    if xids is None:
+        return Finding(check, Verdict.NOT_APPLICABLE, "replayed GPUs are not this host's: the kernel log is not read")
+    if xids.unreadable:
+        return Finding(check, Verdict.NOT_APPLICABLE, f"kernel log not readable: {xids.unreadable}")
+    index = {_address(d.pci_bus_id)[:-2]: d.index for d in devices if d.pci_bus_id}  # without ".function"
+    listed: list[dict[str, Any]] = []
+    for (pci, xid), tally in sorted(xids.seen.items(), key=lambda kv: -kv[1].last_seconds_since_boot):
+        listed.append({"gpu": index.get(pci), "pci": pci, "xid": xid, "count": tally.count,
+                       "seconds_ago": round(max(0.0, now_since_boot - tally.last_seconds_since_boot)),
+                       "meaning": XID_MEANINGS.get(str(xid), "see NVIDIA's XID catalogue"), "text": tally.text})
+    evidence: dict[str, Any] = {"xids": listed}
+    if not listed:
+        return Finding(check, Verdict.OK, "no XID in the kernel log since boot", evidence)
+    recent = [x for x in listed if x["seconds_ago"] <= XID_RECENT_S]
+    serious = [x for x in listed if str(x["xid"]) in SERIOUS_XIDS]
+    worst = next((x for x in recent if x in serious), None) or (serious or recent or listed)[0]
+    where = f"GPU {worst['gpu']}" if worst["gpu"] is not None else f"{worst['pci']} (not seen by NVML)"
+    when = _ago(worst["seconds_ago"])
+    summary = f"XID {worst['xid']} on {where} {when}: {worst['meaning']}"
+    if len(listed) > 1:
+        summary += f" (+{len(listed) - 1} more kinds)"
+    step = SERIOUS_XIDS.get(str(worst["xid"]), "Most XIDs point at the application: check the job's log at "
+                            "that time; repeated ones on one GPU point at the GPU.")
+    if worst in serious and worst in recent:
+        return Finding(check, Verdict.FAIL, summary, evidence, step)
+    if worst in serious or worst in recent:
+        return Finding(check, Verdict.WARN, summary, evidence, step)
+    return Finding(check, Verdict.OK, f"only older application XIDs since boot; latest: {summary}", evidence)
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min ago"
+    return f"{seconds / 3600:.0f} h ago"
 
 
 def driver(devices: list[Device]) -> Finding:

@@ -5,22 +5,26 @@ and `GpumonDoctorCheckFailing` alerts on them. `gpumon doctor` on the host gives
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from gpumon.doctor import host
+from gpumon.doctor import host, kernel_log
 from gpumon.doctor.checks import Finding, GpuView, Verdict, run_gpu_checks, straggler
 from gpumon.model import Device, Sample
 from gpumon.rounds import Round
 from gpumon.store import Store
 
+RECENT_S = 300.0  # "over the last minutes"
+RECENT_COUNTERS = frozenset({"gpumon_clock_throttle_seconds_total"})
 STATUS = {Verdict.OK: 0.0, Verdict.WARN: 1.0, Verdict.FAIL: 2.0}
 
 
 class DoctorService:
     def __init__(self, store: Store, devices: Callable[[], list[Device]], *, replayed: bool,
-                 sysfs: Path = Path("/sys"), fresh: Callable[[float], list[Sample]] | None = None) -> None:
+                 sysfs: Path = Path("/sys"), kmsg: Path = kernel_log.KMSG,
+                 fresh: Callable[[float], list[Sample]] | None = None) -> None:
         self.store = store
         self.devices = devices
         # What the exposition shows (the sampler's `fresh`): a GPU hung in a call gets no verdict from
@@ -28,6 +32,10 @@ class DoctorService:
         self.fresh = fresh or (lambda now: store.latest())
         self.replayed = replayed
         self.sysfs = sysfs
+        # Kept open: each slow round reads only what the kernel logged since the last (where the unit's
+        # ProtectKernelLogs= or a container hides it, the check does not apply and has no series).
+        self.xids = None if replayed and kmsg == kernel_log.KMSG else \
+            kernel_log.XidsSinceBoot(kernel_log.KernelLog(kmsg))
 
     def on_round(self, round_: Round) -> None:
         if round_.tier != "slow":
@@ -43,18 +51,40 @@ class DoctorService:
         for d in devices:
             sample = Sample(f"doctor:gpu{d.index}", "slow", now, gpu=d.index)
             view = GpuView(d.index, d.uuid, by_gpu.get(d.index, ()))
+            self._add_increases(view, by_gpu.get(d.index, ()), now)
             views.append(view)
             for f in run_gpu_checks(view):
                 self._add(sample, "gpumon_health_check_status", (*d.labels, ("check", f.check)), f)
             self.store.put(sample)
         own = Sample("doctor:host", "slow", now)
+        if self.xids is not None:
+            self.xids.read()
         for f in (host.gpus_missing(devices, self.sysfs, self.replayed), host.infiniband(samples),
-                  straggler(views)):
+                  straggler(views), host.kernel_xids(devices, self.xids, kernel_log.seconds_since_boot())):
             self._add(own, "gpumon_host_check_status", (("check", f.check),), f)
         self.store.put(own)
+
+    def _add_increases(self, view: GpuView, samples: Iterable[Sample], now: float) -> None:
+        """The violation counters' increase over the last RECENT_S, from the store's history."""
+        for sample in samples:
+            for name, labels, _ in sample.values:
+                if name not in RECENT_COUNTERS or (ring := self.store.ring(name, labels)) is None:
+                    continue
+                times, values = ring.window((now - RECENT_S) * 1000, now * 1000)
+                if len(times) >= 2:
+                    view.add_increase(name, labels, counter_increase(values), (times[-1] - times[0]) / 1000)
 
     @staticmethod
     def _add(sample: Sample, name: str, labels: tuple[tuple[str, str], ...], finding: Finding) -> None:
         status = STATUS.get(finding.verdict)
         if status is not None:
             sample.add(name, labels, status)
+
+
+def counter_increase(values: Sequence[float]) -> float:
+    """How much a counter grew across `values`, a drop being a reset (from zero), as PromQL's increase()
+    counts it without extrapolation."""
+    total = 0.0
+    for before, after in itertools.pairwise(v for v in values if v == v):  # NaN: a staleness marker
+        total += after - before if after >= before else after
+    return total

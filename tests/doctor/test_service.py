@@ -7,9 +7,12 @@ import asyncio
 import time
 from pathlib import Path
 
+import pytest
+
 from gpumon.attribution.owners import Owners
+from gpumon.doctor.checks import GpuView, run_gpu_checks
 from gpumon.doctor.service import DoctorService
-from gpumon.model import Tier
+from gpumon.model import Device, Sample, Tier
 from gpumon.rounds import Round
 from gpumon.sampler import Intervals, Sampler
 from gpumon.sources.capture import load_capture
@@ -40,7 +43,7 @@ def test_checks_become_series_after_each_slow_round(tmp_path: Path) -> None:
         d.mkdir(parents=True)
         (d / "vendor").write_text("0x10de\n")
         (d / "class").write_text("0x030200\n")
-    service = DoctorService(store, lambda: nvml.devices, replayed=False, sysfs=sysfs)
+    service = DoctorService(store, lambda: nvml.devices, replayed=False, sysfs=sysfs, kmsg=tmp_path / "kmsg")
     service.on_round(Round(Tier.FAST.value, time.time(), True))
     assert not [s for s in store.latest() if s.unit.startswith("doctor")]
     service.on_round(Round(Tier.SLOW.value, time.time(), True))
@@ -62,3 +65,36 @@ def test_a_gpu_with_no_fresh_samples_gets_no_verdict(tmp_path: Path) -> None:
     service = DoctorService(store, lambda: nvml.devices, replayed=True, fresh=lambda now: [])
     service.on_round(Round(Tier.SLOW.value, time.time(), True))
     assert [v for s in store.latest() for v in s.values] == []
+
+
+def throttle_sample(t: float, thermal_s: float, power_s: float) -> Sample:
+    sample = Sample("nvml:gpu0:slow", "slow", t, gpu=0)
+    gpu = (("gpu", "0"), ("uuid", "GPU-a"))
+    sample.add("gpumon_clock_throttle_seconds_total", (*gpu, ("reason", "thermal")), thermal_s)
+    sample.add("gpumon_clock_throttle_seconds_total", (*gpu, ("reason", "power")), power_s)
+    sample.add("gpumon_clock_event_reason_active", (*gpu, ("reason", "sw_thermal_slowdown")), 0.0)
+    return sample
+
+
+@pytest.mark.parametrize(("thermal", "verdict"), [
+    ([100.0, 130.0, 160.0], 1.0),  # held down 60 of the last 120 s, though not now: warn
+    ([100.0, 100.0, 100.5], 0.0),  # half a second: ok
+    ([100.0, 130.0, float("nan"), 3.0], 1.0),  # a staleness marker, then a reset (driver reload): still counted
+])
+def test_clocks_held_down_over_the_last_minutes(thermal: list[float], verdict: float, tmp_path: Path) -> None:
+    store = Store(20)
+    now = time.time()
+    for i, value in enumerate(thermal):
+        store.put(throttle_sample(now - 60 * (len(thermal) - 1 - i), value, 5000.0 + 60 * i))  # power: ignored
+    device = Device(0, "GPU-a", "NVIDIA H200", "00000000:18:00.0", "hopper", True, "580", "13.0")
+    service = DoctorService(store, lambda: [device], replayed=True)
+    service.on_round(Round(Tier.SLOW.value, now, True))
+    status = {dict(lb)["check"]: v for s in store.latest() if s.unit == "doctor:gpu0" for _, lb, v in s.values}
+    assert status["hardware.clock_events"] == verdict
+    view = GpuView(0, "GPU-a", [throttle_sample(now, 1.0, 1.0)])
+    for name, labels, _ in throttle_sample(now, 1.0, 1.0).values:
+        if name == "gpumon_clock_throttle_seconds_total":
+            view.add_increase(name, labels, 90.0, 300.0)
+    (found,) = [f for f in run_gpu_checks(view, frozenset({"hardware.clock_events"}))]
+    assert found.summary == "clocks held down by thermal for 30% of the last 5 min, though not now"
+    assert found.evidence["held_share_recently"] == {"thermal": 0.3}
