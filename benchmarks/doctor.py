@@ -1,5 +1,6 @@
 """What the doctor's checks cost the slow tier: `DoctorService.on_round` per GPU, on the store a round
-of the nvml and process sources leaves for the bundled H200 capture fanned out to `gpus` GPUs.
+of the nvml and process sources leaves for the bundled H200 capture fanned out to `gpus` GPUs (two
+slow rounds of history; this host's kernel log read as the daemon reads it, new records only).
 
     python -m benchmarks.doctor [--gpus 8] [--rounds 200]
 
@@ -39,6 +40,7 @@ async def measure(gpus: int, rounds: int) -> dict[str, Any]:
     await sampler.poll_round(Tier.SLOW)
     await asyncio.sleep(0.15)  # GPM needs two samples 100 ms apart
     await sampler.poll_round(Tier.FAST)
+    await sampler.poll_round(Tier.SLOW)  # history for the counters' increase (clocks held down recently)
     await sampler.stop()
     service = DoctorService(store, lambda: nvml.devices, replayed=False, sysfs=Path("/sys"))
     walls = []

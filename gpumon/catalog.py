@@ -187,6 +187,17 @@ METRICS: tuple[Metric, ...] = (
        "The recovery NVML recommends now (field NVML_FI_DEV_GET_GPU_RECOVERY_ACTION): 0 none, 1 GPU reset, "
        "2 node reboot, 3 drain peer-to-peer, 4 drain and reset, 5 recover the IMEX domain, 6 PCIe bus reset, "
        "7 system reboot.", tier=S, reading="fields", key="230"),
+    # --- NVSwitch fabric (GPUs not on one have no series) ----------------------------------------
+    _m("gpumon_fabric_state", GAUGE, "",
+       "The GPU's registration with the NVSwitch fabric (nvmlDeviceGetGpuFabricInfoV): 1 not started, "
+       "2 in progress, 3 completed. CUDA work waits until it completes.", tier=S, reading="fabric", key="state"),
+    _m("gpumon_fabric_status", GAUGE, "",
+       "NVML's return code of a completed fabric registration: 0 success, any other value a GPU that failed "
+       "to join the NVLink fabric.", tier=S, reading="fabric", key="status"),
+    _m("gpumon_fabric_health_problem", GAUGE, "",
+       "1 while the fabric reports a problem, by kind (degraded_bandwidth, route_recovery, route_unhealthy, "
+       "access_timeout_recovery), 0 while it reports none; kinds the driver does not report have no series.",
+       tier=S, reading="fabric", key="health", labels=("problem",)),
     # --- NVLink (links not active at (re)initialisation have no series) -------------------------
     _m("gpumon_nvlink_up", GAUGE, "", "1 while an NVLink link that was active at initialisation is up.",
        tier=S, reading="nvlink_state", labels=("link",)),

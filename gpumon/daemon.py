@@ -42,6 +42,7 @@ from gpumon.rules.rulefile import RuleGroup, longest_ranges
 from gpumon.rules.service import RuleService, load_groups
 from gpumon.sampler import Sampler
 from gpumon.sources.nvml import NvmlSource
+from gpumon.sources.processes import ProcessSource
 from gpumon.statefile import StateError
 from gpumon.store import Store
 from gpumon.web import ListenError, WebServer
@@ -179,8 +180,10 @@ class Daemon:
             assert self.rules is not None
             if self.accounting is not None:
                 self.rounds.subscribe("accounting", self.accounting.on_round)
+            processes = next((s for s in backend.sources if isinstance(s, ProcessSource)), None)
             doctor = DoctorService(store, lambda: backend.devices, replayed=bool(backend.capture),
-                                   fresh=self.sampler.fresh)
+                                   fresh=self.sampler.fresh,
+                                   procfs=lambda: processes.procfs if processes and processes.host_pids else None)
             self.rounds.subscribe("doctor", doctor.on_round)
             self.rounds.subscribe("rules", self.rules.on_round)
             self.exporter.follow(self.rounds, self.sampler.fresh)

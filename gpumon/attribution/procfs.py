@@ -106,6 +106,10 @@ class Procfs:
                 found[name] = version
         return found
 
+    def start_time(self, pid: int) -> int | None:
+        """When the process with this PID started (clock ticks since boot); None when there is none."""
+        return self._start_time(self.root / str(pid))
+
     def alive(self, pid: int, start_time: int) -> bool:
         """Whether the process read earlier is still the one with this PID."""
         return self._start_time(self.root / str(pid)) == start_time

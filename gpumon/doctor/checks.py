@@ -307,6 +307,29 @@ def _nvlink(gpu: GpuView) -> tuple[Verdict, str, dict[str, Any], str]:
     return Verdict.OK, f"{len(up)} NVLink links up, no errors", evidence, ""
 
 
+@gpu_check("hardware.fabric")
+def _fabric(gpu: GpuView) -> tuple[Verdict, str, dict[str, Any], str]:
+    state, status = gpu.value("gpumon_fabric_state"), gpu.value("gpumon_fabric_status")
+    problems = sorted(lb["problem"] for lb, v in gpu.values("gpumon_fabric_health_problem") if v == 1)
+    evidence = {"state": {1: "not_started", 2: "in_progress", 3: "completed"}.get(int(state or 0)), "status": status,
+                "health_problems": problems}
+    if state is None:
+        return NA, "not on an NVSwitch fabric", evidence, ""
+    manager = "Check that nvidia-fabricmanager (and, on NVL72, nvidia-imex) runs and its log on this node."
+    if state == 1:
+        return Verdict.FAIL, "the GPU has not started joining the NVLink fabric: CUDA work waits", evidence, manager
+    if state == 2:
+        return Verdict.WARN, "the GPU is still joining the NVLink fabric", evidence, manager
+    if status:
+        return Verdict.FAIL, f"the GPU failed to join the NVLink fabric (NVML error {status:.0f})", evidence, \
+            manager + " Reset the GPU once it is fixed."
+    if problems:
+        return Verdict.FAIL if "route_unhealthy" in problems else Verdict.WARN, \
+            f"the NVLink fabric reports {', '.join(problems)}", evidence, \
+            "Check the NVSwitch trays and the fabric manager's log; degraded bandwidth slows every collective."
+    return Verdict.OK, "joined the NVLink fabric, no health problem reported", evidence, ""
+
+
 RECOVERY_ACTIONS = {  # nvmlDeviceGpuRecoveryAction_t: what NVML says to do, and how
     1: ("a GPU reset", "Drain the GPU's work and reset it (nvidia-smi -r)."),
     2: ("a node reboot", "Drain the node and reboot it."),

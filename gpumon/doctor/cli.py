@@ -17,6 +17,7 @@ from gpumon.doctor.report import Report, as_json, as_text
 from gpumon.model import BackendUnavailable
 from gpumon.yamlfile import ConfigError
 
+NOT_HOST_PIDS = "this /proc shows another PID namespace than NVML's PIDs (in a container: hostPID: true)"
 EXIT_UNCHECKED = 3  # --fleet could not read the fleet: neither ok nor a finding
 HOST_CHECKS = ("hardware.gpus_missing", "hardware.xid_since_boot", "interconnect.infiniband", "driver.version",
                "driver.cuda_runtime", "workload.straggler", "application.algorithm_and_data")
@@ -37,7 +38,7 @@ def add_parser(sub: Any, backend_help: str) -> None:
 
 
 def known_checks() -> list[str]:
-    return [*GPU_CHECKS, *HOST_CHECKS]
+    return [*GPU_CHECKS, *HOST_CHECKS, fleet.STRAGGLER_CHECK]
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
@@ -50,6 +51,9 @@ def run(args: argparse.Namespace, config: Config) -> int:
         return 64
     if args.fleet:
         return _fleet(args, only)
+    if only and all(o == fleet.STRAGGLER_CHECK for o in only):
+        print(f"gpumon: {fleet.STRAGGLER_CHECK} compares hosts: it runs with --fleet", file=sys.stderr)
+        return 64
     try:
         snap = asyncio.run(take_snapshot(config))
     except BackendUnavailable as exc:  # NVML cannot load, the capture cannot be read: the worst finding
@@ -75,7 +79,10 @@ def run(args: argparse.Namespace, config: Config) -> int:
         proc_root = config.attribution.processes.proc_root
         # A replayed capture's PIDs are not this host's, unless /proc is a stand-in (tests).
         procfs = None if replayed and proc_root == Path("/proc") else Procfs(proc_root)
-        findings.append(host.cuda_runtime(views, devices, procfs))
+        if procfs is not None and procfs.host_pid_namespace() is False:  # NVML's PIDs are the host's
+            findings.append(host.cuda_runtime(views, devices, None, NOT_HOST_PIDS))
+        else:
+            findings.append(host.cuda_runtime(views, devices, procfs))
     if selected("workload.straggler", only):
         findings.append(straggler(views))
     if selected("application.algorithm_and_data", only):
@@ -96,9 +103,13 @@ def _xids_since_boot(path: Path, replayed: bool) -> kernel_log.XidsSinceBoot | N
 
 def _fleet(args: argparse.Namespace, only: frozenset[str]) -> int:
     try:
-        hosts = fleet.read(args.fleet, promclient.http_settings(args.http_config), only)
+        http = promclient.http_settings(args.http_config)
+        hosts = fleet.read(args.fleet, http, only)
+        found = fleet.stragglers(args.fleet, http) if selected(fleet.STRAGGLER_CHECK, only) else []
     except ConfigError as exc:  # an unreachable server or a bad --http.config.file: nothing was checked
         print(f"gpumon: {exc}", file=sys.stderr)
         return EXIT_UNCHECKED
-    print(fleet.as_json(args.fleet, hosts) if args.json else fleet.as_text(args.fleet, hosts))
+    if selected(fleet.STRAGGLER_CHECK, only):
+        hosts = fleet.add_stragglers(hosts, found)
+    print(fleet.as_json(args.fleet, hosts, found) if args.json else fleet.as_text(args.fleet, hosts, found))
     return fleet.exit_status(hosts)

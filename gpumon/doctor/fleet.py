@@ -10,11 +10,26 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from gpumon.doctor.checks import Verdict, selected
+from gpumon.doctor.checks import STRAGGLER_SPREAD, Verdict, selected
 from gpumon.notify.urls import redacted
 from gpumon.promclient import HttpSettings, query
 
 BY_STATUS = {0.0: Verdict.OK, 1.0: Verdict.WARN, 2.0: Verdict.FAIL}
+STRAGGLER_CHECK = "workload.straggler_across_hosts"
+# Each GPU's SM activity over five minutes (one instant would flap between steps), with the Slurm job
+# on it: a multi-node job's ranks have the same job_id on every host (a pod's name differs per node).
+JOB_SM = ("avg by (instance, gpu, job_id) (avg_over_time(gpumon_sm_active_ratio[5m]) * on (instance, gpu) "
+          "group_left (job_id) max by (instance, gpu, job_id) (gpumon_gpu_job_info))")
+
+
+@dataclass(frozen=True)
+class Straggler:
+    job_id: str
+    instance: str
+    gpu: str
+    sm_active: float
+    fastest: float  # the job's busiest GPU elsewhere
+    hosts: int
 
 
 @dataclass
@@ -48,6 +63,39 @@ def read(url: str, http: HttpSettings, only: frozenset[str] = frozenset()) -> li
     return sorted(hosts.values(), key=lambda h: (-h.worst, h.instance))
 
 
+def stragglers(url: str, http: HttpSettings) -> list[Straggler]:
+    """Per job running on two or more hosts: its slowest GPU when it trails the busiest by STRAGGLER_SPREAD
+    or more of SM activity (within a host, `workload.straggler` already says so)."""
+    by_job: dict[str, list[tuple[str, str, float]]] = defaultdict(list)
+    for s in query(url, JOB_SM, time.time(), http):
+        labels = s["metric"]
+        by_job[labels.get("job_id", "")].append((labels.get("instance", ""), labels.get("gpu", ""),
+                                                  float(s["value"][1])))
+    found = []
+    for job_id, gpus in sorted(by_job.items()):
+        hosts = {instance for instance, _, _ in gpus}
+        if len(hosts) < 2:
+            continue
+        instance, gpu, slowest = min(gpus, key=lambda g: g[2])
+        fastest = max(sm for _, _, sm in gpus)
+        if fastest - slowest >= STRAGGLER_SPREAD:
+            found.append(Straggler(job_id, instance, gpu, slowest, fastest, len(hosts)))
+    return found
+
+
+def add_stragglers(hosts: list[Host], found: list[Straggler]) -> list[Host]:
+    """The straggler check as a column: warn on the host of each job's slowest GPU, ok on the others."""
+    by_instance = {h.instance: h for h in hosts}
+    for h in hosts:
+        if h.checks:
+            h.checks.setdefault(STRAGGLER_CHECK, Verdict.OK)
+    for s in found:
+        host = by_instance.setdefault(s.instance, Host(s.instance))
+        host.checks[STRAGGLER_CHECK] = Verdict.WARN
+        host.gpus[STRAGGLER_CHECK].append(s.gpu)
+    return sorted(by_instance.values(), key=lambda h: (-h.worst, h.instance))
+
+
 def exit_status(hosts: list[Host]) -> int:
     """0, 1 or 2 as the worst host's verdict; 3 when the server scrapes no gpumon (nothing was checked)."""
     if not hosts:
@@ -55,7 +103,7 @@ def exit_status(hosts: list[Host]) -> int:
     return max(h.worst for h in hosts).exit_status
 
 
-def as_text(url: str, hosts: list[Host]) -> str:
+def as_text(url: str, hosts: list[Host], found: list[Straggler]) -> str:
     checks = sorted({c for h in hosts for c in h.checks})
     lines = [f"gpumon doctor --fleet {redacted(url.rstrip('/'))}: {len(hosts)} hosts, "
              f"{sum(1 for h in hosts if h.worst is Verdict.FAIL)} failing, "
@@ -65,6 +113,10 @@ def as_text(url: str, hosts: list[Host]) -> str:
         rows.append([h.instance, h.worst.word if h.checks else "no checks", *(_cell(h, c) for c in checks)])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    for s in found:
+        lines.append(f"job {s.job_id} on {s.hosts} hosts: {s.instance} GPU {s.gpu} at {s.sm_active:.0%} SM activity "
+                     f"(5 min), the job's busiest GPU {s.fastest:.0%}: look at that rank's data loader, host and "
+                     "links; the others wait for it at every collective.")
     lines.append("Evidence and next steps: `gpumon doctor --only CHECK` on the host.")
     return "\n".join(lines)
 
@@ -77,12 +129,14 @@ def _cell(host: Host, check: str) -> str:
     return verdict.word + (f" (GPU {','.join(sorted(gpus, key=int))})" if gpus else "")
 
 
-def as_json(url: str, hosts: list[Host]) -> str:
+def as_json(url: str, hosts: list[Host], found: list[Straggler]) -> str:
     doc: dict[str, Any] = {
         "schema_version": 1, "generated_at": round(time.time(), 3), "prometheus": redacted(url.rstrip("/")),
         "exit_status": exit_status(hosts),
         "hosts": [{"instance": h.instance, "worst": h.worst.json_word if h.checks else None,
                    "checks": {c: {"verdict": v.json_word, "gpus": sorted(h.gpus.get(c, []), key=int)}
                               for c, v in sorted(h.checks.items())}} for h in hosts],
+        "stragglers": [{"job_id": s.job_id, "instance": s.instance, "gpu": s.gpu, "sm_active": round(s.sm_active, 3),
+                        "job_busiest_sm_active": round(s.fastest, 3), "hosts": s.hosts} for s in found],
     }
     return json.dumps(doc, indent=2)

@@ -4,9 +4,10 @@ and the CUDA runtimes the GPU processes mapped, and the diagnosis layers only th
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from gpumon.attribution.procfs import Procfs
 from gpumon.doctor.checks import SERIOUS_XIDS, XID_MEANINGS, Finding, GpuView, Verdict
@@ -26,15 +27,16 @@ def nvidia_gpus_on_the_bus(sysfs: Path) -> list[str]:
     except OSError:
         return []
     for entry in entries:
-        try:
-            vendor = (entry / "vendor").read_text().strip().lower()
+        try:  # the class only of NVIDIA's devices: a server has hundreds of others
+            if (entry / "vendor").read_text().strip().lower() != NVIDIA:
+                continue
             klass = (entry / "class").read_text().strip().lower()
         except OSError:
             continue
         # A GPU bound to another driver (vfio-pci for a VM, an SR-IOV function) is not NVML's to see;
         # one bound to none failed to initialise, and one bound to nvidia should be seen.
         driver = os.path.basename(os.path.realpath(entry / "driver")) if (entry / "driver").exists() else ""
-        if vendor == NVIDIA and klass.startswith(GPU_CLASSES) and driver in ("", "nvidia"):
+        if klass.startswith(GPU_CLASSES) and driver in ("", "nvidia"):
             found.append(entry.name.lower())
     return found
 
@@ -130,13 +132,51 @@ def _version(text: str) -> tuple[int, ...]:
     return tuple(int(p) for p in text.split(".") if p.isdigit())
 
 
-def cuda_runtime(views: list[GpuView], devices: list[Device], procfs: Procfs | None) -> Finding:
+class LibraryReader(Protocol):
+    def libraries(self, pid: int) -> dict[str, str] | None: ...
+
+
+class MappedLibraries:
+    """The daemon's reader of each GPU process's mapped CUDA libraries: a PyTorch process's maps run to
+    about 1 MB, so each process is read once, again after REREAD_S (NCCL is loaded when the process group
+    starts, after CUDA), and again when its PID names a new process. Entries of processes gone from the
+    GPUs are dropped at the next round."""
+
+    REREAD_S = 600.0
+
+    def __init__(self, procfs: Procfs, clock: Callable[[], float] = time.monotonic) -> None:
+        self.procfs = procfs
+        self.clock = clock
+        self._known: dict[int, tuple[int, float, dict[str, str] | None]] = {}  # pid -> (start, read at, libs)
+        self._used: set[int] = set()
+
+    def libraries(self, pid: int) -> dict[str, str] | None:
+        self._used.add(pid)
+        start, now = self.procfs.start_time(pid), self.clock()
+        if start is None:
+            return None
+        known = self._known.get(pid)
+        if known is not None and known[0] == start and now - known[1] < self.REREAD_S:
+            return known[2]
+        libraries = self.procfs.libraries(pid)
+        self._known[pid] = (start, now, libraries)
+        return libraries
+
+    def next_round(self) -> None:
+        for pid in self._known.keys() - self._used:
+            del self._known[pid]
+        self._used = set()
+
+
+def cuda_runtime(views: list[GpuView], devices: list[Device], procfs: LibraryReader | None,
+                 unavailable: str = "replayed processes are not this host's: /proc is not read") -> Finding:
     """Each GPU process's mapped CUDA runtime against the CUDA version the driver supports (a runtime of
     a newer major fails with "CUDA driver version is insufficient"; a newer minor runs on minor-version
-    compatibility without the newer features), and NCCL versions that differ within one owner's processes."""
+    compatibility without the newer features), and NCCL versions that differ within one owner's processes.
+    `procfs` None: not applicable, for the reason `unavailable` gives."""
     check = "driver.cuda_runtime"
     if procfs is None:
-        return Finding(check, Verdict.NOT_APPLICABLE, "replayed processes are not this host's: /proc is not read")
+        return Finding(check, Verdict.NOT_APPLICABLE, unavailable)
     driver = max((_version(d.cuda_driver_version) for d in devices if d.cuda_driver_version), default=())
     processes: dict[str, str] = {}  # pid -> owner
     for view in views:

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
+from gpumon.attribution.procfs import Procfs
 from gpumon.doctor import host, kernel_log
 from gpumon.doctor.checks import Finding, GpuView, Verdict, run_gpu_checks, straggler
 from gpumon.model import Device, Sample
@@ -24,7 +25,8 @@ STATUS = {Verdict.OK: 0.0, Verdict.WARN: 1.0, Verdict.FAIL: 2.0}
 class DoctorService:
     def __init__(self, store: Store, devices: Callable[[], list[Device]], *, replayed: bool,
                  sysfs: Path = Path("/sys"), kmsg: Path = kernel_log.KMSG,
-                 fresh: Callable[[float], list[Sample]] | None = None) -> None:
+                 fresh: Callable[[float], list[Sample]] | None = None,
+                 procfs: Callable[[], Procfs | None] = lambda: None) -> None:
         self.store = store
         self.devices = devices
         # What the exposition shows (the sampler's `fresh`): a GPU hung in a call gets no verdict from
@@ -32,6 +34,10 @@ class DoctorService:
         self.fresh = fresh or (lambda now: store.latest())
         self.replayed = replayed
         self.sysfs = sysfs
+        # The process source's /proc once it has found it shows the host's PIDs (NVML's); None before,
+        # when processes are off, or for a replayed capture.
+        self.procfs = procfs
+        self.libraries: host.MappedLibraries | None = None
         # Kept open: each slow round reads only what the kernel logged since the last (where the unit's
         # ProtectKernelLogs= or a container hides it, the check does not apply and has no series).
         self.xids = None if replayed and kmsg == kernel_log.KMSG else \
@@ -60,9 +66,20 @@ class DoctorService:
         if self.xids is not None:
             self.xids.read()
         for f in (host.gpus_missing(devices, self.sysfs, self.replayed), host.infiniband(samples),
-                  straggler(views), host.kernel_xids(devices, self.xids, kernel_log.seconds_since_boot())):
+                  straggler(views), host.kernel_xids(devices, self.xids, kernel_log.seconds_since_boot()),
+                  self._cuda_runtime(views, devices)):
             self._add(own, "gpumon_host_check_status", (("check", f.check),), f)
         self.store.put(own)
+
+    def _cuda_runtime(self, views: list[GpuView], devices: list[Device]) -> Finding:
+        procfs = self.procfs()
+        if procfs is None:
+            return host.cuda_runtime(views, devices, None, "needs the process source reading the host's /proc")
+        if self.libraries is None or self.libraries.procfs is not procfs:
+            self.libraries = host.MappedLibraries(procfs)
+        finding = host.cuda_runtime(views, devices, self.libraries)
+        self.libraries.next_round()
+        return finding
 
     def _add_increases(self, view: GpuView, samples: Iterable[Sample], now: float) -> None:
         """The violation counters' increase over the last RECENT_S, from the store's history."""

@@ -345,6 +345,24 @@ class CaptureNvml(CaptureMig):
     def nvmlDeviceGetPowerUsage(self, handle: Any) -> int:
         return int(self._value(handle, "nvmlDeviceGetPowerUsage", "power_mw", "nvmlDeviceGetPowerUsage"))
 
+    def nvmlDeviceGetGpuFabricInfoV(self, handle: Any, info: Any) -> int:
+        """Fills the caller's struct, as NVML does; the probe may record its fields as a dict ({"state": 3,
+        "status": 0, "healthMask": ...}). A capture without it answers as the captured H200 does (nvidia-smi
+        -q: "Fabric State: N/A"): success, state NVML_GPU_FABRIC_STATE_NOT_SUPPORTED."""
+        key = "nvmlDeviceGetGpuFabricInfoV"
+        index = self._device(handle, key)
+        target = getattr(info, "_obj", info)  # ctypes.byref(struct) or the struct itself
+        if getattr(target, "version", pynvml.nvmlGpuFabricInfo_v2) not in (pynvml.nvmlGpuFabricInfo_v2,
+                                                                          pynvml.nvmlGpuFabricInfo_v3):
+            _raise(pynvml.NVML_ERROR_ARGUMENT_VERSION_MISMATCH)
+        recorded = {"state": pynvml.NVML_GPU_FABRIC_STATE_NOT_SUPPORTED}
+        if key in self._probe_device(index).get("getters", {}):
+            recorded = self._probe(index, key)
+        for name, value in recorded.items():
+            if name in {f[0] for f in type(target)._fields_} and name != "version":
+                setattr(target, name, value)
+        return int(pynvml.NVML_SUCCESS)
+
     def nvmlDeviceGetTotalEnergyConsumption(self, handle: Any) -> int:
         return int(self._value(handle, "nvmlDeviceGetTotalEnergyConsumption", "energy_mj_call",
                                "nvmlDeviceGetTotalEnergyConsumption"))

@@ -67,6 +67,9 @@ VIOLATION_POLICIES = {0: "power", 1: "thermal", 2: "sync_boost", 3: "board_limit
                       5: "reliability", 10: "total_app_clocks", 11: "total_base_clocks"}
 TEMPERATURE_THRESHOLDS = {0: "shutdown", 1: "slowdown", 2: "mem_max", 3: "gpu_max"}
 ECC_SEVERITIES = {0: "corrected", 1: "uncorrected"}
+FABRIC_NOT_SUPPORTED, FABRIC_COMPLETED = 0, 3  # nvmlGpuFabricState_t
+FABRIC_HEALTH = {"degraded_bandwidth": 0, "route_recovery": 2, "route_unhealthy": 4,  # healthMask's 2-bit fields
+                 "access_timeout_recovery": 6}
 XID_EVENT = 0x8  # nvmlEventTypeXidCriticalError
 EVENT_WAIT_MS = 500
 
@@ -228,6 +231,21 @@ class Readers:
     @reads("persistence_mode", "nvmlDeviceGetPersistenceMode")
     def _read_persistence_mode(self, gpu: GpuState, plan: Plan) -> Reading:
         return (("", (), int(self.nvml.nvmlDeviceGetPersistenceMode(gpu.handle))),)
+
+    @reads("fabric", "nvmlDeviceGetGpuFabricInfoV")
+    def _read_fabric(self, gpu: GpuState, plan: Plan) -> Reading:
+        info = self.nvml.c_nvmlGpuFabricInfo_v2_t()  # v2: every driver with the call has it; v3 adds a summary
+        self.nvml.nvmlDeviceGetGpuFabricInfoV(gpu.handle, ctypes.byref(info))
+        if info.state == FABRIC_NOT_SUPPORTED:  # not on an NVSwitch fabric (a PCIe H200, a single HGX board)
+            return ()
+        out: list[tuple[str, tuple[str, ...], float]] = [("state", (), info.state)]
+        if info.state == FABRIC_COMPLETED:
+            out.append(("status", (), info.status))
+        for problem, shift in FABRIC_HEALTH.items():
+            bits = (info.healthMask >> shift) & 0x3  # 0 not reported, 1 true, 2 false
+            if bits in (1, 2):
+                out.append(("health", (problem,), 1.0 if bits == 1 else 0.0))
+        return out
 
     @reads("remapped_rows", "nvmlDeviceGetRemappedRows")
     def _read_remapped_rows(self, gpu: GpuState, plan: Plan) -> Reading:

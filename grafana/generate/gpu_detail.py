@@ -105,6 +105,12 @@ def gpu_detail() -> dict[str, Any]:
                    (0, "none"), (1, "GPU reset"), (2, "node reboot"), (3, "drain P2P"), (4, "drain and reset"),
                    (5, "recover IMEX"), (6, "PCIe bus reset"), (7, "system reboot"))}}],
                thresholds=[(None, "green"), (1, "red")]), 12, 4)
+    b.add(stat("NVSwitch fabric", [target(g("gpumon_fabric_state"), "state", instant=True),
+                                   target(g("gpumon_fabric_status"), "registration error", instant=True),
+                                   target(g("gpumon_fabric_health_problem"), "{{problem}}", instant=True)], "none",
+               "gpumon_fabric_state (1 not started, 2 joining, 3 joined; CUDA work waits until joined), "
+               "gpumon_fabric_status (NVML's error of the registration, 0 none) and gpumon_fabric_health_problem "
+               "(1: the fabric reports it). Empty on a GPU not on an NVSwitch fabric."), 24, 4)
 
     b.row("MIG instances")
     b.add(stat("MIG mode", [target(g("gpumon_mig_mode"), "{{state}}", instant=True)], "none",

@@ -57,6 +57,13 @@ FAULTS: dict[str, tuple[Any, str, str, str]] = {
     "uncorrectable ECC": (lambda probe, records: [probe["devices"][0]["parametrized"].update(
         {"nvmlDeviceGetTotalEccErrors(1,0)": {"ok": 2}}), [r["fields"].update(ecc_dbe_vol=2) for r in records]],
         "hardware.ecc", "fail", "reset the GPU"),
+    "fabric registration failed": (lambda probe, records: probe["devices"][0]["getters"].update(
+        nvmlDeviceGetGpuFabricInfoV={"ok": {"state": 3, "status": 999, "cliqueId": 0, "healthMask": 0}}),
+        "hardware.fabric", "fail", "fabricmanager"),
+    "fabric bandwidth degraded": (lambda probe, records: probe["devices"][0]["getters"].update(
+        nvmlDeviceGetGpuFabricInfoV={"ok": {"state": 3, "status": 0, "cliqueId": 1,
+                                            "healthMask": 1 | 2 << 2 | 2 << 4 | 2 << 6}}),
+        "hardware.fabric", "warn", "NVSwitch trays"),
     "pending row remap": (lambda probe, records: probe["devices"][0]["getters"].update(
         nvmlDeviceGetRemappedRows={"ok": [0, 1, 1, 0]}), "hardware.row_remap", "warn", "Schedule a GPU reset"),
 }
@@ -122,6 +129,8 @@ def test_only_and_unknown_checks(capsys: pytest.CaptureFixture[str]) -> None:
     assert {f["check"].split(".")[0] for f in doc["findings"]} == {"workload"}
     assert main(["doctor", "--backend", "replay:demo", "--only", "hardwar"]) == 64
     assert "unknown check 'hardwar'" in capsys.readouterr().err
+    assert main(["doctor", "--backend", "replay:demo", "--only", "workload.straggler_across_hosts"]) == 64
+    assert "runs with --fleet" in capsys.readouterr().err
 
 
 def test_the_terminal_report_has_no_colour_off_a_tty(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -288,3 +297,42 @@ def test_a_fleet_with_no_gpumon_was_not_checked() -> None:
 
     assert fleet.exit_status([]) == 3
     assert fleet.exit_status([fleet.Host("a:9948", {"hardware.ecc": Verdict.OK})]) == 0
+
+
+def test_the_daemon_reads_each_processes_maps_once_until_it_changes(tmp_path: Path) -> None:
+    from gpumon.attribution.procfs import Procfs
+    from tools.procfs import FakeProc
+
+    proc = FakeProc(tmp_path / "proc")
+    proc.add(4242, "python3", start_time=100)
+    proc.maps(4242, CUDART_13)
+    procfs = Procfs(tmp_path / "proc")
+    reads: list[int] = []
+    real = procfs.libraries
+    procfs.libraries = lambda pid: reads.append(pid) or real(pid)  # type: ignore[method-assign]
+    now = [0.0]
+    libraries = host.MappedLibraries(procfs, clock=lambda: now[0])
+    assert libraries.libraries(4242) == {"cudart": "13"}
+    proc.maps(4242, CUDART_13, "/opt/venv/lib/libnccl.so.2.27.3")  # NCCL loads when the process group starts
+    now[0] = 60.0
+    assert libraries.libraries(4242) == {"cudart": "13"} and reads == [4242]  # not read again yet
+    now[0] = host.MappedLibraries.REREAD_S + 1
+    assert libraries.libraries(4242) == {"cudart": "13", "nccl": "2.27.3"} and len(reads) == 2
+    proc.remove(4242)
+    proc.add(4242, "other", start_time=900)  # the PID names another process: read at once
+    proc.maps(4242)
+    assert libraries.libraries(4242) == {} and len(reads) == 3
+    assert libraries.libraries(1) is None  # no such process
+    libraries.next_round()
+    libraries.next_round()  # a round in which 4242 was not asked for: forgotten
+    assert libraries.libraries(4242) == {} and len(reads) == 4
+
+
+def test_a_proc_of_another_pid_namespace_is_not_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tools.procfs import FakeProc
+
+    backend, config = host_with_processes(tmp_path, [CUDART_13], [])
+    FakeProc(tmp_path / "proc", host=False)  # a container's /proc: its PIDs are not NVML's
+    code, doc = doctor(capsys, backend, "--config", str(config), "--only", "driver.cuda_runtime")
+    found = finding(doc, "driver.cuda_runtime")
+    assert code == 0 and found["verdict"] == "not_applicable" and "hostPID" in found["summary"]

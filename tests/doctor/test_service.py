@@ -98,3 +98,27 @@ def test_clocks_held_down_over_the_last_minutes(thermal: list[float], verdict: f
     (found,) = [f for f in run_gpu_checks(view, frozenset({"hardware.clock_events"}))]
     assert found.summary == "clocks held down by thermal for 30% of the last 5 min, though not now"
     assert found.evidence["held_share_recently"] == {"thermal": 0.3}
+
+
+def test_the_cuda_runtime_check_runs_in_the_daemon_on_the_process_sources_proc(tmp_path: Path) -> None:
+    from gpumon.attribution.procfs import Procfs
+    from tools.procfs import FakeProc
+
+    proc = FakeProc(tmp_path / "proc")
+    proc.add(4242, "python3")
+    proc.maps(4242, "/usr/local/cuda-14.0/lib64/libcudart.so.14.0.35")
+    store = Store(5)
+    sample = Sample("processes:gpu0", "fast", time.time(), gpu=0)
+    sample.add("gpumon_process_info", (("gpu", "0"), ("uuid", "GPU-a"), ("pid", "4242"), ("kind", "compute")), 1.0)
+    store.put(sample)
+    device = Device(0, "GPU-a", "NVIDIA H200", "00000000:18:00.0", "hopper", True, "580", "13.0")
+    procfs: list[Procfs | None] = [None]
+    service = DoctorService(store, lambda: [device], replayed=False, sysfs=tmp_path / "sys", kmsg=tmp_path / "kmsg",
+                            procfs=lambda: procfs[0])
+
+    def host_status() -> dict[str, float]:
+        service.on_round(Round(Tier.SLOW.value, time.time(), True))
+        return {dict(lb)["check"]: v for s in store.latest() if s.unit == "doctor:host" for _, lb, v in s.values}
+    assert "driver.cuda_runtime" not in host_status()  # processes off, or /proc not the host's: not applicable
+    procfs[0] = Procfs(tmp_path / "proc")
+    assert host_status()["driver.cuda_runtime"] == 2  # CUDA 14 runtime on a CUDA 13.0 driver

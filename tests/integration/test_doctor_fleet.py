@@ -10,12 +10,14 @@ import sys
 import time
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from tests.support.nvml import edited_capture
 from tests.support.processes import Gpumon, Prometheus, http_get
 
 pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def doctor(*args: str) -> subprocess.CompletedProcess[str]:
@@ -24,11 +26,19 @@ def doctor(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_fleet_in_one_table_worst_first(tmp_path: Path) -> None:
-    hot = edited_capture(tmp_path / "hot", lambda probe, records: [r.update(temp_c=92) for r in records])
+    # One Slurm job, 77, on GPU 0 of both hosts: busy on the healthy one, nearly idle on the hot one.
+    busy = edited_capture(tmp_path / "busy", lambda probe, records: [r["gpm"].update(sm_util=90.0) for r in records])
+    hot = edited_capture(tmp_path / "hot", lambda probe, records: [(r.update(temp_c=92), r["gpm"].update(sm_util=5.0))
+                                                                    for r in records])
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    (jobs / "0").write_text("77\n")
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    with Gpumon(tmp_path / "a", "--slow-interval", "1s", backend="replay:demo,loop") as healthy, \
-            Gpumon(tmp_path / "b", "--slow-interval", "1s", backend=f"replay:{hot},loop") as sick:
+    with Gpumon(tmp_path / "a", "--slow-interval", "1s", "--hpc-job-mapping-dir", str(jobs),
+                backend=f"replay:{busy},loop") as healthy, \
+            Gpumon(tmp_path / "b", "--slow-interval", "1s", "--hpc-job-mapping-dir", str(jobs),
+                   backend=f"replay:{hot},loop") as sick:
         scrape = f"""
 global: {{scrape_interval: 500ms, scrape_timeout: 500ms}}
 scrape_configs:
@@ -46,7 +56,7 @@ scrape_configs:
                 time.sleep(0.3)
             table = doctor("--fleet", prom.url)
             as_json = doctor("--fleet", prom.url, "--json")
-            only = doctor("--fleet", prom.url, "--only", "workload")
+            only = doctor("--fleet", prom.url, "--only", "driver")
         unreachable = doctor("--fleet", "http://user:secret@127.0.0.1:1")
 
     assert table.returncode == 2, table.stdout + table.stderr
@@ -58,7 +68,14 @@ scrape_configs:
     assert first[header.index("hardware.temperature")] == "fail"  # the cell names the GPU too: "fail (GPU 0)"
     assert "fail (GPU 0)" in lines[2]
     assert second[0] == f"127.0.0.1:{healthy.port}" and second[1] == "ok"
+    # Job 77's rank on the hot host trails its rank on the other by 85 points of SM activity.
+    assert f"job 77 on 2 hosts: 127.0.0.1:{sick.port} GPU 0 at 5% SM activity" in table.stdout
     doc = json.loads(as_json.stdout)
+    jsonschema.validate(doc, json.loads((ROOT / "docs" / "doctor-fleet.schema.json").read_text()))
+    assert doc["stragglers"] == [{"job_id": "77", "instance": f"127.0.0.1:{sick.port}", "gpu": "0",
+                                  "sm_active": 0.05, "job_busiest_sm_active": 0.9, "hosts": 2}]
+    assert doc["hosts"][0]["checks"]["workload.straggler_across_hosts"] == {"verdict": "warn", "gpus": ["0"]}
+    assert doc["hosts"][1]["checks"]["workload.straggler_across_hosts"]["verdict"] == "ok"
     assert as_json.returncode == 2 and doc["hosts"][0]["checks"]["hardware.temperature"] == {"verdict": "fail",
                                                                                             "gpus": ["0"]}
     assert doc["hosts"][1]["worst"] == "ok"

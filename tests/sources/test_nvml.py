@@ -441,3 +441,47 @@ def test_plain_view_reads_and_writes_the_same_memory_as_pynvmls_structures() -> 
     plain_view(request.metrics)[4].metricId = 7
     assert request.metrics[4].metricId == 7
     assert plain_view([1, 2]) == [1, 2]  # not ctypes: left as it is
+
+
+@pytest.mark.parametrize(("answer", "want"), [
+    # A PCIe H200: the call answers, the state says "no fabric": no series.
+    ({"state": 0, "status": 0, "cliqueId": 0, "healthMask": 0}, {}),
+    ({"state": 2, "status": 0, "cliqueId": 0, "healthMask": 0}, {("gpumon_fabric_state", ()): 2.0}),
+    ({"state": 3, "status": 0, "cliqueId": 4, "healthMask": 1 | 2 << 2 | 2 << 4},  # access timeout: not reported
+     {("gpumon_fabric_state", ()): 3.0, ("gpumon_fabric_status", ()): 0.0,
+      ("gpumon_fabric_health_problem", (("problem", "degraded_bandwidth"),)): 1.0,
+      ("gpumon_fabric_health_problem", (("problem", "route_recovery"),)): 0.0,
+      ("gpumon_fabric_health_problem", (("problem", "route_unhealthy"),)): 0.0}),
+])
+def test_nvswitch_fabric_state_and_health(nvml_fake: NvmlFake, tmp_path: Path, answer: dict[str, int],
+                                          want: Values) -> None:
+    """nvmlDeviceGetGpuFabricInfoV fills a versioned struct; the H200 captures did not record it and answer
+    as that GPU does (not on a fabric: no series, nothing unsupported)."""
+    plain, _ = opened(nvml_fake)
+    assert not [k for k in read(plain, Tier.SLOW) if k[0].startswith("gpumon_fabric_")]
+    assert plain.unsupported_count(0) == NO_NVLINK
+    plain.close()
+
+    def edit(probe: dict[str, Any], records: list[dict[str, Any]]) -> None:
+        probe["devices"][0]["getters"]["nvmlDeviceGetGpuFabricInfoV"] = {"ok": answer}
+    source, _ = on_edited(nvml_fake, tmp_path, edit)
+    got = read(source, Tier.SLOW)
+    assert {k: v for k, v in got.items() if k[0].startswith("gpumon_fabric_")} == want
+    assert source.error_counts() == {}
+    source.close()
+
+
+def test_a_fabric_struct_of_an_unknown_version_is_refused_as_nvml_does(nvml_fake: NvmlFake) -> None:
+    import ctypes
+    nvml = nvml_fake.start()
+    nvml.nvmlInit()
+    handle = nvml.nvmlDeviceGetHandleByIndex(0)
+    info = pynvml.c_nvmlGpuFabricInfo_v2_t()
+    info.version = 0x01000024
+    with pytest.raises(pynvml.NVMLError) as err:
+        nvml.nvmlDeviceGetGpuFabricInfoV(handle, ctypes.byref(info))
+    assert err.value.value == pynvml.NVML_ERROR_ARGUMENT_VERSION_MISMATCH
+    v3 = pynvml.c_nvmlGpuFabricInfo_v3_t()  # the newer struct is accepted: state "no fabric"
+    nvml.nvmlDeviceGetGpuFabricInfoV(handle, ctypes.byref(v3))
+    assert v3.state == pynvml.NVML_GPU_FABRIC_STATE_NOT_SUPPORTED
+    nvml.nvmlShutdown()

@@ -1104,3 +1104,35 @@ nvmlReturn_t DECLDIR nvmlDeviceGetFieldValues(nvmlDevice_t device, int valuesCou
     }
     return call_end(&c, NVML_SUCCESS);
 }
+
+/* Registration with the NVSwitch fabric. The probe may record the answer's fields ({"state": 3,
+ * "status": 0, "cliqueId": 1, "healthMask": ...}); a capture without it answers as the captured H200
+ * does (nvidia-smi -q: "Fabric State: N/A"): success, state NVML_GPU_FABRIC_STATE_NOT_SUPPORTED. The
+ * caller's struct is v2 or v3 (v3 adds healthSummary); another version is refused, as NVML does. */
+nvmlReturn_t DECLDIR nvmlDeviceGetGpuFabricInfoV(nvmlDevice_t device, nvmlGpuFabricInfoV_t *info)
+{
+    static const char *const MEMBERS[] = {"state", "status", "cliqueId", "healthMask"};
+    double v[4] = {NVML_GPU_FABRIC_STATE_NOT_SUPPORTED, NVML_SUCCESS, 0, 0};
+    struct call c;
+    nvmlReturn_t ret = call_begin(&c, __func__, device);
+    if (ret == NVML_SUCCESS && info == NULL)
+        ret = NVML_ERROR_INVALID_ARGUMENT;
+    if (ret == NVML_SUCCESS && info->version != nvmlGpuFabricInfo_v2 && info->version != nvmlGpuFabricInfo_v3)
+        ret = NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
+    if (ret == NVML_SUCCESS && probe_entry(c.dev, __func__) != NULL) {
+        const cJSON *item = NULL;
+        ret = answer(&c, NULL, __func__, &item, NULL);
+        for (int i = 0; ret == NVML_SUCCESS && i < 4; i++)
+            member_number(item, MEMBERS[i], &v[i]); /* a member not recorded keeps its default */
+    }
+    if (ret == NVML_SUCCESS) {
+        memset(info->clusterUuid, 0, sizeof info->clusterUuid);
+        info->state = (nvmlGpuFabricState_t)to_uint(v[0]);
+        info->status = (nvmlReturn_t)to_uint(v[1]);
+        info->cliqueId = to_uint(v[2]);
+        info->healthMask = to_uint(v[3]);
+        if (info->version == nvmlGpuFabricInfo_v3)
+            info->healthSummary = NVML_GPU_FABRIC_HEALTH_SUMMARY_NOT_SUPPORTED;
+    }
+    return call_end(&c, ret);
+}
