@@ -13,9 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import promql_parser as pp
-
-from gpumon.rules.promql import NAME, EvalError, Evaluator, Labels, Sample, Vector
+from gpumon.rules.promql import NAME, EvalError, Evaluator, Labels, Sample, Vector, ast
 from gpumon.rules.rulefile import AlertRule, RecordRule, RuleGroup
 
 RESOLVED_RETENTION_MS = 15 * 60 * 1000
@@ -174,23 +172,15 @@ def _agrees(labels: Labels, source: Labels) -> bool:
 def _selectors(expr: Any) -> list[Any]:
     """The instant-vector selectors an expression reads (range selectors as their instant form)."""
     out: list[Any] = []
-
-    def walk(e: Any) -> None:
-        if isinstance(e, pp.VectorSelector):
+    stack = [expr]
+    while stack:
+        e = stack.pop()
+        if isinstance(e, ast.VectorSelector):
             out.append(e)
-        elif isinstance(e, pp.MatrixSelector):
-            out.append(e.vector_selector)
-        elif isinstance(e, pp.Call):
-            for a in e.args:
-                walk(a)
-        elif isinstance(e, pp.AggregateExpr):
-            walk(e.expr)
-        elif isinstance(e, pp.BinaryExpr):
-            walk(e.lhs)
-            walk(e.rhs)
-        elif isinstance(e, (pp.ParenExpr, pp.UnaryExpr)):
-            walk(e.expr)
-    walk(expr)
+        elif isinstance(e, ast.MatrixSelector):
+            out.append(e.selector)
+        else:
+            stack.extend(reversed(ast.children(e)))
     return out
 
 

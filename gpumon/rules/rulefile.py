@@ -230,28 +230,29 @@ def _line(lines: dict[KeyPath, int], at: KeyPath) -> int:
 
 
 def longest_ranges(groups: list[RuleGroup]) -> dict[str, int]:
-    """For each metric name a rule reads over a range, the longest range plus offset (ms): how much
-    history the store must keep for it."""
-    import promql_parser as pp
+    """For each metric name a rule reads into the past, the longest stretch (ms): range plus offset,
+    plus the range and offset of the subqueries around it. How much history the store must keep for it
+    (an instant selector also needs the lookback, which the store adds). An @ time is absolute: what it
+    reads is there only if it falls within this history."""
+    from gpumon.rules.promql import ast
 
     out: dict[str, int] = {}
 
-    def walk(e: Any) -> None:
-        if isinstance(e, pp.MatrixSelector):
-            vs = e.vector_selector
-            span = round(e.range.total_seconds() * 1000) + (round(vs.offset.total_seconds() * 1000) if vs.offset else 0)
-            if vs.name:
+    def walk(e: ast.Node, extra: int) -> None:
+        if isinstance(e, (ast.VectorSelector, ast.MatrixSelector)):
+            vs = e.selector if isinstance(e, ast.MatrixSelector) else e
+            span = extra + vs.offset_ms + (e.range_ms if isinstance(e, ast.MatrixSelector) else 0)
+            if vs.name and (span > 0 or isinstance(e, ast.MatrixSelector)):
                 out[vs.name] = max(out.get(vs.name, 0), span)
-        for child in ("expr", "lhs", "rhs", "param"):
-            sub = getattr(e, child, None)
-            if sub is not None and not isinstance(sub, (str, int, float)):
-                walk(sub)
-        for arg in getattr(e, "args", None) or []:
-            walk(arg)
+            return
+        if isinstance(e, ast.Subquery):
+            extra += e.range_ms + max(0, e.offset_ms)
+        for child in ast.children(e):
+            walk(child, extra)
 
     for g in groups:
         for r in g.rules:
-            walk(r.expr)
+            walk(r.expr, 0)
             if isinstance(r, AlertRule) and r.resolve_when is not None:
-                walk(r.resolve_when)
+                walk(r.resolve_when, 0)
     return out

@@ -86,6 +86,8 @@ class MemoryStorage:
 
     def __init__(self) -> None:
         self._series: dict[Labels, tuple[list[float], list[float]]] = {}
+        # promtool loads a test's samples only up to the time it has evaluated to: later ones are unseen
+        self.until: int | None = None
 
     def add(self, labels: Labels, t: int, v: float) -> None:
         times, values = self._series.setdefault(labels, ([], []))
@@ -93,6 +95,8 @@ class MemoryStorage:
         values.append(v)
 
     def select(self, matchers: Sequence[Matcher], start: int, end: int) -> Iterable[Series]:
+        if self.until is not None:
+            end = min(end, self.until)
         for labels, (times, values) in self._series.items():
             as_dict = dict(labels)
             if all(m.matches(as_dict) for m in matchers):
@@ -144,16 +148,20 @@ def _run_test(test: dict[str, Any], doc: dict[str, Any], groups: list[RuleGroup]
             if v is not None:
                 storage.add(labels, i * interval, v)
     failures = []
-    evaluator = Evaluator(storage)
+    evaluator = Evaluator(storage, subquery_step_ms=eval_interval)  # promtool's step for `x[1h:]`
     external = {str(k): str(v) for k, v in (test.get("external_labels") or {}).items()}
     alert_cases = sorted(test.get("alert_rule_test") or [], key=lambda c: parse_prom_duration(c.get("eval_time", "0s")))
+    end = max([parse_prom_duration(c.get("eval_time", "0s")) for c in alert_cases]
+              + [parse_prom_duration(c.get("eval_time", "0s")) for c in test.get("promql_expr_test") or []], default=0)
+    # promtool evaluates the groups every evaluation_interval up to the last eval_time, loading the
+    # samples up to each evaluation as it goes; the expression tests then see samples up to the last.
+    storage.until = end // eval_interval * eval_interval if eval_interval > 0 else end
     if groups and (alert_cases or test.get("promql_expr_test")):
         engine = RuleEngine(groups, evaluator, storage.add, external)
-        end = max([parse_prom_duration(c.get("eval_time", "0s")) for c in alert_cases]
-                  + [parse_prom_duration(c.get("eval_time", "0s")) for c in test.get("promql_expr_test") or []])
         pending = list(alert_cases)
         t = 0
         while t <= end:
+            storage.until = t
             for group in groups:
                 engine.eval_group(group, t)
             # An alert test at eval_time compares with the evaluation at the last tick <= eval_time.
@@ -194,11 +202,13 @@ def _show_alerts(alerts: list[tuple[Labels, tuple[tuple[str, str], ...]]]) -> st
 def _expr_case(case: dict[str, Any], evaluator: Evaluator) -> list[str]:
     expr_text = str(case["expr"])
     t = parse_prom_duration(case.get("eval_time") or "0s")
-    expr = compile_expr(expr_text)
     try:
-        value = evaluator.instant(expr, t)
-    except EvalError as exc:
+        value = evaluator.instant(compile_expr(expr_text), t)
+    except (PromQLError, EvalError) as exc:
         return [f"    expr: {expr_text!r}, time: {format_duration(t)}, err: {exc}"]
+    except Exception as exc:  # a bug in gpumon's evaluator: this case fails, the others still run
+        return [f"    expr: {expr_text!r}, time: {format_duration(t)}, "
+                f"err: internal error: {type(exc).__name__}: {exc}"]
     if isinstance(value, float):
         got = [Sample((), value)]
     elif isinstance(value, str):

@@ -70,12 +70,17 @@ class RuleService(Service):
         self.evaluations: dict[tuple[str, str], Evaluation] = {}
         self.on_evaluated = on_evaluated  # notifications hook here
         self._due: dict[tuple[str, str], float] = {}  # group -> Unix time of its next evaluation
+        self._logged: dict[tuple[str, str, int], str] = {}  # (file, group, rule index) -> error last logged
         self._install(groups)
 
     def _install(self, groups: list[RuleGroup]) -> None:
         self.groups = groups
         self._due = {(g.file, g.name): 0.0 for g in groups}  # each evaluates at the first round
-        self.engine = RuleEngine(groups, Evaluator(StoreStorage(self.store)), self._record, self.external_labels)
+        # A subquery without a step (`x[1h:]`) steps by the default evaluation interval, as Prometheus's
+        # global evaluation_interval.
+        evaluator = Evaluator(StoreStorage(self.store), subquery_step_ms=round(self.default_interval_s * 1000))
+        self.engine = RuleEngine(groups, evaluator, self._record, self.external_labels)
+        self._logged = {}
         if self.db is not None:
             restored = self.db.restore(list(self.engine.states.values()))
             if restored:
@@ -129,9 +134,13 @@ class RuleService(Service):
         at = time.time() if now is None else now
         self.engine.eval_group(group, round(at * 1000))
         self.evaluations[(group.file, group.name)] = Evaluation(time.perf_counter() - started, at)
-        for state in self._states(group):
-            if state.health == "err":
-                log.warning("rule evaluation failed", rule=state.rule.name, error=state.last_error)
+        for i, state in enumerate(self._states(group)):  # a failure is logged when it starts or changes
+            key = (group.file, group.name, i)
+            if state.health == "err" and self._logged.get(key) != state.last_error:
+                log.warning("rule evaluation failed", group=group.name, rule=state.rule.name, error=state.last_error)
+                self._logged[key] = state.last_error
+            elif state.health == "ok" and self._logged.pop(key, None) is not None:
+                log.info("rule evaluation recovered", group=group.name, rule=state.rule.name)
         self.save()
         self.store.put(self.alerts_sample(at))
         if self.on_evaluated is not None:

@@ -77,10 +77,10 @@ def test_alerts_api_metrics_and_state_across_kill_9(tmp_path: Path) -> None:
 
 def test_bad_rules_at_start_and_at_reload(tmp_path: Path) -> None:
     rules = tmp_path / "local.rules.yml"
-    rules.write_text("groups:\n  - name: g\n    rules:\n      - alert: A\n        expr: stddev(x)\n")
+    rules.write_text("groups:\n  - name: g\n    rules:\n      - alert: A\n        expr: limitk(1, x)\n")
     r = run_gpumon("run", "--backend", "replay:demo", "--rules", str(rules), "--listen", "127.0.0.1:1")
     assert r.returncode == 1
-    assert f"{rules}:5: groups[0].rules[0].expr: aggregation stddev is not supported" in r.stderr
+    assert f"{rules}:5: groups[0].rules[0].expr: aggregation limitk is not in Prometheus 2.42's PromQL" in r.stderr
     assert "Traceback" not in r.stderr
     rules.write_text(RULES)
     with Gpumon(tmp_path, "--rules", str(rules), "--rule-evaluation-interval", "500ms") as g:

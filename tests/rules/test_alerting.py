@@ -162,8 +162,8 @@ groups:
 
 
 @pytest.mark.parametrize("rules, message", [
-    ("groups:\n  - name: g\n    rules:\n      - alert: A\n        expr: histogram_quantile(0.9, x)\n",
-     "r.yml:5: groups[0].rules[0].expr: function histogram_quantile() is not supported"),
+    ("groups:\n  - name: g\n    rules:\n      - alert: A\n        expr: mad_over_time(x[5m])\n",
+     "r.yml:5: groups[0].rules[0].expr: function mad_over_time() is not in Prometheus 2.42's PromQL"),
     ("groups:\n  - name: g\n    rules:\n      - alert: A\n        expr: x\n        for: soon\n",
      "r.yml:6: groups[0].rules[0].for: not a valid duration"),
     ("groups:\n  - name: g\n    rules:\n      - alert: A\n        record: b\n        expr: x\n",

@@ -1,34 +1,45 @@
-"""Evaluation of a checked expression at one instant, against a Storage: selectors, functions,
-aggregations and binary operators with vector matching, as the Prometheus 2.x engine does them."""
+"""Evaluation of a compiled expression (ast.py) at one instant, against a Storage: selectors with
+offset and @, subqueries, functions, aggregations and binary operators, as the Prometheus 2.42 engine
+evaluates an instant query (a rule evaluation, or a promtool unit test's promql_expr_test)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from typing import Any
 
-import promql_parser as pp
-
-from gpumon.regex import expand
-from gpumon.rules.promql.functions import NAN_FREE_BUILTINS, RANGE, incremental_mean, quantile
-from gpumon.rules.promql.parse import ARITHMETIC, COMPARISON, SET_OPS, anchored_regex, selector_matchers
+from gpumon.rules.promql import ast
+from gpumon.rules.promql.aggregate import aggregate
+from gpumon.rules.promql.binary import scalar_binop, set_op, signature, vector_binop, vector_scalar
+from gpumon.rules.promql.functions_instant import (
+    DATES,
+    MATH,
+    date_function,
+    date_of,
+    drop_name,
+    histogram_quantile,
+    label_join,
+    label_replace,
+    round_vector,
+    sort_vector,
+)
+from gpumon.rules.promql.functions_range import NAN_FREE_BUILTINS, RANGE, Window
+from gpumon.rules.promql.gomath import go_div, go_max, go_min
+from gpumon.rules.promql.parse import FUNCTION_SIGNATURES, anchored_regex
 from gpumon.rules.promql.values import (
     LOOKBACK_MS,
     NAME,
     EvalError,
     Labels,
-    Matcher,
     Matrix,
     Sample,
     Series,
     Storage,
     Value,
     Vector,
-    duration_ms,
     is_stale,
 )
+
+DEFAULT_SUBQUERY_STEP_MS = 60_000  # Prometheus's default global evaluation_interval
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,10 +57,14 @@ class _SeriesFilter:
     keep_matching: bool  # `and` keeps the series B matches; `unless` the ones it does not
 
     def admits(self, labels: Labels) -> bool:
-        return (_signature(labels, self.on, self.names) in self.sigs) == self.keep_matching
+        return (signature(labels, self.on, self.names) in self.sigs) == self.keep_matching
 
 
 Filters = tuple[_SeriesFilter, ...]  # all must admit a series; () evaluates everything
+
+# Functions that keep every label but the metric name, so an enclosing filter may reach their argument.
+_LABEL_KEEPING = frozenset(MATH) | frozenset(DATES) | {"clamp", "clamp_min", "clamp_max", "round", "sort", "sort_desc"}
+_NO_FLOAT_RESULT = frozenset({"histogram_count", "histogram_sum", "histogram_fraction"})
 
 
 def _admitted(labels: Labels, filters: Filters) -> bool:
@@ -57,45 +72,48 @@ def _admitted(labels: Labels, filters: Filters) -> bool:
 
 
 class Evaluator:
-    """Evaluates checked expressions at one instant against a Storage."""
+    """Evaluates compiled expressions at one instant against a Storage. `subquery_step_ms` is the step
+    of a subquery that names none (`x[1h:]`): Prometheus's global evaluation interval, or promtool's
+    test-file evaluation_interval."""
 
-    def __init__(self, storage: Storage, lookback_ms: int = LOOKBACK_MS) -> None:
+    def __init__(self, storage: Storage, lookback_ms: int = LOOKBACK_MS,
+                 subquery_step_ms: int = DEFAULT_SUBQUERY_STEP_MS) -> None:
         self.storage = storage
         self.lookback = lookback_ms
-        # id(selector) -> (selector, its matchers). The entry keeps the selector alive: once an object
-        # is freed its id can be reused by another, which would then read this selector's series.
-        self._matcher_cache: dict[int, tuple[Any, list[Matcher]]] = {}
+        self.subquery_step_ms = subquery_step_ms or DEFAULT_SUBQUERY_STEP_MS
+        self._query_t = 0  # the instant being evaluated: what @ start() and @ end() mean
 
-    def instant(self, expr: Any, t: int) -> Value:
+    def instant(self, expr: ast.Node, t: int) -> Value:
+        self._query_t = t
         return self._eval(expr, t)
 
     # selectors
 
-    def _selector_matchers(self, vs: Any) -> list[Matcher]:
-        cached = self._matcher_cache.get(id(vs))
-        if cached is None:
-            cached = self._matcher_cache[id(vs)] = (vs, selector_matchers(vs))
-        return cached[1]
+    def _ref(self, at: ast.At | None, offset_ms: int, t: int) -> int:
+        if at is None:
+            return t - offset_ms
+        return (self._query_t if at.ms is None else at.ms) - offset_ms
 
-    def _vector_selector(self, vs: Any, t: int, filters: Filters = ()) -> Vector:
-        ref = t - duration_ms(vs.offset)
+    def _vector_selector(self, vs: ast.VectorSelector, t: int, filters: Filters = ()) -> Vector:
+        ref = self._ref(vs.at, vs.offset_ms, t)
         out = []
         # An instant selector needs only each series' last point; storages that can say so cheaply do.
         select = getattr(self.storage, "select_last", self.storage.select)
-        for series in select(self._selector_matchers(vs), ref - self.lookback, ref):
+        for series in select(vs.matchers, ref - self.lookback, ref):
             if not series.times or (filters and not _admitted(series.labels, filters)):
                 continue
             v = series.values[-1]
             if is_stale(v):
                 continue
             out.append(Sample(series.labels, v, int(series.times[-1])))
-        return _sorted(out)
+        out.sort(key=lambda s: s.labels)
+        return out
 
-    def _matrix_selector(self, ms: Any, t: int, filters: Filters = ()) -> Matrix:
-        vs = ms.vector_selector
-        ref = t - duration_ms(vs.offset)
+    def _matrix_selector(self, ms: ast.MatrixSelector, t: int, filters: Filters = ()) -> Matrix:
+        vs = ms.selector
+        ref = self._ref(vs.at, vs.offset_ms, t)
         out = []
-        for series in self.storage.select(self._selector_matchers(vs), ref - duration_ms(ms.range), ref):
+        for series in self.storage.select(vs.matchers, ref - ms.range_ms, ref):
             if filters and not _admitted(series.labels, filters):
                 continue
             times, values = series.times, series.values
@@ -107,343 +125,171 @@ class Evaluator:
         out.sort(key=lambda s: s.labels)
         return out
 
+    def _subquery(self, sq: ast.Subquery, t: int) -> Matrix:
+        """The inner expression at every step in the range, the steps aligned to multiples of the step."""
+        end = self._ref(sq.at, sq.offset_ms, t)
+        step = sq.step_ms or self.subquery_step_ms
+        start = end - sq.range_ms
+        first = go_div(start, step) * step
+        if first < start:
+            first += step
+        found: dict[Labels, tuple[list[float], list[float]]] = {}
+        for ts in range(first, end + 1, step):
+            for s in _vec(self._eval(sq.expr, ts)):
+                times, values = found.setdefault(s.labels, ([], []))
+                times.append(ts)
+                values.append(s.value)
+        return [Series(labels, times, values) for labels, (times, values) in sorted(found.items())]
+
     # dispatch
 
-    def _eval(self, e: Any, t: int, filters: Filters = ()) -> Value:
+    def _eval(self, e: ast.Node, t: int, filters: Filters = ()) -> Value:
         """The value of `e` at `t`. `filters` may leave out series an enclosing set operator drops; they
         pass only through nodes that keep every label but the metric name, so signatures still match."""
-        if isinstance(e, pp.NumberLiteral):
-            return float(e.val)
-        if isinstance(e, pp.StringLiteral):
-            return str(e.val)
-        if isinstance(e, pp.ParenExpr):
-            return self._eval(e.expr, t, filters)
-        if isinstance(e, pp.VectorSelector):
+        if isinstance(e, ast.VectorSelector):
             return self._vector_selector(e, t, filters)
-        if isinstance(e, pp.MatrixSelector):
-            return self._matrix_selector(e, t, filters)
-        if isinstance(e, pp.UnaryExpr):
+        if isinstance(e, ast.Call):
+            return self._call(e, t, filters)
+        if isinstance(e, ast.Binary):
+            return self._binary(e, t, filters)
+        if isinstance(e, ast.NumberLiteral):
+            return e.value
+        if isinstance(e, ast.Aggregate):
+            vec = _vec(self._eval(e.expr, t))
+            param = None if e.param is None else self._eval(e.param, t)
+            if isinstance(param, list):
+                raise EvalError("expected a scalar parameter")
+            return aggregate(e.op, vec, param, e.grouping, e.without, t)
+        if isinstance(e, ast.Negation):
             v = self._eval(e.expr, t)
             if isinstance(v, float):
                 return -v
-            return [Sample(_drop_name(s.labels), -s.value, s.t) for s in _vec(v)]
-        if isinstance(e, pp.Call):
-            return self._call(e, t, filters)
-        if isinstance(e, pp.AggregateExpr):
-            return self._aggregate(e, t)
-        if isinstance(e, pp.BinaryExpr):
-            return self._binary(e, t, filters)
+            return _unique([Sample(drop_name(s.labels), -s.value, s.t) for s in _vec(v)])
+        if isinstance(e, ast.MatrixSelector):
+            return self._matrix_selector(e, t, filters)
+        if isinstance(e, ast.Subquery):
+            return self._subquery(e, t)
+        if isinstance(e, ast.StringLiteral):
+            return e.value
         raise EvalError(f"cannot evaluate {type(e).__name__}")
 
     # functions
 
-    def _call(self, e: Any, t: int, filters: Filters = ()) -> Value:
-        name = e.func.name
-        args = e.args
+    def _call(self, e: ast.Call, t: int, filters: Filters = ()) -> Value:
+        name, args = e.name, e.args
+        if name in RANGE or name == "absent_over_time":
+            return self._range_call(e, t, filters)
         if name == "time":
             return t / 1000
+        if name == "pi":
+            return math.pi
         if name == "vector":
             return [Sample((), _num(self._eval(args[0], t)), t)]
         if name == "scalar":
             v = _vec(self._eval(args[0], t))
             return v[0].value if len(v) == 1 else math.nan
         if name == "timestamp":
-            arg = args[0]
-            while isinstance(arg, pp.ParenExpr):
-                arg = arg.expr
-            vec = _vec(self._eval(arg, t))
-            plain = isinstance(arg, pp.VectorSelector)
-            return [Sample(_drop_name(s.labels), (s.t if plain else t) / 1000, t) for s in vec]
+            return self._timestamp(args[0], t)
         if name == "absent":
             if _vec(self._eval(args[0], t)):
                 return []
-            return [Sample(_absent_labels(args[0]), 1.0, t)]
-        if name == "absent_over_time":
-            if self._eval(args[0], t):
-                return []
-            return [Sample(_absent_labels(args[0]), 1.0, t)]
-        if name in ("abs", "clamp", "clamp_min", "clamp_max"):
-            vec = _vec(self._eval(args[0], t))
-            nums = [_num(self._eval(a, t)) for a in args[1:]]
-            if name == "abs":
-                fn: Callable[[float], float] = abs
-            elif name == "clamp_min":
-                fn = lambda x: x if math.isnan(x) else max(x, nums[0])  # noqa: E731
-            elif name == "clamp_max":
-                fn = lambda x: x if math.isnan(x) else min(x, nums[0])  # noqa: E731
-            else:
-                lo, hi = nums
-                if hi < lo:
-                    return []
-                fn = lambda x: x if math.isnan(x) else max(lo, min(hi, x))  # noqa: E731
-            return _unique([Sample(_drop_name(s.labels), fn(s.value), t) for s in vec])
-        if name == "label_replace":
-            return self._label_replace(e, t)
-        if name == "quantile_over_time":
+            arg = args[0]
+            return [Sample(arg.absent_labels if isinstance(arg, ast.VectorSelector) else (), 1.0, t)]
+        if name in DATES and not args:
+            return [Sample((), date_of(name, go_div(t, 1000)), t)]
+        if name == "histogram_quantile":
             q = _num(self._eval(args[0], t))
-            m = _mat(self._eval(args[1], t))
-            return _unique([Sample(_drop_name(s.labels), quantile(q, list(s.values)), t) for s in m])
-        # range functions over one matrix argument: they keep the labels, so filters pass through
-        ms = args[0]
-        matrix = _mat(self._eval(ms, t, filters))
-        fn_range = RANGE[name]
+            return _unique(histogram_quantile(q, _vec(self._eval(args[1], t)), t))
+        if name in _NO_FLOAT_RESULT:  # native histograms only: a float sample gives nothing
+            for a in args:
+                self._eval(a, t)
+            return []
+        vec = _vec(self._eval(args[0], t, filters if name in _LABEL_KEEPING else ()))
+        rest = [self._eval(a, t) for a in args[1:]]
+        fn = MATH.get(name)
+        if fn is not None:
+            return _unique([Sample(drop_name(s.labels), fn(s.value), t) for s in vec])
+        if name in DATES:
+            return _unique(date_function(name, vec, t))
+        if name in ("clamp", "clamp_min", "clamp_max"):
+            nums = [_num(v) for v in rest]
+            if name == "clamp":
+                if nums[1] < nums[0]:
+                    return []
+                lo, hi = nums
+                return _unique([Sample(drop_name(s.labels), go_max(lo, go_min(hi, s.value)), t) for s in vec])
+            clamp = go_max if name == "clamp_min" else go_min
+            return _unique([Sample(drop_name(s.labels), clamp(nums[0], s.value), t) for s in vec])
+        if name == "round":
+            return _unique(round_vector(vec, [_num(v) for v in rest], t))
+        if name in ("sort", "sort_desc"):
+            return _unique(sort_vector(vec, descending=name == "sort_desc"))
+        strings = [str(v) for v in rest]
+        if name == "label_replace":
+            return _unique(label_replace(vec, strings, anchored_regex(strings[3], "label_replace()")))
+        if name == "label_join":
+            return _unique(label_join(vec, strings, t))
+        raise EvalError(f"function {name}() cannot be evaluated")
+
+    def _timestamp(self, arg: ast.Node, t: int) -> Vector:
+        if isinstance(arg, ast.VectorSelector):  # a selector's own sample times
+            vec = self._vector_selector(arg, t)
+            return _unique([Sample(drop_name(s.labels), s.t / 1000, t) for s in vec])
+        return _unique([Sample(drop_name(s.labels), t / 1000, t) for s in _vec(self._eval(arg, t))])
+
+    def _range_call(self, e: ast.Call, t: int, filters: Filters) -> Vector:
+        name = e.name
+        index = FUNCTION_SIGNATURES[name][0].index(ast.MATRIX)
+        params = tuple(_num(self._eval(a, t)) for i, a in enumerate(e.args) if i != index)
+        node = e.args[index]
+        if isinstance(node, ast.MatrixSelector):
+            matrix = self._matrix_selector(node, t, filters)
+            window = Window(self._ref(node.selector.at, node.selector.offset_ms, t), node.range_ms, t, params)
+        elif isinstance(node, ast.Subquery):
+            matrix = self._subquery(node, t)
+            window = Window(self._ref(node.at, node.offset_ms, t), node.range_ms, t, params)
+        else:
+            raise EvalError(f"{name}() expects a range vector")
+        if name == "absent_over_time":
+            if matrix:
+                return []
+            labels = node.selector.absent_labels if isinstance(node, ast.MatrixSelector) else ()
+            return [Sample(labels, 1.0, t)]
+        fn = RANGE[name]
         builtin = NAN_FREE_BUILTINS.get(name)
+        keep_name = name == "last_over_time"
         out: Vector = []
         for s in matrix:
-            result = builtin(s.values) if builtin is not None and s.nan_free else fn_range(s.times, s.values, ms, t)
+            result = builtin(s.values) if builtin is not None and s.nan_free else fn(s.times, s.values, window)
             if result is not None:
-                labels = s.labels if name == "last_over_time" else _drop_name(s.labels)
-                out.append(Sample(labels, result, t))
+                out.append(Sample(s.labels if keep_name else drop_name(s.labels), result, t))
         return _unique(out)
-
-    def _label_replace(self, e: Any, t: int) -> Vector:
-        vec = _vec(self._eval(e.args[0], t))
-        dst, repl, src, pattern = (a.val for a in e.args[1:])
-        regex = anchored_regex(pattern, "label_replace()")
-        out: Vector = []
-        for s in vec:
-            labels = dict(s.labels)
-            m = regex.search(labels.get(src, ""))
-            if m is not None:
-                value = expand(repl, m, regex)
-                if value:
-                    labels[dst] = value
-                else:
-                    labels.pop(dst, None)
-            out.append(Sample(tuple(sorted(labels.items())), s.value, s.t))
-        return _unique(out)
-
-    # aggregation
-
-    def _aggregate(self, e: Any, t: int) -> Vector:
-        op = str(e.op)
-        vec = _vec(self._eval(e.expr, t))
-        by: set[str] | None = set()  # no modifier: one group over everything
-        without: set[str] | None = None
-        if e.modifier is not None:
-            if "Without" in str(e.modifier.type):
-                by, without = None, set(e.modifier.labels)
-            else:
-                by = set(e.modifier.labels)
-        def key_of(labels: Labels) -> Labels:
-            if by is not None:
-                return tuple((k, v) for k, v in labels if k in by)
-            drop = (without or set()) | {NAME}
-            return tuple((k, v) for k, v in labels if k not in drop)
-
-        groups: dict[Labels, list[Sample]] = {}
-        for s in vec:
-            groups.setdefault(key_of(s.labels), []).append(s)
-        if op in ("topk", "bottomk"):
-            k = _num(self._eval(e.param, t))
-            if math.isnan(k):
-                raise EvalError(f"{op}: parameter is NaN")
-            n = int(k)
-            if n < 1:
-                return []
-            out: Vector = []
-            for members in groups.values():
-                def rank(s: Sample) -> float:
-                    v = s.value
-                    if math.isnan(v):
-                        return -math.inf if op == "topk" else math.inf
-                    return v
-                ordered = sorted(members, key=rank, reverse=(op == "topk"))
-                out.extend(Sample(s.labels, s.value, t) for s in ordered[:n])
-            return out
-        result: Vector = []
-        for key, members in groups.items():
-            values = [s.value for s in members]
-            if op == "sum":
-                value = 0.0
-                for v in values:
-                    value += v
-            elif op == "count":
-                value = float(len(values))
-            elif op == "avg":
-                value = incremental_mean(values)
-            elif op == "max":
-                value = values[0]
-                for v in values[1:]:
-                    if value < v or math.isnan(value):
-                        value = v
-            else:  # min
-                value = values[0]
-                for v in values[1:]:
-                    if value > v or math.isnan(value):
-                        value = v
-            result.append(Sample(key, value, t))
-        return result
 
     # binary operators
 
-    def _binary(self, e: Any, t: int, filters: Filters = ()) -> Value:
-        op = str(e.op)
-        mod = e.modifier
-        return_bool = bool(mod is not None and mod.return_bool)
+    def _binary(self, e: ast.Binary, t: int, filters: Filters = ()) -> Value:
+        op, m = e.op, e.matching
         if op in ("and", "unless"):  # both sides are vectors: the parser allows nothing else
-            on, labels, _, _ = _matching(mod)
-            rhs = self._eval(e.rhs, t)
-            sigs = frozenset(_signature(s.labels, on, labels) for s in _vec(rhs))
-            mine = _SeriesFilter(on, frozenset(labels), sigs, keep_matching=(op == "and"))
-            lhs = self._eval(e.lhs, t, (*filters, mine))
-            return _set_op(op, _vec(lhs), _vec(rhs), on, labels)
-        rhs = self._eval(e.rhs, t)
+            rhs = _vec(self._eval(e.rhs, t))
+            if m.on and NAME in m.labels:  # a signature with the name: it would change under the filters
+                lhs = self._eval(e.lhs, t)
+            else:
+                sigs = frozenset(signature(s.labels, m.on, m.labels) for s in rhs)
+                mine = _SeriesFilter(m.on, m.labels, sigs, keep_matching=(op == "and"))
+                lhs = self._eval(e.lhs, t, (*filters, mine))
+            return set_op(op, _vec(lhs), rhs, m.on, m.labels)
+        rhs_v = self._eval(e.rhs, t)
         # vector <op> scalar keeps each series' labels (but the name): the filters may reach the vector
-        lhs = self._eval(e.lhs, t, filters if isinstance(rhs, float) else ())
-        if isinstance(lhs, float) and isinstance(rhs, float):
-            value, keep = _elem(op, lhs, rhs)
-            if op in COMPARISON:
-                return 1.0 if keep else 0.0  # the parser requires bool between scalars
-            return value
-        if isinstance(lhs, float) or isinstance(rhs, float):
-            return self._vector_scalar(op, lhs, rhs, return_bool, t)
-        lv, rv = _vec(lhs), _vec(rhs)
-        on, labels, card, include = _matching(mod)
-        if op in SET_OPS:
-            return _set_op(op, lv, rv, on, labels)
-        return _vector_binop(op, lv, rv, on, labels, card, include, return_bool, t)
-
-    def _vector_scalar(self, op: str, lhs: Value, rhs: Value, return_bool: bool, t: int) -> Vector:
-        swap = isinstance(lhs, float)
-        scalar = float(lhs if swap else rhs)  # type: ignore[arg-type]
-        vec = _vec(rhs if swap else lhs)
-        drop = op in ARITHMETIC or return_bool
-        out = []
-        for s in vec:
-            a, b = (scalar, s.value) if swap else (s.value, scalar)
-            value, keep = _elem(op, a, b)
-            if op in COMPARISON and swap:
-                value = b
-            if return_bool:
-                value, keep = (1.0 if keep else 0.0), True
-            if keep:
-                out.append(Sample(_drop_name(s.labels) if drop else s.labels, value, t))
-        return _unique(out) if drop else out
-
-
-def _matching(mod: Any) -> tuple[bool, set[str], str, list[str]]:
-    """(on?, labels, cardinality, group labels) of a binary expression's modifier."""
-    if mod is None:
-        return False, set(), "one-to-one", []
-    on = False
-    labels: set[str] = set()
-    if mod.matching is not None:
-        on = "Include" in str(mod.matching.type)
-        labels = set(mod.matching.labels)
-    card = str(mod.card)
-    card = {"VectorMatchCardinality.ManyToOne": "many-to-one",
-            "VectorMatchCardinality.OneToMany": "one-to-many"}.get(card, "one-to-one")
-    include = list(mod.group_labels or []) if card != "one-to-one" else []
-    return on, labels, card, include
-
-
-def _signature(labels: Labels, on: bool, names: AbstractSet[str]) -> Labels:
-    if on:
-        return tuple((k, v) for k, v in labels if k in names)
-    return tuple((k, v) for k, v in labels if k not in names and k != NAME)
-
-
-def _set_op(op: str, lhs: Vector, rhs: Vector, on: bool, names: set[str]) -> Vector:
-    rsigs = {_signature(s.labels, on, names) for s in rhs}
-    if op == "and":
-        return [s for s in lhs if _signature(s.labels, on, names) in rsigs]
-    if op == "unless":
-        return [s for s in lhs if _signature(s.labels, on, names) not in rsigs]
-    lsigs = {_signature(s.labels, on, names) for s in lhs}
-    return lhs + [s for s in rhs if _signature(s.labels, on, names) not in lsigs]
-
-
-def _vector_binop(op: str, lhs: Vector, rhs: Vector, on: bool, names: set[str], card: str,
-                  include: list[str], return_bool: bool, t: int) -> Vector:
-    if card == "one-to-many":
-        lhs, rhs = rhs, lhs
-    right: dict[Labels, Sample] = {}
-    for s in rhs:
-        sig = _signature(s.labels, on, names)
-        if sig in right:
-            side = "left" if card == "one-to-many" else "right"
-            raise EvalError(f"found duplicate series for the match group {_fmt(sig)} on the {side} hand-side "
-                            "of the operation; many-to-many matching not allowed: matching labels must be "
-                            "unique on one side")
-        right[sig] = s
-    matched: set[Labels] = set()
-    inserted: set[Labels] = set()
-    out = []
-    for ls in lhs:
-        sig = _signature(ls.labels, on, names)
-        rs = right.get(sig)
-        if rs is None:
-            continue
-        if card == "one-to-one":
-            if sig in matched:
-                raise EvalError("multiple matches for labels: many-to-one matching must be explicit "
-                                "(group_left/group_right)")
-            matched.add(sig)
-        a, b = ls.value, rs.value
-        if card == "one-to-many":
-            a, b = b, a
-        value, keep = _elem(op, a, b)
-        if return_bool:
-            value, keep = (1.0 if keep else 0.0), True
-        if not keep:
-            continue
-        labels = _result_labels(ls.labels, rs.labels, op, return_bool, on, names, card, include)
-        if card != "one-to-one":
-            if labels in inserted:
-                raise EvalError("multiple matches for labels: grouping labels must ensure unique matches")
-            inserted.add(labels)
-        out.append(Sample(labels, value, t))
-    return out if card != "one-to-one" else _unique(out)
-
-
-def _result_labels(lhs: Labels, rhs: Labels, op: str, return_bool: bool, on: bool, names: set[str],
-                   card: str, include: list[str]) -> Labels:
-    labels = dict(lhs)
-    if op in ARITHMETIC or return_bool:
-        labels.pop(NAME, None)
-    if card == "one-to-one":
-        if on:
-            labels = {k: v for k, v in labels.items() if k in names}
-        else:
-            for n in names:
-                labels.pop(n, None)
-    r = dict(rhs)
-    for n in include:
-        if r.get(n):
-            labels[n] = r[n]
-        else:
-            labels.pop(n, None)
-    return tuple(sorted(labels.items()))
-
-
-def _elem(op: str, a: float, b: float) -> tuple[float, bool]:
-    """Value and keep-flag of `a op b`, with IEEE results where Python would raise."""
-    if op == "+":
-        return a + b, True
-    if op == "-":
-        return a - b, True
-    if op == "*":
-        return a * b, True
-    if op == "/":
-        if b == 0:
-            if a == 0 or math.isnan(a):
-                return math.nan, True
-            return math.copysign(math.inf, a) * math.copysign(1.0, b), True
-        return a / b, True
-    if op == "%":
-        if b == 0 or math.isinf(a) or math.isnan(a) or math.isnan(b):
-            return math.nan, True
-        return math.fmod(a, b), True
-    if op == "^":
-        try:
-            return math.pow(a, b), True
-        except OverflowError:
-            return math.inf, True
-        except ValueError:
-            return math.nan, True
-    keep = {"==": a == b, "!=": a != b, ">": a > b, "<": a < b, ">=": a >= b, "<=": a <= b}[op]
-    return a, keep
+        lhs_v = self._eval(e.lhs, t, filters if isinstance(rhs_v, float) else ())
+        if isinstance(lhs_v, float) and isinstance(rhs_v, float):
+            return scalar_binop(op, lhs_v, rhs_v)
+        if isinstance(lhs_v, float):
+            return _unique(vector_scalar(op, _vec(rhs_v), lhs_v, True, e.return_bool, t))
+        if isinstance(rhs_v, float):
+            return _unique(vector_scalar(op, _vec(lhs_v), rhs_v, False, e.return_bool, t))
+        if op == "or":
+            return set_op(op, _vec(lhs_v), _vec(rhs_v), m.on, m.labels)
+        return _unique(vector_binop(op, _vec(lhs_v), _vec(rhs_v), m, e.return_bool, t))
 
 
 # --- helpers ---------------------------------------------------------------------------------------
@@ -461,47 +307,12 @@ def _vec(v: Value) -> Vector:
     raise EvalError("expected an instant vector")
 
 
-def _mat(v: Value) -> Matrix:
-    if isinstance(v, list) and (not v or isinstance(v[0], Series)):
-        return v  # type: ignore[return-value]
-    raise EvalError("expected a range vector")
-
-
-def _drop_name(labels: Labels) -> Labels:
-    return tuple(p for p in labels if p[0] != NAME)
-
-
-def _sorted(vec: Vector) -> Vector:
-    vec.sort(key=lambda s: s.labels)
-    return vec
-
-
 def _unique(vec: Vector) -> Vector:
-    seen: set[Labels] = set()
-    for s in vec:
-        if s.labels in seen:
-            raise EvalError("vector cannot contain metrics with the same labelset")
-        seen.add(s.labels)
+    """Prometheus checks every function's and operator's result (rangeEval): no two samples alike."""
+    if len(vec) > 1:
+        seen: set[Labels] = set()
+        for s in vec:
+            if s.labels in seen:
+                raise EvalError("vector cannot contain metrics with the same labelset")
+            seen.add(s.labels)
     return vec
-
-
-def _absent_labels(arg: Any) -> Labels:
-    """absent()'s output labels: the selector's equality matchers, minus labels matched more than once."""
-    if isinstance(arg, pp.MatrixSelector):
-        arg = arg.vector_selector
-    if not isinstance(arg, pp.VectorSelector):
-        return ()
-    labels: dict[str, str] = {}
-    dropped: set[str] = set()
-    for m in arg.matchers.matchers:
-        if m.name == NAME:
-            continue
-        if str(m.op) == "MatchOp.Equal" and m.name not in labels:
-            labels[m.name] = m.value
-        else:
-            dropped.add(m.name)
-    return tuple(sorted((k, v) for k, v in labels.items() if k not in dropped and v))
-
-
-def _fmt(labels: Labels) -> str:
-    return "{" + ", ".join(f'{k}="{v}"' for k, v in labels) + "}"
