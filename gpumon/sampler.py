@@ -198,6 +198,8 @@ class Sampler(Service):
                     polled.health.durations[tier.value] = duration
                     for sample in samples:
                         self.store.put(sample)
+        if tier is Tier.FAST:
+            self.store.restamp(Tier.STATIC.value, time.time())
         self._round_durations[tier.value] = time.perf_counter() - started
         if complete:
             self._last_success[tier.value] = time.time()

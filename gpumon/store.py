@@ -167,6 +167,19 @@ class Store:
         self._full_labels[key] = tuple(sorted((("__name__", key[0]), *key[1])))
         return ring
 
+    def restamp(self, tier: str, timestamp: float) -> None:
+        """Repeat the latest values of `tier`'s samples at `timestamp`, as each scrape of a Prometheus
+        shows a static fact again: without it a series read once at start-up (a temperature threshold)
+        would fall out of PromQL's 5-minute lookback, and a rule joining it would stop firing."""
+        t = round(timestamp * 1000)
+        for (_, unit_tier), rings in self._rings.items():
+            if unit_tier != tier:
+                continue
+            for ring in rings:
+                last = ring.last()
+                if last is not None and last[0] < t and last[1] == last[1]:  # not ended (NaN marker)
+                    ring.append(t, last[1])
+
     @staticmethod
     def _end(ring: Ring, t: int) -> None:
         if (last := ring.last()) is not None and last[0] < t:

@@ -260,3 +260,28 @@ def test_prune_drops_series_without_recent_points() -> None:
     assert store.prune(100.0) == 1
     assert list(store.series()) == []
     assert len(store.latest()) == 2  # prune touches history only
+
+
+def test_static_facts_stay_within_promql_lookback_as_a_scrape_would_see_them() -> None:
+    """A threshold read once at start-up is repeated at each fast round: 6 minutes later a rule joining it
+    still sees it (without the repeats it left the 5-minute lookback), and a lost GPU's end stays ended."""
+    from gpumon.rules.promql import Evaluator, compile_expr
+    from gpumon.rules.service import StoreStorage
+
+    store = Store(1000)
+    static = Sample("gpu0", "static", 1000.0, gpu=0)
+    static.add("gpumon_temperature_threshold_celsius", (("gpu", "0"), ("threshold", "slowdown")), 89.0)
+    store.put(static)
+    for t in range(1001, 1361):
+        fast = Sample("gpu0", "fast", float(t), gpu=0)
+        fast.add("gpumon_gpu_temperature_celsius", (("gpu", "0"),), 88.0)
+        store.put(fast)
+        store.restamp("static", float(t))
+    near = compile_expr('gpumon_gpu_temperature_celsius > ignoring(threshold) '
+                        '(gpumon_temperature_threshold_celsius{threshold="slowdown"} - 5)')
+    assert len(Evaluator(StoreStorage(store)).instant(near, 1_360_000)) == 1
+    ring = store.ring("gpumon_temperature_threshold_celsius", (("gpu", "0"), ("threshold", "slowdown")))
+    assert ring is not None and len(ring) == 361
+    store.discard("gpu0")  # the GPU is lost: its series end with a staleness marker, and are not revived
+    store.restamp("static", 1400.0)
+    assert len(ring) == 362 and ring.last() is not None and math.isnan(ring.last()[1])  # type: ignore[index]
