@@ -120,6 +120,14 @@ class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """
 
 
+class QueryConfig(_Section, frozen=True):
+    """Bounds of the query API (/api/v1/query...), which runs on the loop beside polling."""
+
+    max_samples: Annotated[int, After(_at_least(1000))] = 5_000_000  # points one query may load
+    timeout: Duration = 2.0  # evaluation time of one query
+    concurrency: Annotated[int, After(_at_least(1))] = 2  # queries evaluated at once
+
+
 class WebConfig(_Section, frozen=True):
     listen: ListenAddress = parse_listen(DEFAULT_LISTEN)
     config_file: Path | None = None  # exporter-toolkit web-config: TLS and basic auth
@@ -129,6 +137,7 @@ class WebConfig(_Section, frozen=True):
     max_connections: Annotated[int, After(_at_least(8))] = 512
     read_header_timeout: Duration = 10.0  # a new connection must send its request headers within this
     idle_timeout: Duration = 75.0  # an idle keep-alive connection is closed after this
+    query: QueryConfig = QueryConfig()
 
 
 class SamplerConfig(_Section, frozen=True):

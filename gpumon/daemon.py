@@ -36,6 +36,7 @@ from gpumon.notify.routing import Route
 from gpumon.notify.service import NotifyService, NotifySetup
 from gpumon.notify.setup import notify_setup, read_secret
 from gpumon.notify.silences import Silences
+from gpumon.query_api import QueryApi
 from gpumon.rounds import Rounds
 from gpumon.rules.alerting import Alert
 from gpumon.rules.rulefile import RuleGroup, longest_ranges
@@ -190,8 +191,10 @@ class Daemon:
             for service in services:
                 await stack.enter_async_context(service)
             await stack.enter_async_context(self.sampler)
+            settings = web_settings(self.config, file_limit)
             self.web = WebServer(self.sampler, self.exporter, backend, rules=self.rules, silences=self.silences,
-                                 health=self.health, settings=web_settings(self.config, file_limit))
+                                 health=self.health, settings=settings,
+                                 query=QueryApi(store, self.config.store.retention, settings.query))
             self.health.reporters.append(self.web.sample_values)
             try:
                 await stack.enter_async_context(self.web.serving(self.config.web.listen, security))

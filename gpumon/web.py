@@ -1,5 +1,6 @@
 """HTTP endpoints: /metrics (cached exposition), / (landing page), /-/healthy, /-/ready, the
-Prometheus-shaped /api/v1/alerts and /api/v1/rules, and /api/v1/silences.
+Prometheus-shaped /api/v1/alerts and /api/v1/rules, Prometheus's query API over the store's history
+(/api/v1/query, query_range, series, labels, label/<name>/values), and /api/v1/silences.
 
 Nobody who can reach the port can hang or mute the daemon (docs/security.md): connections are
 capped below the process's file limit, and when the cap is reached the oldest idle connection makes
@@ -16,6 +17,7 @@ import html
 import ipaddress
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -28,6 +30,7 @@ from gpumon.exporter import OPENMETRICS_TYPE, TEXT_TYPE, Exporter
 from gpumon.health import Health
 from gpumon.notify.silences import SilenceError, Silences, SilenceStoreError
 from gpumon.notify.silences import parse_request as parse_silence
+from gpumon.query_api import QueryApi, QueryError, error_body
 from gpumon.rules.service import RuleService
 from gpumon.sampler import Sampler
 from gpumon.webconfig import WebSecurity
@@ -35,6 +38,8 @@ from gpumon.webconfig import WebSecurity
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_BODY_BYTES = 64 * 1024
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# Prometheus's query API takes its parameters as a form in a POST too (Grafana's default): a read.
+READ_POSTS = frozenset({"/api/v1/query", "/api/v1/query_range", "/api/v1/series", "/api/v1/labels"})
 
 
 class ListenError(Exception):
@@ -97,7 +102,8 @@ class ConnectionGuard:
 class WebServer:
     def __init__(self, sampler: Sampler, exporter: Exporter, backend: Backend, *,
                  rules: RuleService | None = None, silences: Silences | None = None,
-                 health: Health | None = None, settings: WebConfig | None = None) -> None:
+                 health: Health | None = None, settings: WebConfig | None = None,
+                 query: QueryApi | None = None) -> None:
         self.sampler = sampler
         self.backend = backend
         self.rules = rules
@@ -105,6 +111,7 @@ class WebServer:
         self.exporter = exporter
         self.health = health or Health()
         self.settings = settings or WebConfig()
+        self.query = query
         self.security = WebSecurity()
         self._runner: web.AppRunner | None = None
         self._server: asyncio.Server | None = None
@@ -123,6 +130,11 @@ class WebServer:
         app.router.add_get("/api/v1/silences", self.list_silences)
         app.router.add_post("/api/v1/silences", self.create_silence)
         app.router.add_delete("/api/v1/silences/{id}", self.expire_silence)
+        for path, handler in (("/api/v1/query", self.api_query), ("/api/v1/query_range", self.api_query_range),
+                              ("/api/v1/series", self.api_series), ("/api/v1/labels", self.api_labels)):
+            app.router.add_get(path, handler)
+            app.router.add_post(path, handler)
+        app.router.add_get("/api/v1/label/{name}/values", self.api_label_values)
         return app
 
     async def start(self, listen: Listen, security: WebSecurity) -> None:
@@ -181,6 +193,8 @@ class WebServer:
             self.security.ssl_context.load_cert_chain(base / security.tls.cert_file, base / security.tls.key_file)
             security.ssl_context = self.security.ssl_context
         self.security, self.settings = security, settings
+        if self.query is not None:
+            self.query.configure(settings.query)
 
     # --- the guard every request passes -----------------------------------------------------------
 
@@ -196,7 +210,8 @@ class WebServer:
                     None, security.check_authorization, header)):
                 response: web.StreamResponse = web.Response(
                     status=401, text="Unauthorized\n", headers={"WWW-Authenticate": 'Basic realm="gpumon"'})
-            elif request.method in WRITE_METHODS and (refusal := self._write_refusal(request)) is not None:
+            elif request.method in WRITE_METHODS and request.path not in READ_POSTS \
+                    and (refusal := self._write_refusal(request)) is not None:
                 response = refusal
             else:
                 response = await handler(request)
@@ -263,6 +278,41 @@ class WebServer:
         if self.rules is None:
             return web.json_response({"status": "success", "data": {"groups": []}})
         return web.json_response(self.rules.api_rules())
+
+    async def api_query(self, request: web.Request) -> web.Response:
+        return await self._query_api(request, lambda q, params, match: q.query(params))
+
+    async def api_query_range(self, request: web.Request) -> web.Response:
+        return await self._query_api(request, lambda q, params, match: q.query_range(params))
+
+    async def api_series(self, request: web.Request) -> web.Response:
+        return await self._query_api(request, lambda q, params, match: _now(q.series(params, match)))
+
+    async def api_labels(self, request: web.Request) -> web.Response:
+        return await self._query_api(request, lambda q, params, match: _now(q.labels(params, match)))
+
+    async def api_label_values(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        return await self._query_api(request, lambda q, params, match: _now(q.label_values(name, params, match)))
+
+    async def _query_api(self, request: web.Request, call: QueryCall) -> web.Response:
+        """Parameters from the URL and, for a POST, the form body, as Prometheus takes them."""
+        if self.query is None:
+            return web.json_response({"status": "error", "errorType": "unavailable", "error": "no query API"},
+                                     status=503)
+        params = dict(request.query)
+        match = request.query.getall("match[]", [])
+        if request.method == "POST":
+            if request.content_type not in ("application/x-www-form-urlencoded", "multipart/form-data", ""):
+                return web.json_response(error_body(QueryError(400, "bad_data", "send the parameters as a form")),
+                                         status=400)
+            form = await request.post()
+            params.update({k: v for k, v in form.items() if isinstance(v, str)})
+            match += [v for v in form.getall("match[]", []) if isinstance(v, str)]
+        try:
+            return web.json_response(await call(self.query, params, match))
+        except QueryError as exc:
+            return web.json_response(error_body(exc), status=exc.status)
 
     async def list_silences(self, request: web.Request) -> web.Response:
         now = time.time()
@@ -336,6 +386,13 @@ class WebServer:
                 ("gpumon_http_connections_closed_total", (("reason", "evicted"),), float(self.guard.evicted)),
                 ("gpumon_http_connections_closed_total", (("reason", "header_timeout"),),
                  float(self.guard.timed_out))]
+
+
+QueryCall = Callable[[QueryApi, dict[str, str], list[str]], Awaitable[dict[str, Any]]]
+
+
+async def _now(answer: dict[str, Any]) -> dict[str, Any]:
+    return answer
 
 
 def _api_error(status: int, message: str) -> web.Response:

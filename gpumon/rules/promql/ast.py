@@ -14,9 +14,11 @@ SCALAR, VECTOR, MATRIX, STRING = "scalar", "vector", "matrix", "string"
 
 @dataclass(frozen=True, slots=True)
 class At:
-    """`@ <time>` (ms) or `@ start()` / `@ end()`: for a rule or an instant query both are its time."""
+    """`@ <time>` (ms) or `@ start()` / `@ end()`: for a rule or an instant query both are its time; for
+    a range query the range's first and last step."""
 
     ms: int | None  # None for start()/end()
+    edge: str = ""  # "start" or "end" when ms is None
 
 
 @dataclass(frozen=True, slots=True)

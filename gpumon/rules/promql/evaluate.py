@@ -81,10 +81,11 @@ class Evaluator:
         self.storage = storage
         self.lookback = lookback_ms
         self.subquery_step_ms = subquery_step_ms or DEFAULT_SUBQUERY_STEP_MS
-        self._query_t = 0  # the instant being evaluated: what @ start() and @ end() mean
+        self._edges = (0, 0)  # what @ start() and @ end() mean: the query's first and last instant
 
-    def instant(self, expr: ast.Node, t: int) -> Value:
-        self._query_t = t
+    def instant(self, expr: ast.Node, t: int, edges: tuple[int, int] | None = None) -> Value:
+        """The value at `t`; `edges` are a range query's start and end (default: t, t)."""
+        self._edges = edges or (t, t)
         return self._eval(expr, t)
 
     # selectors
@@ -92,7 +93,9 @@ class Evaluator:
     def _ref(self, at: ast.At | None, offset_ms: int, t: int) -> int:
         if at is None:
             return t - offset_ms
-        return (self._query_t if at.ms is None else at.ms) - offset_ms
+        if at.ms is None:
+            return self._edges[0 if at.edge == "start" else 1] - offset_ms
+        return at.ms - offset_ms
 
     def _vector_selector(self, vs: ast.VectorSelector, t: int, filters: Filters = ()) -> Vector:
         ref = self._ref(vs.at, vs.offset_ms, t)

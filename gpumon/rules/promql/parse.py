@@ -166,7 +166,7 @@ def _at(modifier: Any) -> ast.At | None:
         return None
     kind = str(modifier.type)
     if kind.endswith("Start") or kind.endswith("End"):
-        return ast.At(None)
+        return ast.At(None, "start" if kind.endswith("Start") else "end")
     when = _guarded(lambda: modifier.at, "an @ time before 1970 or after 9999")
     delta = when - _EPOCH
     return ast.At(delta.days * 86_400_000 + delta.seconds * 1000 + round(delta.microseconds / 1000))
