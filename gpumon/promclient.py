@@ -95,7 +95,9 @@ def query(url: str, expr: str, at: float, http: HttpSettings) -> list[dict[str, 
         with opener.open(request, timeout=TIMEOUT_S) as response:
             answer = json.load(response)
     except urllib.error.HTTPError as exc:
-        raise ConfigError(f"Prometheus at {redacted(base)} answered {exc.code} {exc.reason}") from None
+        why = _error_text(exc)
+        raise ConfigError(f"Prometheus at {redacted(base)} answered {exc.code} {exc.reason}"
+                          + (f": {why}" if why else "")) from None
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         raise ConfigError(f"cannot query Prometheus at {redacted(base)}: {reason}") from None
@@ -103,5 +105,36 @@ def query(url: str, expr: str, at: float, http: HttpSettings) -> list[dict[str, 
         raise ConfigError(f"Prometheus at {redacted(base)}: the answer is not Prometheus's query JSON")
     if answer.get("status") != "success":
         raise ConfigError(f"Prometheus at {redacted(base)}: {answer.get('error', 'query failed')}")
-    result: list[dict[str, Any]] = answer["data"]["result"]
+    result = answer["data"].get("result")
+    if not isinstance(result, list) or not all(_is_sample(s) for s in result):
+        raise ConfigError(f"Prometheus at {redacted(base)}: the answer is not an instant vector")
     return result
+
+
+def _is_sample(s: Any) -> bool:
+    """One element of an instant vector: {"metric": {...}, "value": [time, "number"]}."""
+    if not (isinstance(s, dict) and isinstance(s.get("metric"), dict) and isinstance(s.get("value"), list)
+            and len(s["value"]) == 2):
+        return False
+    try:
+        float(s["value"][1])
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+MAX_ERROR_CHARS = 300
+
+
+def _error_text(exc: urllib.error.HTTPError) -> str:
+    """Prometheus's own words for a refused query (a 400 or 422 with `{"status": "error", "error": ...}`:
+    a bad expression, many-to-many matching), which say what to fix where the status line cannot; ""
+    when the body is not that (a proxy's page). The words are about the query, never the request's
+    headers; one line, cut at MAX_ERROR_CHARS."""
+    try:
+        body = json.loads(exc.read(64 * 1024))
+    except (OSError, ValueError):
+        return ""
+    if not isinstance(body, dict) or not isinstance(body.get("error"), str):
+        return ""
+    return " ".join(body["error"].split())[:MAX_ERROR_CHARS]

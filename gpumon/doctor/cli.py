@@ -105,11 +105,19 @@ def _fleet(args: argparse.Namespace, only: frozenset[str]) -> int:
     try:
         http = promclient.http_settings(args.http_config)
         hosts = fleet.read(args.fleet, http, only)
-        found = fleet.stragglers(args.fleet, http) if selected(fleet.STRAGGLER_CHECK, only) else []
     except ConfigError as exc:  # an unreachable server or a bad --http.config.file: nothing was checked
         print(f"gpumon: {exc}", file=sys.stderr)
         return EXIT_UNCHECKED
+    found: list[fleet.Straggler] = []
+    unavailable: dict[str, str] = {}
     if selected(fleet.STRAGGLER_CHECK, only):
-        hosts = fleet.add_stragglers(hosts, found)
-    print(fleet.as_json(args.fleet, hosts, found) if args.json else fleet.as_text(args.fleet, hosts, found))
-    return fleet.exit_status(hosts)
+        # Its own query, which can fail alone (a server that refuses it): the table stands without it.
+        try:
+            scan = fleet.stragglers(args.fleet, http)
+        except ConfigError as exc:
+            unavailable[fleet.STRAGGLER_CHECK] = str(exc)
+        else:
+            hosts, found = fleet.add_stragglers(hosts, scan), scan.found
+    print(fleet.as_json(args.fleet, hosts, found, unavailable) if args.json
+          else fleet.as_text(args.fleet, hosts, found, unavailable))
+    return fleet.exit_status(hosts, unavailable)
