@@ -340,7 +340,8 @@ def table(r: dict[str, Any]) -> str:
     if "doctor" in r:
         d = r["doctor"]
         rows.append((f"doctor's checks, {d['gpus']} GPUs: per GPU per slow round (median; p90)",
-                     f"{d['slow_round_us_per_gpu_median']:.0f} us ({d['slow_round_us_per_gpu_p90']:.0f})",
+                     f"{d['slow_round_us_per_gpu_median']:.0f} us ({d['slow_round_us_per_gpu_p90']:.0f}); "
+                     f"first round {d['first_round_ms']:.1f} ms ({d['kmsg_records']} kernel log records)",
                      f"<= {b['doctor_us_per_gpu']:.0f} us",
                      _verdict(d["slow_round_us_per_gpu_median"] <= b["doctor_us_per_gpu"])))
     if "interconnect" in r:

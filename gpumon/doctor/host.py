@@ -21,38 +21,87 @@ GPU_CLASSES = ("0x0300", "0x0302")  # VGA and 3D controllers; NVSwitches are bri
 def nvidia_gpus_on_the_bus(sysfs: Path) -> list[str]:
     """PCI addresses (domain:bus:device.function, lower case) of NVIDIA display and 3D controllers bound to
     the nvidia driver or to none."""
-    found = []
-    try:
-        entries = sorted((sysfs / "bus" / "pci" / "devices").iterdir())
-    except OSError:
-        return []
-    for entry in entries:
-        try:  # the class only of NVIDIA's devices: a server has hundreds of others
-            if (entry / "vendor").read_text().strip().lower() != NVIDIA:
-                continue
-            klass = (entry / "class").read_text().strip().lower()
+    return PciScan(sysfs).addresses()
+
+
+class PciScan:
+    """The NVIDIA GPUs on the PCI bus, kept between the daemon's slow rounds. Which devices are NVIDIA GPUs
+    costs a read of each device's `vendor` (~20 µs on sysfs: 6 ms a round on a server with 300 PCI
+    devices), so it is read again only every RESCAN_S, or sooner when the count of devices changes (a
+    GPU gone from the bus, hotplug). The driver each GPU is bound to can change without that (unbound,
+    given to vfio-pci for a VM): it is read every round, for the GPUs only."""
+
+    RESCAN_S = 600.0
+
+    def __init__(self, sysfs: Path, clock: Callable[[], float] = time.monotonic) -> None:
+        self.sysfs = sysfs
+        self.devices = sysfs / "bus" / "pci" / "devices"
+        self.clock = clock
+        self._gpus: list[str] | None = None
+        self._count = -1
+        self._scanned_at = 0.0
+        self.scans = 0  # how many times the vendors were read (tests, benchmarks)
+
+    def addresses(self) -> list[str]:
+        try:
+            count = len(os.listdir(self.devices))
         except OSError:
-            continue
+            return []
+        now = self.clock()
+        if self._gpus is None or count != self._count or now - self._scanned_at >= self.RESCAN_S:
+            self._gpus, self._count, self._scanned_at = self._scan(), count, now
         # A GPU bound to another driver (vfio-pci for a VM, an SR-IOV function) is not NVML's to see;
         # one bound to none failed to initialise, and one bound to nvidia should be seen.
-        driver = os.path.basename(os.path.realpath(entry / "driver")) if (entry / "driver").exists() else ""
-        if klass.startswith(GPU_CLASSES) and driver in ("", "nvidia"):
-            found.append(entry.name.lower())
-    return found
+        return [name for name in self._gpus if _driver(self.devices / name) in ("", "nvidia")]
+
+    def _scan(self) -> list[str]:
+        self.scans += 1
+        found = []
+        try:
+            entries = sorted(os.listdir(self.devices))
+        except OSError:
+            return []
+        for name in entries:
+            entry = self.devices / name
+            try:  # the class only of NVIDIA's devices: a server has hundreds of others
+                if (entry / "vendor").read_text().strip().lower() != NVIDIA:
+                    continue
+                klass = (entry / "class").read_text().strip().lower()
+            except OSError:
+                continue
+            if klass.startswith(GPU_CLASSES):
+                found.append(name.lower())
+        return found
+
+
+def _driver(entry: Path) -> str:
+    """The driver the device is bound to ("" for none): the `driver` link's last component, one readlink
+    (exists() and realpath() cost three times as much)."""
+    try:
+        return os.path.basename(os.readlink(entry / "driver"))
+    except OSError:
+        return ""
 
 
 def _address(bus_id: str) -> str:
-    """NVML's "00000000:18:00.0" as sysfs names it, "0000:18:00.0"."""
+    """NVML's "00000000:18:00.0" ("%08x" domain) as sysfs and the driver's log name it, "0000:18:00.0" ("%04x":
+    four digits, more behind a VMD controller, where NVML's "00010000:e1:00.0" is "10000:e1:00.0")."""
     domain, _, rest = bus_id.lower().partition(":")
-    return f"{domain[-4:]}:{rest}"
+    try:
+        return f"{int(domain, 16):04x}:{rest}"
+    except ValueError:  # not NVML's format: compared as it is
+        return bus_id.lower()
 
 
-def gpus_missing(devices: list[Device], sysfs: Path, replayed: bool) -> Finding:
+def gpus_missing(devices: list[Device], bus: Path | PciScan, replayed: bool) -> Finding:
+    """`bus`: the sysfs root (read whole), or the daemon's scan kept between rounds."""
     check = "hardware.gpus_missing"
     if replayed:
         return Finding(check, Verdict.NOT_APPLICABLE, "replayed GPUs are not this host's: the PCI bus is not compared",
                        {"nvml_gpus": len(devices)})
-    on_bus = nvidia_gpus_on_the_bus(sysfs)
+    scan = bus if isinstance(bus, PciScan) else PciScan(bus)
+    sysfs = scan.sysfs
+    on_bus = scan.addresses()
     seen = {_address(d.pci_bus_id) for d in devices if d.pci_bus_id}
     missing = [a for a in on_bus if a not in seen]
     evidence = {"nvml_gpus": len(devices), "pci_gpus": len(on_bus), "missing": missing}
@@ -70,23 +119,36 @@ XID_RECENT_S = 3600.0
 
 
 def kernel_xids(devices: list[Device], xids: XidsSinceBoot | None, now_since_boot: float) -> Finding:
-    """XIDs in the kernel log since boot, each explained: a serious one in the last hour fails, one
-    earlier (or a benign one in the last hour) warns. Covers the time before gpumon started and GPUs NVML
-    no longer sees, which the per-GPU `hardware.xid` (NVML's events while gpumon listens) cannot."""
+    """XIDs in the kernel log since boot (or since its oldest record, where the ring buffer wrapped),
+    each explained: a serious one in the last hour fails, one earlier (or a benign one in the last hour)
+    warns. Covers the time before gpumon started and GPUs NVML no longer sees, which the per-GPU
+    `hardware.xid` (NVML's events while gpumon listens) cannot."""
     check = "hardware.xid_since_boot"
     if xids is None:
         return Finding(check, Verdict.NOT_APPLICABLE, "replayed GPUs are not this host's: the kernel log is not read")
     if xids.unreadable:
         return Finding(check, Verdict.NOT_APPLICABLE, f"kernel log not readable: {xids.unreadable}")
-    index = {_address(d.pci_bus_id)[:-2]: d.index for d in devices if d.pci_bus_id}  # without ".function"
+    index = {_address(d.pci_bus_id).rpartition(".")[0]: d.index for d in devices if d.pci_bus_id}  # no function
     listed: list[dict[str, Any]] = []
     for (pci, xid), tally in sorted(xids.seen.items(), key=lambda kv: -kv[1].last_seconds_since_boot):
         listed.append({"gpu": index.get(pci), "pci": pci, "xid": xid, "count": tally.count,
                        "seconds_ago": round(max(0.0, now_since_boot - tally.last_seconds_since_boot)),
                        "meaning": XID_MEANINGS.get(str(xid), "see NVIDIA's XID catalogue"), "text": tally.text})
     evidence: dict[str, Any] = {"xids": listed}
+    oldest = xids.oldest_seconds_since_boot
+    since = "since boot"
+    if oldest is not None:  # the ring buffer wrapped: what came before its oldest record is gone
+        evidence["oldest_record_seconds_ago"] = round(max(0.0, now_since_boot - oldest))
+        since = f"since {_ago(evidence['oldest_record_seconds_ago'])} (older records were overwritten)"
+    if xids.log.overruns:
+        evidence["overwritten_while_reading"] = xids.log.overruns  # gaps after the oldest record too
+    if not xids.caught_up:  # the daemon's first rounds read a large ring in parts
+        evidence["records_read"] = xids.log.records_read
+        if not listed:
+            return Finding(check, Verdict.NOT_APPLICABLE, f"reading the kernel log: {xids.log.records_read} "
+                           "records so far, no XID in them", evidence)
     if not listed:
-        return Finding(check, Verdict.OK, "no XID in the kernel log since boot", evidence)
+        return Finding(check, Verdict.OK, f"no XID in the kernel log {since}", evidence)
     recent = [x for x in listed if x["seconds_ago"] <= XID_RECENT_S]
     serious = [x for x in listed if str(x["xid"]) in SERIOUS_XIDS]
     worst = next((x for x in recent if x in serious), None) or (serious or recent or listed)[0]
@@ -101,7 +163,10 @@ def kernel_xids(devices: list[Device], xids: XidsSinceBoot | None, now_since_boo
         return Finding(check, Verdict.FAIL, summary, evidence, step)
     if worst in serious or worst in recent:
         return Finding(check, Verdict.WARN, summary, evidence, step)
-    return Finding(check, Verdict.OK, f"only older application XIDs since boot; latest: {summary}", evidence)
+    if not xids.caught_up:  # an older one read so far says nothing of what the rest of the log holds
+        return Finding(check, Verdict.NOT_APPLICABLE, f"reading the kernel log: {xids.log.records_read} records "
+                       f"so far; latest XID in them: {summary}", evidence)
+    return Finding(check, Verdict.OK, f"only older application XIDs {since}; latest: {summary}", evidence)
 
 
 def _ago(seconds: float) -> str:
@@ -138,11 +203,14 @@ class LibraryReader(Protocol):
 
 class MappedLibraries:
     """The daemon's reader of each GPU process's mapped CUDA libraries: a PyTorch process's maps run to
-    about 1 MB, so each process is read once, again after REREAD_S (NCCL is loaded when the process group
-    starts, after CUDA), and again when its PID names a new process. Entries of processes gone from the
-    GPUs are dropped at the next round."""
+    about 1 MB, so each process is read when first seen, again every REREAD_S to REREAD_S × (1 +
+    REREAD_JITTER) for as long as it runs (NCCL is loaded when the process group starts, after CUDA, and
+    a process may load another library later), and again when its PID names a new process. The interval
+    is fixed per PID: the ranks of a job start together, and would otherwise all be re-read in the same
+    round, every time. Entries of processes gone from the GPUs are dropped at the next round."""
 
     REREAD_S = 600.0
+    REREAD_JITTER = 0.5
 
     def __init__(self, procfs: Procfs, clock: Callable[[], float] = time.monotonic) -> None:
         self.procfs = procfs
@@ -156,11 +224,17 @@ class MappedLibraries:
         if start is None:
             return None
         known = self._known.get(pid)
-        if known is not None and known[0] == start and now - known[1] < self.REREAD_S:
+        if known is not None and known[0] == start and now - known[1] < self.reread_after(pid):
             return known[2]
         libraries = self.procfs.libraries(pid)
         self._known[pid] = (start, now, libraries)
         return libraries
+
+    def reread_after(self, pid: int) -> float:
+        """REREAD_S stretched by a share of REREAD_JITTER that Knuth's multiplicative hash gives the PID:
+        consecutive PIDs (ranks started together) land far apart."""
+        share = (pid * 2654435761) % 2**32 / 2**32
+        return self.REREAD_S * (1 + self.REREAD_JITTER * share)
 
     def next_round(self) -> None:
         for pid in self._known.keys() - self._used:

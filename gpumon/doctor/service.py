@@ -34,6 +34,7 @@ class DoctorService:
         self.fresh = fresh or (lambda now: store.latest())
         self.replayed = replayed
         self.sysfs = sysfs
+        self.pci = host.PciScan(sysfs)  # which PCI devices are NVIDIA GPUs, kept between rounds
         # The process source's /proc once it has found it shows the host's PIDs (NVML's); None before,
         # when processes are off, or for a replayed capture.
         self.procfs = procfs
@@ -63,9 +64,9 @@ class DoctorService:
                 self._add(sample, "gpumon_health_check_status", (*d.labels, ("check", f.check)), f)
             self.store.put(sample)
         own = Sample("doctor:host", "slow", now)
-        if self.xids is not None:
-            self.xids.read()
-        for f in (host.gpus_missing(devices, self.sysfs, self.replayed), host.infiniband(samples),
+        if self.xids is not None:  # a large ring's first read goes on over the next rounds
+            self.xids.read(kernel_log.ROUND_RECORDS)
+        for f in (host.gpus_missing(devices, self.pci, self.replayed), host.infiniband(samples),
                   straggler(views), host.kernel_xids(devices, self.xids, kernel_log.seconds_since_boot()),
                   self._cuda_runtime(views, devices)):
             self._add(own, "gpumon_host_check_status", (("check", f.check),), f)

@@ -94,3 +94,17 @@ def test_interconnect_benchmark_runs_at_tiny_size() -> None:
     assert 0 < cx["poll_us_median"] <= cx["poll_us_p90"] <= cx["poll_us_max"]
     assert result["connectx_us_per_8_nics"] == cx["poll_us_median"] * 4
     assert "InfiniBand poll, 2 NICs" in interconnect.table_row(result)[0]
+
+
+def test_doctor_benchmark_reports_the_first_rounds_apart() -> None:
+    import asyncio
+
+    from benchmarks import doctor
+    from gpumon.doctor import kernel_log
+
+    result = asyncio.run(doctor.measure(1, 4, kmsg_records=2 * kernel_log.ROUND_RECORDS + 5, pci_devices=40))
+    # A ring larger than a round's share is read over three rounds, those rounds apart from the steady ones.
+    assert result["kmsg_records"] == 2 * kernel_log.ROUND_RECORDS + 5 and result["kmsg_rounds_to_read"] == 3
+    assert result["rounds"] == 2 and result["first_round_ms"] > 0 and result["backlog_round_ms_max"] > 0
+    assert result["pci_devices"] == 40 and result["pci_gpus"] == doctor.NVIDIA_GPUS
+    assert result["pci_scan_us_cached"] < result["pci_scan_us_uncached"]

@@ -316,7 +316,7 @@ def test_the_daemon_reads_each_processes_maps_once_until_it_changes(tmp_path: Pa
     proc.maps(4242, CUDART_13, "/opt/venv/lib/libnccl.so.2.27.3")  # NCCL loads when the process group starts
     now[0] = 60.0
     assert libraries.libraries(4242) == {"cudart": "13"} and reads == [4242]  # not read again yet
-    now[0] = host.MappedLibraries.REREAD_S + 1
+    now[0] = libraries.reread_after(4242) + 1
     assert libraries.libraries(4242) == {"cudart": "13", "nccl": "2.27.3"} and len(reads) == 2
     proc.remove(4242)
     proc.add(4242, "other", start_time=900)  # the PID names another process: read at once
