@@ -4,10 +4,11 @@ PYTHON ?= python3
 VENV ?= .venv
 LISTEN ?= 127.0.0.1:9948
 BIN := $(VENV)/bin
-# Real servers the integration tests talk to, and what the fake libnvidia-ml.so.1 (tools/fakenvml)
-# is compiled with: a C compiler and cJSON. From Debian's packages.
-TEST_PACKAGES := prometheus prometheus-alertmanager mosquitto systemd gcc libc6-dev libcjson-dev
-TEST_COMMANDS := prometheus promtool prometheus-alertmanager amtool mosquitto systemd-analyze systemd-sysusers cc nm
+# Real servers the integration tests talk to, what the fake libnvidia-ml.so.1 (tools/fakenvml) is
+# compiled with (a C compiler and cJSON), and the browser the console's tests drive. From Debian's packages.
+TEST_PACKAGES := prometheus prometheus-alertmanager mosquitto systemd gcc libc6-dev libcjson-dev chromium chromium-driver
+TEST_COMMANDS := prometheus promtool prometheus-alertmanager amtool mosquitto systemd-analyze systemd-sysusers cc nm \
+  chromium chromedriver
 TEST_FILES := /usr/include/cjson/cJSON.h
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 

@@ -1,4 +1,4 @@
-"""HTTP endpoints: /metrics (cached exposition), / (landing page), /-/healthy, /-/ready, the
+"""HTTP endpoints: /metrics (cached exposition), / (the console) and /static/, /-/healthy, /-/ready, the
 Prometheus-shaped /api/v1/alerts and /api/v1/rules, Prometheus's query API over the store's history
 (/api/v1/query, query_range, series, labels, label/<name>/values), and /api/v1/silences.
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import html
 import ipaddress
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -23,9 +22,11 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-from gpumon import __version__
 from gpumon.backend import Backend
 from gpumon.config import Listen, WebConfig
+from gpumon.console import assets
+from gpumon.console.assets import PAGE_HEADERS
+from gpumon.console.page import render as render_console
 from gpumon.exporter import OPENMETRICS_TYPE, TEXT_TYPE, Exporter
 from gpumon.health import Health
 from gpumon.notify.silences import SilenceError, Silences, SilenceStoreError
@@ -112,6 +113,7 @@ class WebServer:
         self.health = health or Health()
         self.settings = settings or WebConfig()
         self.query = query
+        self._assets = assets.load()
         self.security = WebSecurity()
         self._runner: web.AppRunner | None = None
         self._server: asyncio.Server | None = None
@@ -122,7 +124,8 @@ class WebServer:
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._guard], client_max_size=MAX_BODY_BYTES)
         app.router.add_get("/metrics", self.metrics)
-        app.router.add_get("/", self.landing)
+        app.router.add_get("/", self.console)
+        app.router.add_get("/static/{path:.+}", self.static)
         app.router.add_get("/-/healthy", self.healthy)
         app.router.add_get("/-/ready", self.ready)
         app.router.add_get("/api/v1/alerts", self.api_alerts)
@@ -357,26 +360,27 @@ class WebServer:
             return web.Response(status=503, text="gpumon serves metrics but is degraded:\n" + lines)
         return web.Response(text="gpumon is ready.\n")
 
-    async def landing(self, request: web.Request) -> web.Response:
-        rows = "".join(
-            f"<tr><td>{d.index}</td><td>{html.escape(d.name)}</td><td><code>{html.escape(d.uuid)}</code></td>"
-            f"<td>{html.escape(d.pci_bus_id)}</td><td>{'GPM' if d.gpm_supported else 'util.gpu only'}</td></tr>"
-            for d in self.backend.devices)
-        note = self.backend.demo_note
-        banner = f'<p class="demo"><strong>DEMO DATA</strong>: {html.escape(note)}</p>' if note else ""
-        page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>gpumon</title>
-<style>body{{font-family:sans-serif;margin:2em}} td,th{{padding:.2em .8em;text-align:left}}
-.demo{{background:#fde68a;border:2px solid #b45309;padding:.6em}}</style></head>
-<body><h1>gpumon {html.escape(__version__)}</h1>
-{banner}
-<p>Backend: <strong>{html.escape(self.backend.name)}</strong>.
-<a href="/metrics">Metrics</a> · <a href="/api/v1/alerts">Alerts</a> · <a href="/api/v1/rules">Rules</a> ·
-<a href="/-/healthy">Health</a> · <a href="/-/ready">Readiness</a></p>
-<table><tr><th>GPU</th><th>Name</th><th>UUID</th><th>PCI bus</th><th>SM activity</th></tr>{rows}</table>
-</body></html>
-"""
-        return web.Response(text=page, content_type="text/html")
+    async def console(self, request: web.Request) -> web.Response:
+        """The console: every GPU's card, the alerts and silences (docs/console.md)."""
+        now = time.time()
+        alerts = self.rules.api_alerts()["data"]["alerts"] if self.rules is not None else []
+        silences = [s.to_json(now) for s in self.silences.all()] if self.silences is not None else []
+        page = render_console(devices=self.backend.devices, fresh=self.sampler.fresh(now), alerts=alerts,
+                              silences=[s for s in silences if s["status"]["state"] != "expired"],
+                              demo_note=self.backend.demo_note, backend=self.backend.name,
+                              interval_s=self.sampler.intervals.fast,
+                              writes=self.writes_allowed(),
+                              history_s=self.query.retention_s if self.query is not None else 0.0)
+        return web.Response(text=page, content_type="text/html", headers=PAGE_HEADERS)
+
+    async def static(self, request: web.Request) -> web.Response:
+        found = self._assets.get(request.match_info["path"])
+        if found is None:
+            raise web.HTTPNotFound()
+        body, content_type = found
+        # The page asks for each file with gpumon's version in the query string: cache for a day.
+        return web.Response(body=body, content_type=content_type,
+                            headers={**PAGE_HEADERS, "Cache-Control": "public, max-age=86400"})
 
     def sample_values(self) -> list[tuple[str, tuple[tuple[str, str], ...], float]]:
         """The listener's own numbers, for the health sample."""

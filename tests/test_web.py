@@ -226,12 +226,15 @@ async def test_ready_only_after_a_fast_poll(opened: tuple[Sampler, Exporter], se
             assert "is ready" in await resp.text()
 
 
-async def test_landing_page(polled: tuple[Sampler, Exporter], serve: Serve) -> None:
+async def test_the_console_page_without_javascript(polled: tuple[Sampler, Exporter], serve: Serve) -> None:
+    """The page alone (no script run) names every GPU with its latest figures, the DEMO banner, the
+    alerts and silences, under a strict Content-Security-Policy: no inline script or style anywhere."""
     sampler, exporter = polled
     _, url = await serve(sampler, exporter, capture="<the> bundled capture")
     async with aiohttp.ClientSession() as session, session.get(f"{url}/") as resp:
         assert resp.status == 200
         assert resp.content_type == "text/html"
+        csp = resp.headers["Content-Security-Policy"]
         page = await resp.text()
     assert "DEMO DATA" in page
     assert "replaying a recorded capture (&lt;the&gt; bundled capture)" in page  # escaped
@@ -240,14 +243,33 @@ async def test_landing_page(polled: tuple[Sampler, Exporter], serve: Serve) -> N
     for device in devices:
         assert html.escape(device.name) in page
         assert device.uuid in page
-    assert "Backend: <strong>replay</strong>" in page
-    assert 'href="/metrics"' in page
+        assert f'data-gpu="{device.index}"' in page
+    assert 'data-metric="gpumon_memory_total_bytes">140.4 GiB<' in page  # the H200's, read at start-up
+    assert "Backend <strong>replay</strong>" in page and 'href="/metrics"' in page
+    assert "No alert is pending or firing." in page and "No silence." in page
+    assert "script-src 'self'" in csp and "default-src 'none'" in csp and "frame-ancestors 'none'" in csp
+    assert "<script>" not in page and " style=" not in page and "javascript:" not in page
+    assert page.count("<script src=") == 2
 
 
-async def test_landing_page_without_demo_note(polled: tuple[Sampler, Exporter], serve: Serve) -> None:
+async def test_the_console_without_demo_note(polled: tuple[Sampler, Exporter], serve: Serve) -> None:
     _, url = await serve(*polled, capture="")  # real GPUs
     async with aiohttp.ClientSession() as session, session.get(f"{url}/") as resp:
         assert "DEMO DATA" not in await resp.text()
+
+
+async def test_static_files_come_from_a_fixed_table(polled: tuple[Sampler, Exporter], serve: Serve) -> None:
+    _, url = await serve(*polled)
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{url}/static/console.js") as resp:
+            assert resp.status == 200 and resp.content_type == "text/javascript"
+            assert resp.headers["X-Content-Type-Options"] == "nosniff"
+        async with session.get(f"{url}/static/vendor/uplot/uPlot.iife.min.js") as resp:
+            assert resp.status == 200 and b"uPlot" in await resp.read()
+        for path in ("/static/../web.py", "/static/%2e%2e/web.py", "/static/..%2f..%2fweb.py", "/static/nope.js",
+                     "/static//etc/passwd"):
+            async with session.get(f"{url}{path}") as resp:
+                assert resp.status == 404, path
 
 
 # --- basic auth and headers ----------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The replay backend: a recorded capture played through the real nvml source.
 
 `replay:PATH[,loop][,speed=X][,gpus=N]` selects it; `PATH` may be `demo` for the bundled H200
-capture. The data is loudly labelled: `gpumon_build_info{backend="replay"}`, the landing page and a
+capture. The data is loudly labelled: `gpumon_build_info{backend="replay"}`, the console and a
 warning in the log.
 """
 

@@ -78,6 +78,20 @@ MAY_BE_EMPTY: dict[tuple[str, str, str], str] = {
                            ("Delivery outcomes", "ABCD"), ("Alertmanager pushes", "AB")] for ref in refs},
 }
 
+# Queries with data from Prometheus but none from gpumon's own query API (docs/query-api.md), and why.
+NOT_FROM_GPUMON: dict[tuple[str, str, str], str] = {
+    **{key: "a slow-tier counter (every 30 s) has one point per slow poll in gpumon's history, where Prometheus "
+            "has one per scrape: this short run's $__rate_interval (1m) holds one point, too few for rate()"
+       for key in [("gpumon-gpu-detail.json", "ECC errors", "A"), ("gpumon-gpu-detail.json", "ECC errors", "B"),
+                   ("gpumon-gpu-detail.json", "PCIe replays", "A"), ("gpumon-interconnect.json", "PCIe replays", "A"),
+                   ("gpumon-gpu-detail.json", "Power", "E"),
+                   ("gpumon-gpu-detail.json", "Time throttled, by reason", "A")]},
+    **{key: "process_* and scrape_duration_seconds are the process collector's and Prometheus's own series, "
+            "not in gpumon's history"
+       for key in [("gpumon-health.json", "CPU", "A"), ("gpumon-health.json", "Resident memory", "A"),
+                   ("gpumon-health.json", "Scrape duration", "A")]},
+}
+
 # The panels a dashboard is for: these must return data whatever else changes.
 CORE = [
     ("gpumon-fleet.json", "SM activity by GPU"),
@@ -88,10 +102,11 @@ CORE = [
 ]
 
 
-def query(prom: Prometheus, expr: str, start: float, end: float) -> list[dict[str, Any]]:
-    """The series a range query returns over [start, end], as Grafana asks for a panel's time range."""
+def query(server: Prometheus | Gpumon, expr: str, start: float, end: float) -> list[dict[str, Any]]:
+    """The series a range query returns over [start, end], as Grafana asks for a panel's time range (from
+    Prometheus, or from gpumon's own query API)."""
     params = urllib.parse.urlencode({"query": expr, "start": start, "end": end, "step": 0.25})
-    status, body = http_get(f"{prom.url}/api/v1/query_range?{params}")
+    status, body = http_get(f"{server.url}/api/v1/query_range?{params}", timeout=10.0)
     answer: dict[str, Any] = json.loads(body)
     assert status == 200 and answer["status"] == "success", f"{expr!r}: {status} {body!r}"
     result: list[dict[str, Any]] = answer["data"]["result"]
@@ -145,6 +160,10 @@ scrape_configs:
                 for panel, t in targets(dash):
                     key = (path.name, panel["title"], t["refId"])
                     results[key] = query(prom, substitute(t["expr"]), start, end)
+            # The same queries against gpumon's own query API, as a Grafana using one gpumon as its data
+            # source would send them: every one answers, and those without data there are listed.
+            ours = {key: query(g, substitute(t["expr"]), start, end) for path in DASHBOARDS
+                    for panel, t in targets(load(path)) if (key := (path.name, panel["title"], t["refId"]))}
             # The idle-but-allocated query over a 1 s window instead of 10 minutes: it must catch the
             # capture's phases in which a process holds the GPU and the SMs idle (pure PCIe copies, memory
             # filled), and only those.
@@ -153,6 +172,8 @@ scrape_configs:
                 prom, f'gpumon_replay_phase == 1 and on(instance, gpu) ({idle})', start, end)}
 
     assert set(MAY_BE_EMPTY) <= set(results), f"stale entries: {set(MAY_BE_EMPTY) - set(results)}"
+    only_in_prometheus = sorted(k for k in results if results[k] and not ours[k])
+    assert only_in_prometheus == sorted(NOT_FROM_GPUMON), "\n".join(map(str, only_in_prometheus))
     empty = sorted(key for key, result in results.items() if not result and key not in MAY_BE_EMPTY)
     assert not empty, f"queries without data: {empty}"
     for dashboard, title in CORE:

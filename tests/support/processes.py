@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -31,21 +32,24 @@ def need(command: str) -> str:
     return path
 
 
-def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
+def http_get(url: str, timeout: float = 2.0, headers: dict[str, str] | None = None,
+             context: ssl.SSLContext | None = None) -> tuple[int, bytes]:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=timeout,
+                                    context=context) as r:
             return r.status, r.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
 
 
-def wait_for(url: str, timeout: float = 15.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_for(url: str, timeout: float = 15.0, proc: subprocess.Popen[bytes] | None = None,
+             headers: dict[str, str] | None = None, context: ssl.SSLContext | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise AssertionError(f"process exited with {proc.returncode} before {url} answered")
         try:
-            if http_get(url, timeout=1.0)[0] == 200:
+            if http_get(url, timeout=1.0, headers=headers, context=context)[0] == 200:
                 return
         except OSError:
             pass
@@ -73,9 +77,14 @@ def run_gpumon(*args: str, timeout: float = 20.0) -> subprocess.CompletedProcess
 class Gpumon:
     """`gpumon run` in the background; stderr (the log) is kept in a file for assertions."""
 
-    def __init__(self, tmp: Path, *args: str, backend: str = "replay:demo,loop") -> None:
+    def __init__(self, tmp: Path, *args: str, backend: str = "replay:demo,loop", tls: bool = False,
+                 ready_headers: dict[str, str] | None = None) -> None:
+        """`tls` and `ready_headers` (credentials): how to ask a gpumon behind its web-config whether it
+        is ready; the test's own certificates are not verified."""
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+        self._ready_headers = ready_headers
+        self._context = ssl._create_unverified_context() if tls else None
         self.log_path = tmp / f"gpumon-{self.port}.log"
         self.args = ["run", "--backend", backend, "--listen", f"127.0.0.1:{self.port}",
                      "--state-dir", str(tmp / "state"), "--log-format", "json", *args]
@@ -85,7 +94,7 @@ class Gpumon:
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "gpumon", *self.args], stdout=self._log,
                                      stderr=subprocess.STDOUT)
-        wait_for(f"{self.url}/-/ready", proc=self.proc)
+        wait_for(f"{self.url}/-/ready", proc=self.proc, headers=self._ready_headers, context=self._context)
         return self
 
     def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:

@@ -1,0 +1,307 @@
+// gpumon console: draws each GPU card's charts from the query API (/api/v1/query) and refreshes the
+// figures, owners, doctor checks, alerts and silences every poll. No framework and no build step: the
+// page served by gpumon (gpumon/console/page.py) is complete without this script; this makes it live.
+"use strict";
+
+(() => {
+  const root = document.getElementById("console");
+  if (!root || typeof uPlot === "undefined") return;
+  const config = JSON.parse(root.dataset.config);
+  const intervalMs = Math.max(250, config.interval_s * 1000);
+  const historyS = config.history_s;
+  const metrics = [...new Set(config.charts.flatMap((c) => c.series.map((s) => s.metric)))];
+  const history = new Map(); // gpu -> series key -> {t: [], v: []}
+  const plots = new Map(); // figure element -> uPlot
+  let lastT = 0;
+  let tick = 0;
+  const status = document.createElement("p");
+  status.className = "status";
+  status.setAttribute("role", "status");
+  root.prepend(status);
+
+  // --- the query API ------------------------------------------------------------------------------
+
+  async function api(path, options) {
+    const response = await fetch(path, Object.assign({ credentials: "same-origin", cache: "no-store" }, options));
+    const body = await response.json().catch(() => ({ status: "error", error: response.statusText }));
+    if (!response.ok || body.status !== "success") throw new Error(body.error || response.statusText);
+    return body.data;
+  }
+
+  async function query(expr) {
+    return (await api("/api/v1/query?" + new URLSearchParams({ query: expr }))).result;
+  }
+
+  const keyOf = (metric, labels) => {
+    const series = config.charts.flatMap((c) => c.series).find((s) =>
+      s.metric === metric && Object.entries(s.filter).every(([k, v]) => labels[k] === v));
+    return series ? metric + JSON.stringify(series.filter) : null;
+  };
+
+  // Raw points since the last refresh (the whole history the first time), merged into `history`.
+  async function refreshHistory() {
+    const now = Date.now() / 1000;
+    const span = lastT ? Math.min(historyS, Math.ceil(now - lastT) + 2) : historyS;
+    const result = await query(`{__name__=~"${metrics.join("|")}"}[${span}s]`);
+    for (const series of result) {
+      const labels = series.metric;
+      const key = keyOf(labels.__name__, labels);
+      if (key === null || labels.gpu === undefined) continue;
+      if (!history.has(labels.gpu)) history.set(labels.gpu, new Map());
+      const byKey = history.get(labels.gpu);
+      if (!byKey.has(key)) byKey.set(key, { t: [], v: [] });
+      const h = byKey.get(key);
+      for (const [t, v] of series.values) {
+        if (h.t.length && t <= h.t[h.t.length - 1]) continue;
+        h.t.push(t);
+        h.v.push(Number(v));
+        lastT = Math.max(lastT, t);
+      }
+      const keepFrom = now - historyS;
+      while (h.t.length && h.t[0] < keepFrom) {
+        h.t.shift();
+        h.v.shift();
+      }
+    }
+  }
+
+  // --- charts ---------------------------------------------------------------------------------------
+
+  function format(unit, v) {
+    if (v === null || v === undefined || Number.isNaN(v)) return "–";
+    if (unit === "ratio") return `${Math.round(v * 100)}%`;
+    if (unit === "bytes" || unit === "bytes_per_second") {
+      let x = v;
+      for (const u of ["B", "KiB", "MiB", "GiB", "TiB"]) {
+        if (Math.abs(x) < 1024 || u === "TiB") {
+          const text = u === "B" ? `${Math.round(x)} ${u}` : `${x.toFixed(1)} ${u}`;
+          return unit === "bytes" ? text : `${text}/s`;
+        }
+        x /= 1024;
+      }
+    }
+    if (unit === "watts") return `${Math.round(v)} W`;
+    if (unit === "celsius") return `${Math.round(v)} °C`;
+    return String(v);
+  }
+
+  // The chart's x axis is its first series' times; the others are held at their latest point at or
+  // before each of those times (static facts such as the limit are repeated at each fast poll anyway).
+  function aligned(chart, byKey) {
+    const first = byKey.get(chart.series[0].metric + JSON.stringify(chart.series[0].filter));
+    const xs = first ? first.t.slice() : [];
+    const columns = chart.series.map((s) => {
+      const h = byKey.get(s.metric + JSON.stringify(s.filter));
+      if (!h) return xs.map(() => null);
+      let j = 0;
+      return xs.map((x) => {
+        while (j + 1 < h.t.length && h.t[j + 1] <= x) j++;
+        return h.t.length && h.t[j] <= x + 0.5 ? h.v[j] : null;
+      });
+    });
+    return [xs, ...columns];
+  }
+
+  const COLOURS = ["#2563eb", "#d97706"];
+
+  function draw(card) {
+    const byKey = history.get(card.dataset.gpu) || new Map();
+    for (const figure of card.querySelectorAll("figure[data-chart]")) {
+      const chart = config.charts.find((c) => c.id === figure.dataset.chart);
+      const data = aligned(chart, byKey);
+      let plot = plots.get(figure);
+      if (!plot) {
+        const width = Math.max(200, figure.clientWidth || 280);
+        plot = new uPlot({
+          width, height: 110, legend: { show: true, live: false },
+          cursor: { show: false },
+          scales: { x: { time: true }, y: chart.unit === "ratio" ? { range: [0, 1] } : { auto: true } },
+          axes: [{ size: 28 }, { size: 76, values: (u, ticks) => ticks.map((v) => format(chart.unit, v)) }],
+          series: [{}, ...chart.series.map((s, i) => ({ label: s.label, stroke: COLOURS[i], width: 1.5 }))],
+        }, data, figure);
+        plots.set(figure, plot);
+      } else {
+        plot.setData(data);
+      }
+      const last = data.slice(1).map((col) => (col.length ? col[col.length - 1] : null));
+      figure.dataset.points = String(data[0].length);
+      figure.dataset.lastT = data[0].length ? String(data[0][data[0].length - 1]) : "";
+      figure.dataset.last = JSON.stringify(last);
+      chart.series.forEach((s, i) => {
+        const dd = card.querySelector(`dd[data-metric="${s.metric}"]`);
+        if (dd && last[i] !== null) dd.textContent = format(chart.unit, last[i]);
+      });
+    }
+  }
+
+  // --- owners, doctor checks ---------------------------------------------------------------------------
+
+  function ownerText(labels) {
+    const who = labels.user ? ` (${labels.user})` : "";
+    if (labels.__name__ === "gpumon_gpu_owner_info") return `pod ${labels.owner_namespace}/${labels.owner_pod}`;
+    if (labels.__name__ === "gpumon_gpu_job_info") return `job ${labels.job_id}${who}`;
+    return `${labels.name || "pid"} ${labels.pid || ""}`.trim() + who;
+  }
+
+  async function refreshOwnersAndChecks() {
+    const [owners, checks, idle] = await Promise.all([
+      query(`{__name__=~"${config.owner_metrics.join("|")}"}`),
+      query("gpumon_health_check_status >= 1"),
+      query("gpumon_gpu_idle_held_streak_seconds"),
+    ]);
+    for (const card of root.querySelectorAll("article.card")) {
+      const gpu = card.dataset.gpu;
+      const mine = owners.filter((s) => s.metric.gpu === gpu).map((s) => ownerText(s.metric));
+      card.querySelector('[data-field="owners"]').textContent = [...new Set(mine)].sort().join(", ") || "nobody";
+      const list = card.querySelector('[data-field="checks"]');
+      list.replaceChildren(...checks.filter((s) => s.metric.gpu === gpu).map((s) => {
+        const li = document.createElement("li");
+        const verdict = Number(s.value[1]) >= 2 ? "fail" : "warn";
+        li.className = verdict;
+        li.textContent = `${s.metric.check}: ${verdict}`;
+        return li;
+      }));
+      const streak = idle.find((s) => s.metric.gpu === gpu);
+      const seconds = streak ? Number(streak.value[1]) : 0;
+      card.querySelector('[data-field="idle"]').textContent = seconds > 0 ? `held idle for ${idleFor(seconds)}` : "";
+    }
+  }
+
+  function idleFor(seconds) {
+    return seconds < 120 ? `${Math.round(seconds)} s` : `${Math.round(seconds / 60)} min`;
+  }
+
+  // --- alerts and silences -----------------------------------------------------------------------------
+
+  function cell(row, text, className) {
+    const td = document.createElement("td");
+    td.textContent = text;
+    if (className) td.className = className;
+    row.append(td);
+    return td;
+  }
+
+  function button(text, className, data) {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.className = className;
+    b.textContent = text;
+    Object.assign(b.dataset, data);
+    return b;
+  }
+
+  function emptyRow(text) {
+    const row = document.createElement("tr");
+    row.className = "empty";
+    const td = cell(row, text);
+    td.colSpan = 6;
+    return row;
+  }
+
+  async function refreshAlerts() {
+    const { alerts } = await api("/api/v1/alerts");
+    const rows = alerts.map((a) => {
+      const row = document.createElement("tr");
+      row.className = a.state;
+      cell(row, a.labels.alertname || "");
+      cell(row, `${a.state} ${a.labels.severity || ""}`.trim());
+      cell(row, a.labels.gpu || "-");
+      const summary = cell(row, (a.annotations && a.annotations.summary) || "");
+      const description = document.createElement("div");
+      description.className = "description";
+      description.textContent = (a.annotations && a.annotations.description) || "";
+      summary.append(description);
+      cell(row, a.activeAt || "");
+      const matchers = Object.entries(a.labels).filter(([k]) => ["alertname", "gpu", "uuid"].includes(k))
+        .sort().map(([k, v]) => `${k}="${v}"`);
+      cell(row, "").append(button("Silence…", "silence-from", { matchers: JSON.stringify(matchers) }));
+      return row;
+    });
+    document.querySelector("#alerts tbody").replaceChildren(...(rows.length ? rows
+      : [emptyRow("No alert is pending or firing.")]));
+    for (const card of root.querySelectorAll("article.card")) {
+      const mine = alerts.filter((a) => a.labels.gpu === card.dataset.gpu);
+      const critical = mine.some((a) => a.state === "firing" && ["critical", "page"].includes(a.labels.severity));
+      card.classList.toggle("firing-critical", critical);
+      card.classList.toggle("alerting", !critical && mine.length > 0);
+    }
+  }
+
+  async function refreshSilences() {
+    const silences = await api("/api/v1/silences");
+    const rows = silences.filter((s) => s.status.state !== "expired").map((s) => {
+      const row = document.createElement("tr");
+      row.className = s.status.state;
+      const code = document.createElement("code");
+      code.textContent = s.matchers.join(", ");
+      cell(row, "").append(code);
+      cell(row, s.endsAt);
+      cell(row, s.comment);
+      cell(row, s.createdBy || "");
+      cell(row, s.status.state);
+      cell(row, "").append(button("Expire", "expire", { id: s.id }));
+      return row;
+    });
+    document.querySelector("#silences tbody").replaceChildren(...(rows.length ? rows : [emptyRow("No silence.")]));
+  }
+
+  const form = document.getElementById("silence-form");
+  const result = document.getElementById("silence-result");
+  if (form) {
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const fields = new FormData(form);
+      const body = {
+        matchers: String(fields.get("matchers")).split("\n").map((m) => m.trim()).filter(Boolean),
+        duration: fields.get("duration"), comment: fields.get("comment"), createdBy: fields.get("createdBy"),
+      };
+      try {
+        const silence = await api("/api/v1/silences", {
+          method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+        });
+        result.textContent = `Silence ${silence.id} created, until ${silence.endsAt}.`;
+        form.reset();
+        await refreshSilences();
+      } catch (error) {
+        result.textContent = `Not created: ${error.message}`;
+      }
+    });
+  }
+
+  document.addEventListener("click", async (event) => {
+    const target = event.target;
+    if (!(target instanceof HTMLButtonElement)) return;
+    if (target.classList.contains("silence-from") && form) {
+      form.elements.matchers.value = JSON.parse(target.dataset.matchers).join("\n");
+      form.elements.comment.focus();
+    } else if (target.classList.contains("expire")) {
+      try {
+        await api(`/api/v1/silences/${encodeURIComponent(target.dataset.id)}`, { method: "DELETE" });
+        await refreshSilences();
+      } catch (error) {
+        status.textContent = `Silence not expired: ${error.message}`;
+      }
+    }
+  });
+
+  // --- the loop ------------------------------------------------------------------------------------
+
+  async function refresh() {
+    try {
+      await refreshHistory();
+      for (const card of root.querySelectorAll("article.card")) draw(card);
+      await refreshAlerts();
+      if (tick % 5 === 0) await Promise.all([refreshOwnersAndChecks(), refreshSilences()]);
+      root.dataset.refreshed = String(++tick);
+      status.textContent = "";
+    } catch (error) {
+      status.textContent = `Could not refresh: ${error.message}`;
+    }
+    setTimeout(refresh, intervalMs);
+  }
+
+  window.addEventListener("resize", () => {
+    for (const [figure, plot] of plots) plot.setSize({ width: Math.max(200, figure.clientWidth), height: 110 });
+  });
+  refresh();
+})();
