@@ -168,6 +168,9 @@ def _temperature(gpu: GpuView) -> tuple[Verdict, str, dict[str, Any], str]:
 # using what it was given: power capping is normal at full load (hardware.power_cap says when it binds).
 HELD_DOWN_VIOLATIONS = ("thermal", "board_limit", "reliability")
 HELD_DOWN_WARN = 0.05
+# History a share of "the last minutes" needs: right after start, two slow samples 30 s apart would
+# make one throttled half-minute "100 % of the last 0 min".
+HELD_DOWN_MIN_S = 120.0
 SLOWDOWN_REASONS = ("hw_slowdown", "hw_thermal_slowdown", "sw_thermal_slowdown", "hw_power_brake_slowdown")
 
 
@@ -178,24 +181,34 @@ def _clock_events(gpu: GpuView) -> tuple[Verdict, str, dict[str, Any], str]:
     if not gpu.has("gpumon_clock_event_reason_active"):
         return NA, "clock-event reasons not readable", evidence, ""
     # Share of the recent past each violation counter ran (the daemon's history; one poll has none).
-    held = {lb["reason"]: round(increase / seconds, 3)
+    held = {lb["reason"]: (round(increase / seconds, 3), seconds)
             for lb, increase, seconds in gpu.increases("gpumon_clock_throttle_seconds_total")
             if lb.get("reason") in HELD_DOWN_VIOLATIONS and seconds > 0}
     if held:
-        evidence["held_share_recently"] = held
+        evidence["held_share_recently"] = {reason: share for reason, (share, _) in held.items()}
         evidence["recent_seconds"] = round(max(s for _, _, s in gpu.increases("gpumon_clock_throttle_seconds_total")))
     slowing = [r for r in active if r in SLOWDOWN_REASONS]
     step = "Thermal: cooling. Power brake or HW slowdown: the system or PSU asks the GPU to slow down; check power."
     if slowing:
         return Verdict.FAIL if "hw_slowdown" in slowing or "hw_power_brake_slowdown" in slowing else Verdict.WARN, \
             f"clocks held down now by {', '.join(slowing)}", evidence, step
-    recent = {reason: share for reason, share in held.items() if share >= HELD_DOWN_WARN}
+    shares = {reason: (share, seconds) for reason, (share, seconds) in held.items() if share >= HELD_DOWN_WARN}
+    recent = {reason: v for reason, v in shares.items() if round(v[1]) >= HELD_DOWN_MIN_S}  # ms of float error
     if recent:
-        worst = max(recent, key=lambda r: recent[r])
-        return Verdict.WARN, f"clocks held down by {worst} for {recent[worst]:.0%} of the last " \
-            f"{evidence['recent_seconds'] / 60:.0f} min, though not now", evidence, step
-    return Verdict.OK, "no thermal or power slowdown now" + (f" (active: {', '.join(active)})" if active else ""), \
-        evidence, ""
+        worst = max(recent, key=lambda r: recent[r][0])
+        return Verdict.WARN, f"clocks held down by {worst} for {recent[worst][0]:.0%} of the last " \
+            f"{_window(recent[worst][1])}, though not now", evidence, step
+    summary = "no thermal or power slowdown now" + (f" (active: {', '.join(active)})" if active else "")
+    if shares:  # too little history to say "recently": said, not judged
+        worst = max(shares, key=lambda r: shares[r][0])
+        summary += f"; held down by {worst} for {shares[worst][0]:.0%} of the {_window(shares[worst][1])} " \
+            "of history so far"
+    return Verdict.OK, summary, evidence, ""
+
+
+def _window(seconds: float) -> str:
+    """A stretch of history as a person reads it: seconds under two minutes ("0 min" says nothing)."""
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
 @gpu_check("hardware.power_cap")

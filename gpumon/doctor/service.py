@@ -88,7 +88,9 @@ class DoctorService:
             for name, labels, _ in sample.values:
                 if name not in RECENT_COUNTERS or (ring := self.store.ring(name, labels)) is None:
                     continue
-                times, values = ring.window((now - RECENT_S) * 1000, now * 1000)
+                # Rounded as the store rounds a sample's time: a sample put within the same millisecond
+                # is stamped up to 0.5 ms after `now`, and would be left out of its own round.
+                times, values = ring.window(round((now - RECENT_S) * 1000), round(now * 1000))
                 if len(times) >= 2:
                     view.add_increase(name, labels, counter_increase(values), (times[-1] - times[0]) / 1000)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gpumon.attribution.owners import Owners
-from gpumon.doctor.checks import GpuView, run_gpu_checks
+from gpumon.doctor.checks import GpuView, Verdict, run_gpu_checks
 from gpumon.doctor.service import DoctorService
 from gpumon.model import Device, Sample, Tier
 from gpumon.rounds import Round
@@ -80,6 +80,7 @@ def throttle_sample(t: float, thermal_s: float, power_s: float) -> Sample:
     ([100.0, 130.0, 160.0], 1.0),  # held down 60 of the last 120 s, though not now: warn
     ([100.0, 100.0, 100.5], 0.0),  # half a second: ok
     ([100.0, 130.0, float("nan"), 3.0], 1.0),  # a staleness marker, then a reset (driver reload): still counted
+    ([100.0, 160.0], 0.0),  # held down all of the last 60 s, just after start: too little history to judge
 ])
 def test_clocks_held_down_over_the_last_minutes(thermal: list[float], verdict: float, tmp_path: Path) -> None:
     store = Store(20)
@@ -98,6 +99,24 @@ def test_clocks_held_down_over_the_last_minutes(thermal: list[float], verdict: f
     (found,) = [f for f in run_gpu_checks(view, frozenset({"hardware.clock_events"}))]
     assert found.summary == "clocks held down by thermal for 30% of the last 5 min, though not now"
     assert found.evidence["held_share_recently"] == {"thermal": 0.3}
+
+
+@pytest.mark.parametrize(("seconds", "verdict", "summary"), [
+    (30.0, Verdict.OK, "no thermal or power slowdown now; held down by thermal for 100% of the 30 s of history so far"),
+    (119.0, Verdict.OK, "no thermal or power slowdown now; held down by thermal for 100% of the 119 s of history so "
+                        "far"),
+    (120.0, Verdict.WARN, "clocks held down by thermal for 100% of the last 2 min, though not now"),
+])
+def test_a_share_of_the_last_minutes_needs_two_minutes_of_history(seconds: float, verdict: Verdict,
+                                                                  summary: str) -> None:
+    now = time.time()
+    view = GpuView(0, "GPU-a", [throttle_sample(now, 1.0, 1.0)])
+    for name, labels, _ in throttle_sample(now, 1.0, 1.0).values:
+        if name == "gpumon_clock_throttle_seconds_total":
+            view.add_increase(name, labels, seconds, seconds)
+    (found,) = run_gpu_checks(view, frozenset({"hardware.clock_events"}))
+    assert (found.verdict, found.summary) == (verdict, summary)
+    assert found.evidence["recent_seconds"] == round(seconds)
 
 
 def test_the_cuda_runtime_check_runs_in_the_daemon_on_the_process_sources_proc(tmp_path: Path) -> None:
