@@ -32,6 +32,10 @@ CHARTS: tuple[tuple[str, str, str, tuple[tuple[str, dict[str, str], str], ...]],
 )
 CHART_METRICS = sorted({metric for _, _, _, series in CHARTS for metric, _, _ in series})
 OWNER_METRICS = ("gpumon_gpu_owner_info", "gpumon_gpu_job_info", "gpumon_process_info")
+# A MIG instance's row in its GPU's card: (metric, column heading).
+MIG_COLUMNS = (("gpumon_mig_sm_active_ratio", "SM activity"), ("gpumon_mig_memory_used_bytes", "memory used"),
+               ("gpumon_mig_memory_total_bytes", "of"), ("gpumon_mig_compute_processes", "processes"))
+MIG_METRICS = frozenset(m for m, _ in MIG_COLUMNS)
 SEVERITY_CLASS = {"critical": "firing-critical", "page": "firing-critical"}
 
 
@@ -42,6 +46,7 @@ class GpuCard:
     owners: list[str] = field(default_factory=list)
     checks: list[tuple[str, str]] = field(default_factory=list)  # (check, "warn" | "fail")
     idle_streak_s: float | None = None
+    mig: dict[str, dict[str, Any]] = field(default_factory=dict)  # GPU instance -> profile and MIG_COLUMNS
 
 
 def cards(devices: Iterable[Device], fresh: Iterable[Sample]) -> list[GpuCard]:
@@ -60,6 +65,9 @@ def cards(devices: Iterable[Device], fresh: Iterable[Sample]) -> list[GpuCard]:
                 card.checks.append((extra.get("check", "?"), "fail" if value >= 2 else "warn"))
             elif name == "gpumon_gpu_idle_held_streak_seconds":
                 card.idle_streak_s = value
+            elif name in MIG_METRICS and "gpu_instance" in extra:
+                instance = card.mig.setdefault(extra["gpu_instance"], {"profile": extra.get("mig_profile", "")})
+                instance[name] = value
     for card in by_gpu.values():
         card.owners = sorted(set(card.owners))
         card.checks.sort()
@@ -94,6 +102,8 @@ def shown(metric: str, value: float | None) -> str:
         return f"{value:.0f} W"
     if metric.endswith("_celsius"):
         return f"{value:.0f} °C"
+    if metric.endswith("_processes"):
+        return f"{value:.0f}"
     return f"{value:g}"
 
 
@@ -122,7 +132,8 @@ def render(*, devices: list[Device], fresh: list[Sample], alerts: list[dict[str,
     config = json.dumps({"interval_s": interval_s, "history_s": min(history_s, 300.0), "charts": [
         {"id": cid, "title": title, "unit": unit, "series": [{"metric": m, "filter": f, "label": label}
                                                              for m, f, label in series]}
-        for cid, title, unit, series in CHARTS], "owner_metrics": OWNER_METRICS, "writes": writes[0]})
+        for cid, title, unit, series in CHARTS], "owner_metrics": OWNER_METRICS, "writes": writes[0],
+        "mig_columns": [m for m, _ in MIG_COLUMNS]})
     form = _silence_form() if writes[0] else f'<p class="note">Silences are read-only here: {e(writes[1])}</p>'
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
@@ -172,13 +183,23 @@ def _card(card: GpuCard, level: str) -> str:
     owners = ", ".join(e(o) for o in card.owners) or "nobody"
     checks = "".join(f'<li class="{v}">{e(c)}: {v}</li>' for c, v in card.checks)
     idle = "" if not card.idle_streak_s else f"held idle for {idle_for(card.idle_streak_s)}"
+    mig = "".join(f'<tr data-instance="{e(gi)}"><th scope="row">{e(gi)} {e(row["profile"])}</th>'
+                  + "".join(f"<td>{e(shown(m, row.get(m)))}</td>" for m, _ in MIG_COLUMNS) + "</tr>"
+                  for gi, row in sorted(card.mig.items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else 0))
+    hidden = "" if mig else " hidden"
+    heads = "".join(f'<th scope="col">{e(h)}</th>' for _, h in MIG_COLUMNS)
     return f"""<article class="card {level}" data-gpu="{d.index}" aria-labelledby="gpu{d.index}-title">
 <h3 id="gpu{d.index}-title">GPU {d.index} · {e(d.name)}</h3>
 <p class="uuid"><code>{e(d.uuid)}</code> · {e(d.pci_bus_id)}</p>
 <p class="owner">Held by: <span data-field="owners">{owners}</span></p>
 <p class="idle" data-field="idle">{e(idle)}</p>
 <dl class="figures">{figures}</dl>
+<p class="waste" data-field="waste"></p>
 <ul class="checks" data-field="checks" aria-label="doctor checks not ok">{checks}</ul>
+<table class="mig" data-field="mig"{hidden}><caption>MIG instances</caption>
+<thead><tr><th scope="col">GPU instance</th>{heads}</tr></thead><tbody>{mig}</tbody></table>
+<figure class="chart" data-chart="mig" aria-label="SM activity by MIG instance, GPU {d.index}"{hidden}>
+<figcaption>SM activity by MIG instance</figcaption></figure>
 <div class="charts">{charts}</div>
 </article>"""
 

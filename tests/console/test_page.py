@@ -60,3 +60,22 @@ def test_what_users_and_labels_put_on_the_page_is_escaped() -> None:
                   interval_s=1.0, writes=(False, evil), history_s=600.0)
     assert "<script>alert" not in page and "&lt;script&gt;" in page
     assert 'id="silence-form"' not in page  # writes refused: no form, the reason instead
+
+
+def test_a_mig_gpu_lists_its_instances() -> None:
+    s = Sample("mig0", "fast", 1.0, gpu=0)
+    for gi, profile, sm in (("9", "1g.18gb", 0.25), ("2", "3g.71gb", 0.9)):
+        labels = (("gpu", "0"), ("uuid", "GPU-a"), ("gpu_instance", gi), ("mig_profile", profile))
+        s.add("gpumon_mig_sm_active_ratio", labels, sm)
+        s.add("gpumon_mig_memory_total_bytes", labels, 17.5 * 2**30)
+        s.add("gpumon_mig_compute_processes", labels, 1.0)
+    (card,) = cards([GPU0], [s])
+    assert card.mig["2"] == {"profile": "3g.71gb", "gpumon_mig_sm_active_ratio": 0.9,
+                             "gpumon_mig_memory_total_bytes": 17.5 * 2**30, "gpumon_mig_compute_processes": 1.0}
+    page = render(devices=[GPU0], fresh=[s], alerts=[], silences=[], demo_note="", backend="nvml", interval_s=1.0,
+                  writes=(True, ""), history_s=600.0)
+    assert page.index('data-instance="2"') < page.index('data-instance="9"')  # in GPU instance order
+    assert "<td>90%</td><td>–</td><td>17.5 GiB</td><td>1</td>" in page
+    plain = render(devices=[GPU0], fresh=[], alerts=[], silences=[], demo_note="", backend="nvml", interval_s=1.0,
+                   writes=(True, ""), history_s=600.0)
+    assert 'data-field="mig" hidden' in plain  # no MIG: no table

@@ -43,6 +43,15 @@ def browser() -> Iterator[Any]:
         driver.quit()
 
 
+@pytest.fixture(autouse=True)
+def fresh_page(browser: Any) -> Iterator[None]:
+    """Each test starts with an empty log, and leaves no page polling a gpumon it has stopped."""
+    browser.get("about:blank")
+    browser.get_log("browser")
+    yield
+    browser.get("about:blank")
+
+
 def wait(what: Callable[[], Any], timeout: float = 20.0, message: str = "") -> Any:
     deadline = time.monotonic() + timeout
     while True:
@@ -84,6 +93,9 @@ def test_cards_for_8_gpus_move_with_the_replay_and_show_the_pcie_phase(browser: 
         found = wait(lambda: _pcie_card(browser, gpumon.url), timeout=50, message="no card showed the pcie phase")
         sm, util = found
         assert util > 0.8 and sm < 0.2
+        # Accounting's idle share of held time, on the cards of GPUs a process held.
+        waste = wait(lambda: [e.text for e in browser.find_elements("css selector", "[data-field='waste']") if e.text])
+        assert all("of the time held (last 5m)" in w for w in waste)
         assert not errors(browser)
 
 
@@ -99,6 +111,27 @@ def _pcie_card(driver: Any, url: str) -> tuple[float, float] | None:
         if sm is not None and util is not None and util > 0.8 and sm < 0.2:
             return sm, util
     return None
+
+
+def test_a_mig_gpu_shows_its_instances_through_a_reconfiguration(browser: Any, tmp_path: Path) -> None:
+    from tests.fixtures.mig.generate import OUT_DIR as MIG
+
+    with Gpumon(tmp_path, "--fast-interval", "250ms", backend=f"replay:{MIG},loop,speed=4") as g:
+        browser.get(g.url + "/")
+        layouts: set[frozenset[str]] = set()
+
+        def both_layouts_seen() -> bool:
+            layouts.add(frozenset(browser.execute_script(  # read in one go: the rows are redrawn each poll
+                "return [...document.querySelectorAll(\"article[data-gpu='0'] table.mig tbody tr\")]"
+                ".map((r) => r.dataset.instance);")))
+            return {frozenset({"2", "3", "9", "10"}), frozenset({"2", "9", "10", "11", "12"})} <= layouts
+        wait(both_layouts_seen, timeout=30, message=f"the MIG layouts seen: {layouts}")
+        row = browser.execute_script("return document.querySelector(\"article[data-gpu='0'] table.mig \""
+                                     " + \"tr[data-instance='2']\").textContent;")
+        assert "3g.71gb" in row and "GiB" in row
+        figure = browser.find_element("css selector", "article[data-gpu='0'] figure[data-chart='mig']")
+        assert figure.is_displayed() and json.loads(figure.get_attribute("data-instances"))
+        assert not errors(browser)
 
 
 class Hook(BaseHTTPRequestHandler):

@@ -10,7 +10,9 @@
   const intervalMs = Math.max(250, config.interval_s * 1000);
   const historyS = config.history_s;
   const metrics = [...new Set(config.charts.flatMap((c) => c.series.map((s) => s.metric)))];
+  const migMetrics = config.mig_columns;
   const history = new Map(); // gpu -> series key -> {t: [], v: []}
+  const migHistory = new Map(); // gpu -> GPU instance -> {profile, metric -> {t: [], v: []}}
   const plots = new Map(); // figure element -> uPlot
   let lastT = 0;
   let tick = 0;
@@ -42,15 +44,29 @@
   async function refreshHistory() {
     const now = Date.now() / 1000;
     const span = lastT ? Math.min(historyS, Math.ceil(now - lastT) + 2) : historyS;
-    const result = await query(`{__name__=~"${metrics.join("|")}"}[${span}s]`);
+    const result = await query(`{__name__=~"${[...metrics, ...migMetrics].join("|")}"}[${span}s]`);
+    const seenInstances = new Map(); // gpu -> GPU instances in this answer (MIG reconfigures)
     for (const series of result) {
       const labels = series.metric;
-      const key = keyOf(labels.__name__, labels);
-      if (key === null || labels.gpu === undefined) continue;
-      if (!history.has(labels.gpu)) history.set(labels.gpu, new Map());
-      const byKey = history.get(labels.gpu);
-      if (!byKey.has(key)) byKey.set(key, { t: [], v: [] });
-      const h = byKey.get(key);
+      if (labels.gpu === undefined) continue;
+      let h;
+      if (labels.gpu_instance !== undefined) {
+        if (!migHistory.has(labels.gpu)) migHistory.set(labels.gpu, new Map());
+        const instances = migHistory.get(labels.gpu);
+        if (!instances.has(labels.gpu_instance)) instances.set(labels.gpu_instance, { profile: labels.mig_profile || "" });
+        const instance = instances.get(labels.gpu_instance);
+        if (!instance[labels.__name__]) instance[labels.__name__] = { t: [], v: [] };
+        h = instance[labels.__name__];
+        if (!seenInstances.has(labels.gpu)) seenInstances.set(labels.gpu, new Set());
+        seenInstances.get(labels.gpu).add(labels.gpu_instance);
+      } else {
+        const key = keyOf(labels.__name__, labels);
+        if (key === null) continue;
+        if (!history.has(labels.gpu)) history.set(labels.gpu, new Map());
+        const byKey = history.get(labels.gpu);
+        if (!byKey.has(key)) byKey.set(key, { t: [], v: [] });
+        h = byKey.get(key);
+      }
       for (const [t, v] of series.values) {
         if (h.t.length && t <= h.t[h.t.length - 1]) continue;
         h.t.push(t);
@@ -61,6 +77,14 @@
       while (h.t.length && h.t[0] < keepFrom) {
         h.t.shift();
         h.v.shift();
+      }
+    }
+    // An instance gone for the whole window (a MIG reconfiguration) leaves the card.
+    for (const [gpu, instances] of migHistory) {
+      for (const [gi, instance] of instances) {
+        const last = Math.max(...migMetrics.map((m) => (instance[m] && instance[m].t.length
+          ? instance[m].t[instance[m].t.length - 1] : 0)));
+        if (!seenInstances.get(gpu)?.has(gi) && last < now - historyS) instances.delete(gi);
       }
     }
   }
@@ -82,6 +106,7 @@
     }
     if (unit === "watts") return `${Math.round(v)} W`;
     if (unit === "celsius") return `${Math.round(v)} °C`;
+    if (unit === "count") return String(Math.round(v));
     return String(v);
   }
 
@@ -106,7 +131,8 @@
 
   function draw(card) {
     const byKey = history.get(card.dataset.gpu) || new Map();
-    for (const figure of card.querySelectorAll("figure[data-chart]")) {
+    drawMig(card);
+    for (const figure of card.querySelectorAll("figure[data-chart]:not([data-chart='mig'])")) {
       const chart = config.charts.find((c) => c.id === figure.dataset.chart);
       const data = aligned(chart, byKey);
       let plot = plots.get(figure);
@@ -134,6 +160,67 @@
     }
   }
 
+  // A GPU split into MIG instances: a row of figures per GPU instance and one chart of their SM activity.
+  function drawMig(card) {
+    const instances = migHistory.get(card.dataset.gpu) || new Map();
+    const table = card.querySelector('[data-field="mig"]');
+    const figure = card.querySelector("figure[data-chart='mig']");
+    const ids = [...instances.keys()].sort((a, b) => Number(a) - Number(b));
+    table.hidden = figure.hidden = ids.length === 0;
+    const lastOf = (h) => (h && h.v.length ? h.v[h.v.length - 1] : null);
+    const units = { gpumon_mig_sm_active_ratio: "ratio", gpumon_mig_memory_used_bytes: "bytes",
+      gpumon_mig_memory_total_bytes: "bytes", gpumon_mig_compute_processes: "count" };
+    // The table lists the instances there now; the chart keeps those of the last minutes too.
+    const lastSeen = (gi) => Math.max(...migMetrics.map((m) => {
+      const h = instances.get(gi)[m];
+      return h && h.t.length ? h.t[h.t.length - 1] : 0;
+    }));
+    const newest = Math.max(...ids.map(lastSeen));
+    const current = ids.filter((gi) => lastSeen(gi) >= newest - 3 * config.interval_s);
+    table.tBodies[0].replaceChildren(...current.map((gi) => {
+      const instance = instances.get(gi);
+      const row = document.createElement("tr");
+      row.dataset.instance = gi;
+      const head = document.createElement("th");
+      head.scope = "row";
+      head.textContent = `${gi} ${instance.profile}`;
+      row.append(head);
+      for (const m of migMetrics) cell(row, format(units[m], lastOf(instance[m])));
+      return row;
+    }));
+    if (!ids.length) return;
+    const sm = ids.map((gi) => instances.get(gi).gpumon_mig_sm_active_ratio || { t: [], v: [] });
+    const xs = [...new Set(sm.flatMap((h) => h.t))].sort((a, b) => a - b);
+    const data = [xs, ...sm.map((h) => {
+      let j = 0;
+      return xs.map((x) => {
+        while (j + 1 < h.t.length && h.t[j + 1] <= x) j++;
+        return h.t.length && h.t[j] <= x ? h.v[j] : null;
+      });
+    })];
+    let plot = plots.get(figure);
+    if (plot && plot.series.length - 1 !== ids.length) {
+      plot.destroy();
+      plot = undefined;
+    }
+    if (!plot) {
+      plot = new uPlot({
+        width: Math.max(200, figure.clientWidth || 280), height: 110, cursor: { show: false },
+        scales: { x: { time: true }, y: { range: [0, 1] } },
+        axes: [{ size: 28 }, { size: 76, values: (u, ticks) => ticks.map((v) => format("ratio", v)) }],
+        series: [{}, ...ids.map((gi, i) => ({ label: `${gi} ${instances.get(gi).profile}`,
+          stroke: MIG_COLOURS[i % MIG_COLOURS.length], width: 1.5 }))],
+      }, data, figure);
+      plots.set(figure, plot);
+    } else {
+      plot.setData(data);
+    }
+    figure.dataset.instances = JSON.stringify(ids);
+    figure.dataset.points = String(xs.length);
+  }
+
+  const MIG_COLOURS = ["#2563eb", "#d97706", "#059669", "#7c3aed", "#db2777", "#0891b2", "#65a30d"];
+
   // --- owners, doctor checks ---------------------------------------------------------------------------
 
   function ownerText(labels) {
@@ -143,11 +230,17 @@
     return `${labels.name || "pid"} ${labels.pid || ""}`.trim() + who;
   }
 
+  // Accounting's idle share of held time over the history the console shows (docs/accounting.md).
+  const wasteWindow = `${Math.round(historyS / 60)}m`;
+  const WASTE = `sum by (gpu) (increase(gpumon_gpu_seconds_total{state="idle_held"}[${wasteWindow}]))`
+    + ` / sum by (gpu) (increase(gpumon_gpu_seconds_total{state=~"active|idle_held"}[${wasteWindow}]))`;
+
   async function refreshOwnersAndChecks() {
-    const [owners, checks, idle] = await Promise.all([
+    const [owners, checks, idle, waste] = await Promise.all([
       query(`{__name__=~"${config.owner_metrics.join("|")}"}`),
       query("gpumon_health_check_status >= 1"),
       query("gpumon_gpu_idle_held_streak_seconds"),
+      query(WASTE),
     ]);
     for (const card of root.querySelectorAll("article.card")) {
       const gpu = card.dataset.gpu;
@@ -161,6 +254,9 @@
         li.textContent = `${s.metric.check}: ${verdict}`;
         return li;
       }));
+      const share = waste.find((s) => s.metric.gpu === gpu);
+      card.querySelector('[data-field="waste"]').textContent = share && !Number.isNaN(Number(share.value[1]))
+        ? `held idle ${format("ratio", Number(share.value[1]))} of the time held (last ${wasteWindow})` : "";
       const streak = idle.find((s) => s.metric.gpu === gpu);
       const seconds = streak ? Number(streak.value[1]) : 0;
       card.querySelector('[data-field="idle"]').textContent = seconds > 0 ? `held idle for ${idleFor(seconds)}` : "";
