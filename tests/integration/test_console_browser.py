@@ -96,6 +96,18 @@ def test_cards_for_8_gpus_move_with_the_replay_and_show_the_pcie_phase(browser: 
         # Accounting's idle share of held time, on the cards of GPUs a process held.
         waste = wait(lambda: [e.text for e in browser.find_elements("css selector", "[data-field='waste']") if e.text])
         assert all("of the time held (last 5m)" in w for w in waste)
+        # On a phone the cards stack in one column, no wider than the screen.
+        browser.set_window_size(400, 900)
+        try:
+            def fits() -> bool:  # once the charts are redrawn at the new width
+                scroll, client = browser.execute_script("const e = document.documentElement;"
+                                                        "return [e.scrollWidth, e.clientWidth];")
+                return bool(scroll <= client + 1)
+            wait(fits, timeout=5, message="the page is wider than a phone's screen")
+            first, second = (c.rect for c in browser.find_elements("css selector", "article.card")[:2])
+            assert first["x"] == second["x"] and second["y"] > first["y"]
+        finally:
+            browser.set_window_size(1400, 1000)
         assert not errors(browser)
 
 
