@@ -196,8 +196,20 @@ METRICS: tuple[Metric, ...] = (
        "to join the NVLink fabric.", tier=S, reading="fabric", key="status"),
     _m("gpumon_fabric_health_problem", GAUGE, "",
        "1 while the fabric reports a problem, by kind (degraded_bandwidth, route_recovery, route_unhealthy, "
-       "access_timeout_recovery), 0 while it reports none; kinds the driver does not report have no series.",
+       "access_timeout_recovery, incorrect_configuration, gfm_disconnected: the global fabric manager is "
+       "disconnected), 0 while it reports none; kinds the driver does not report have no series.",
        tier=S, reading="fabric", key="health", labels=("problem",)),
+    _m("gpumon_fabric_incorrect_configuration", GAUGE, "",
+       "1 while the fabric reports the GPU's configuration incorrect, with NVML's reason (incorrect_sysguid, "
+       "incorrect_chassis_sn, no_partition, insufficient_nvlinks, incompatible_gpu_fw, invalid_location, "
+       "gpu_state_invalid); no series while it is correct.", tier=S, reading="fabric", key="config",
+       labels=("reason",)),
+    _m("gpumon_fabric_partition_assigned", GAUGE, "",
+       "1 while the GPU is assigned to a fabric partition, 0 while it is not; no series where the driver "
+       "does not say.", tier=S, reading="fabric", key="partition"),
+    _m("gpumon_fabric_health_summary", GAUGE, "",
+       "NVML's summary of the GPU's fabric health (nvmlGpuFabricInfo_v3): 1 healthy, 2 unhealthy, 3 limited "
+       "capacity; no series where the driver gives none.", tier=S, reading="fabric", key="summary"),
     # --- NVLink (links not active at (re)initialisation have no series) -------------------------
     _m("gpumon_nvlink_up", GAUGE, "", "1 while an NVLink link that was active at initialisation is up.",
        tier=S, reading="nvlink_state", labels=("link",)),

@@ -320,12 +320,19 @@ def _nvlink(gpu: GpuView) -> tuple[Verdict, str, dict[str, Any], str]:
     return Verdict.OK, f"{len(up)} NVLink links up, no errors", evidence, ""
 
 
+FABRIC_SUMMARY = {1: "healthy", 2: "unhealthy", 3: "limited_capacity"}  # NVML_GPU_FABRIC_HEALTH_SUMMARY_*
+
+
 @gpu_check("hardware.fabric")
 def _fabric(gpu: GpuView) -> tuple[Verdict, str, dict[str, Any], str]:
     state, status = gpu.value("gpumon_fabric_state"), gpu.value("gpumon_fabric_status")
     problems = sorted(lb["problem"] for lb, v in gpu.values("gpumon_fabric_health_problem") if v == 1)
+    reasons = sorted(lb["reason"] for lb, v in gpu.values("gpumon_fabric_incorrect_configuration") if v == 1)
+    summary = gpu.value("gpumon_fabric_health_summary")
     evidence = {"state": {1: "not_started", 2: "in_progress", 3: "completed"}.get(int(state or 0)), "status": status,
-                "health_problems": problems}
+                "health_problems": problems, "incorrect_configuration": reasons,
+                "health_summary": FABRIC_SUMMARY.get(int(summary or 0)),
+                "partition_assigned": gpu.value("gpumon_fabric_partition_assigned")}
     if state is None:
         return NA, "not on an NVSwitch fabric", evidence, ""
     manager = "Check that nvidia-fabricmanager (and, on NVL72, nvidia-imex) runs and its log on this node."
@@ -336,9 +343,21 @@ def _fabric(gpu: GpuView) -> tuple[Verdict, str, dict[str, Any], str]:
     if status:
         return Verdict.FAIL, f"the GPU failed to join the NVLink fabric (NVML error {status:.0f})", evidence, \
             manager + " Reset the GPU once it is fixed."
-    if problems:
-        return Verdict.FAIL if "route_unhealthy" in problems else Verdict.WARN, \
-            f"the NVLink fabric reports {', '.join(problems)}", evidence, \
+    if "incorrect_configuration" in problems:
+        return Verdict.FAIL, "the NVLink fabric reports the GPU's configuration incorrect: " \
+            f"{', '.join(reasons) or 'no reason given'}", evidence, \
+            "The fabric manager's log says what it expected: the GPU's firmware, its NVLinks and trays, the " \
+            "system GUID, chassis serial or location it was given, and the partition it belongs to."
+    if "gfm_disconnected" in problems:
+        return Verdict.FAIL, "the global fabric manager is disconnected from the GPU's NVLink fabric", evidence, \
+            manager + " On a multi-node NVLink system, the global fabric manager on the NVSwitch trays too."
+    failing = [p for p in problems if p == "route_unhealthy"] + (["an unhealthy fabric (NVML's summary)"]
+                                                                  if summary == 2 else [])
+    warning = [p for p in problems if p != "route_unhealthy"] + (["limited capacity (NVML's summary)"]
+                                                                 if summary == 3 else [])
+    if failing or warning:
+        return Verdict.FAIL if failing else Verdict.WARN, \
+            f"the NVLink fabric reports {', '.join(failing + warning)}", evidence, \
             "Check the NVSwitch trays and the fabric manager's log; degraded bandwidth slows every collective."
     return Verdict.OK, "joined the NVLink fabric, no health problem reported", evidence, ""
 

@@ -49,6 +49,9 @@ class _Handle:
         self.index = index
 
 
+STRUCT_PADDING = 0xA5A5A500  # the bytes after a one-byte member, as NVML leaves them (see the fabric call)
+
+
 def _raise(code: int) -> NoReturn:
     raise pynvml.NVMLError(code)
 
@@ -346,21 +349,30 @@ class CaptureNvml(CaptureMig):
         return int(self._value(handle, "nvmlDeviceGetPowerUsage", "power_mw", "nvmlDeviceGetPowerUsage"))
 
     def nvmlDeviceGetGpuFabricInfoV(self, handle: Any, info: Any) -> int:
-        """Fills the caller's struct, as NVML does; the probe may record its fields as a dict ({"state": 3,
-        "status": 0, "healthMask": ...}). A capture without it answers as the captured H200 does (nvidia-smi
-        -q: "Fabric State: N/A"): success, state NVML_GPU_FABRIC_STATE_NOT_SUPPORTED."""
+        """Fills the caller's struct, v2 or v3 (v3 adds healthSummary), as NVML does; the probe may record
+        its fields as a dict ({"state": 3, "status": 0, "healthMask": ..., "healthSummary": 1}) and the
+        struct versions the recorded driver accepted ({"versions": [2]}: one before v3). A capture
+        without it answers as the captured H200 does (nvidia-smi -q: "Fabric State: N/A"): success, state
+        NVML_GPU_FABRIC_STATE_NOT_SUPPORTED. A struct with no version, or another, is refused."""
         key = "nvmlDeviceGetGpuFabricInfoV"
         index = self._device(handle, key)
         target = getattr(info, "_obj", info)  # ctypes.byref(struct) or the struct itself
-        if getattr(target, "version", pynvml.nvmlGpuFabricInfo_v2) not in (pynvml.nvmlGpuFabricInfo_v2,
-                                                                          pynvml.nvmlGpuFabricInfo_v3):
+        fields = {f[0] for f in getattr(type(target), "_fields_", ())}
+        version = getattr(target, "version", None) if "version" in fields else None
+        if version not in (pynvml.nvmlGpuFabricInfo_v2, pynvml.nvmlGpuFabricInfo_v3):
             _raise(pynvml.NVML_ERROR_ARGUMENT_VERSION_MISMATCH)
         recorded = {"state": pynvml.NVML_GPU_FABRIC_STATE_NOT_SUPPORTED}
         if key in self._probe_device(index).get("getters", {}):
             recorded = self._probe(index, key)
-        for name, value in recorded.items():
-            if name in {f[0] for f in type(target)._fields_} and name != "version":
-                setattr(target, name, value)
+        if version >> 24 not in recorded.get("versions", (2, 3)):
+            _raise(pynvml.NVML_ERROR_ARGUMENT_VERSION_MISMATCH)
+        for name in ("status", "cliqueId", "healthMask"):
+            setattr(target, name, int(recorded.get(name, 0)))
+        # nvml.h's state is one byte; pynvml reads four. The three after it are padding NVML does not
+        # clear: filled here, so that a reader that does not mask them reads nonsense in the tests too.
+        target.state = (int(recorded.get("state", 0)) & 0xFF) | STRUCT_PADDING
+        if version == pynvml.nvmlGpuFabricInfo_v3:  # absent from the record: 0, not supported
+            target.healthSummary = int(recorded.get("healthSummary", 0))
         return int(pynvml.NVML_SUCCESS)
 
     def nvmlDeviceGetTotalEnergyConsumption(self, handle: Any) -> int:

@@ -68,8 +68,16 @@ VIOLATION_POLICIES = {0: "power", 1: "thermal", 2: "sync_boost", 3: "board_limit
 TEMPERATURE_THRESHOLDS = {0: "shutdown", 1: "slowdown", 2: "mem_max", 3: "gpu_max"}
 ECC_SEVERITIES = {0: "corrected", 1: "uncorrected"}
 FABRIC_NOT_SUPPORTED, FABRIC_COMPLETED = 0, 3  # nvmlGpuFabricState_t
-FABRIC_HEALTH = {"degraded_bandwidth": 0, "route_recovery": 2, "route_unhealthy": 4,  # healthMask's 2-bit fields
+# healthMask's 2-bit fields that say whether a problem is present: 0 not reported, 1 true, 2 false.
+FABRIC_HEALTH = {"degraded_bandwidth": 0, "route_recovery": 2, "route_unhealthy": 4,
                  "access_timeout_recovery": 6}
+# Its other fields (nvml.h, NVML_GPU_FABRIC_HEALTH_MASK_*): a 4-bit incorrect configuration at bit 8 (0 not
+# reported, 1 none, else the reason), the partition assigned at bit 12 (1 true, 2 false), the global
+# fabric manager's state at bit 14 (1 connected, 2 disconnected).
+FABRIC_CONFIG_SHIFT, FABRIC_PARTITION_SHIFT, FABRIC_GFM_SHIFT = 8, 12, 14
+FABRIC_CONFIG_REASONS = {2: "incorrect_sysguid", 3: "incorrect_chassis_sn", 4: "no_partition",
+                         5: "insufficient_nvlinks", 6: "incompatible_gpu_fw", 7: "invalid_location",
+                         8: "gpu_state_invalid"}
 XID_EVENT = 0x8  # nvmlEventTypeXidCriticalError
 EVENT_WAIT_MS = 500
 
@@ -122,12 +130,37 @@ class GpuState:
     gpm_wanted: list[tuple[str, tuple[str, ...], int, tuple[str, ...] | None]] = field(default_factory=list)
     gpm_wanted_for: tuple[int, int] = (-1, -1)  # (id of the plan, len(absent)) gpm_wanted was made for
     memory_v2: bool = True
+    fabric_v3: bool = True  # nvmlGpuFabricInfo_v3 until the driver refuses it (then v2, until re-init)
     nvlinks: tuple[int, ...] = ()  # links active at (re)initialisation
     nvlink_counters: dict[int, frozenset[str]] = field(default_factory=dict)  # link -> error kinds it has
     nvlink_ratio: float = 0.0  # GPM MiB/s -> fraction of link speed; 0 while the speed is unknown
     label_cache: dict[tuple[str, tuple[str, ...]], Labels] = field(default_factory=dict)
 
 
+
+
+def fabric_health(mask: int, summary: int) -> list[tuple[str, tuple[str, ...], float]]:
+    """healthMask's fields and v3's healthSummary as (catalog key, label values, value); what the driver
+    does not report has no series."""
+    out: list[tuple[str, tuple[str, ...], float]] = []
+    for problem, shift in FABRIC_HEALTH.items():
+        bits = (mask >> shift) & 0x3
+        if bits in (1, 2):
+            out.append(("health", (problem,), 1.0 if bits == 1 else 0.0))
+    config = (mask >> FABRIC_CONFIG_SHIFT) & 0xF
+    if config:
+        out.append(("health", ("incorrect_configuration",), 0.0 if config == 1 else 1.0))
+        if config != 1:
+            out.append(("config", (FABRIC_CONFIG_REASONS.get(config, f"unknown_{config}"),), 1.0))
+    gfm = (mask >> FABRIC_GFM_SHIFT) & 0x3
+    if gfm in (1, 2):
+        out.append(("health", ("gfm_disconnected",), 1.0 if gfm == 2 else 0.0))
+    partition = (mask >> FABRIC_PARTITION_SHIFT) & 0x3
+    if partition in (1, 2):
+        out.append(("partition", (), 1.0 if partition == 1 else 0.0))
+    if summary in (1, 2, 3):  # NVML_GPU_FABRIC_HEALTH_SUMMARY_*; 0: not supported (or a v2 struct)
+        out.append(("summary", (), float(summary)))
+    return out
 
 
 class Readers:
@@ -234,18 +267,29 @@ class Readers:
 
     @reads("fabric", "nvmlDeviceGetGpuFabricInfoV")
     def _read_fabric(self, gpu: GpuState, plan: Plan) -> Reading:
-        info = self.nvml.c_nvmlGpuFabricInfo_v2_t()  # v2: every driver with the call has it; v3 adds a summary
-        self.nvml.nvmlDeviceGetGpuFabricInfoV(gpu.handle, ctypes.byref(info))
-        if info.state == FABRIC_NOT_SUPPORTED:  # not on an NVSwitch fabric (a PCIe H200, a single HGX board)
+        n = self.nvml
+        info: Any = None
+        if gpu.fabric_v3:  # v3 adds the health summary
+            info = n.c_nvmlGpuFabricInfo_v3_t()
+            try:
+                n.nvmlDeviceGetGpuFabricInfoV(gpu.handle, ctypes.byref(info))
+            except Exception as exc:
+                if code(exc) != ARGUMENT_VERSION_MISMATCH:
+                    raise
+                gpu.fabric_v3 = False  # a driver before v3: v2 from now on, not asked again each round
+                info = None
+        if info is None:
+            info = n.c_nvmlGpuFabricInfo_v2_t()
+            n.nvmlDeviceGetGpuFabricInfoV(gpu.handle, ctypes.byref(info))
+        # nvml.h declares the state an unsigned char, pynvml a 4-byte int: the padding after it is not
+        # NVML's to clear.
+        state = int(info.state) & 0xFF
+        if state == FABRIC_NOT_SUPPORTED:  # not on an NVSwitch fabric (a PCIe H200, a single HGX board)
             return ()
-        out: list[tuple[str, tuple[str, ...], float]] = [("state", (), info.state)]
-        if info.state == FABRIC_COMPLETED:
+        out: list[tuple[str, tuple[str, ...], float]] = [("state", (), state)]
+        if state == FABRIC_COMPLETED:
             out.append(("status", (), info.status))
-        for problem, shift in FABRIC_HEALTH.items():
-            bits = (info.healthMask >> shift) & 0x3  # 0 not reported, 1 true, 2 false
-            if bits in (1, 2):
-                out.append(("health", (problem,), 1.0 if bits == 1 else 0.0))
-        return out
+        return out + fabric_health(int(info.healthMask), int(getattr(info, "healthSummary", 0)) & 0xFF)
 
     @reads("remapped_rows", "nvmlDeviceGetRemappedRows")
     def _read_remapped_rows(self, gpu: GpuState, plan: Plan) -> Reading:

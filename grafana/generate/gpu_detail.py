@@ -107,10 +107,18 @@ def gpu_detail() -> dict[str, Any]:
                thresholds=[(None, "green"), (1, "red")]), 12, 4)
     b.add(stat("NVSwitch fabric", [target(g("gpumon_fabric_state"), "state", instant=True),
                                    target(g("gpumon_fabric_status"), "registration error", instant=True),
-                                   target(g("gpumon_fabric_health_problem"), "{{problem}}", instant=True)], "none",
+                                   target(g("gpumon_fabric_health_problem"), "{{problem}}", instant=True),
+                                   target(g("gpumon_fabric_health_summary"), "health summary", instant=True),
+                                   target(g("gpumon_fabric_incorrect_configuration"), "configuration: {{reason}}",
+                                          instant=True),
+                                   target(g("gpumon_fabric_partition_assigned"), "partition assigned",
+                                          instant=True)], "none",
                "gpumon_fabric_state (1 not started, 2 joining, 3 joined; CUDA work waits until joined), "
-               "gpumon_fabric_status (NVML's error of the registration, 0 none) and gpumon_fabric_health_problem "
-               "(1: the fabric reports it). Empty on a GPU not on an NVSwitch fabric."), 24, 4)
+               "gpumon_fabric_status (NVML's error of the registration, 0 none), gpumon_fabric_health_problem "
+               "(1: the fabric reports it), gpumon_fabric_health_summary (1 healthy, 2 unhealthy, 3 limited "
+               "capacity), gpumon_fabric_incorrect_configuration (1: the reason the fabric gives) and "
+               "gpumon_fabric_partition_assigned (1 assigned, 0 not). Empty on a GPU not on an NVSwitch "
+               "fabric."), 24, 4)
 
     b.row("MIG instances")
     b.add(stat("MIG mode", [target(g("gpumon_mig_mode"), "{{state}}", instant=True)], "none",

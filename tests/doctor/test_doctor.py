@@ -64,6 +64,18 @@ FAULTS: dict[str, tuple[Any, str, str, str]] = {
         nvmlDeviceGetGpuFabricInfoV={"ok": {"state": 3, "status": 0, "cliqueId": 1,
                                             "healthMask": 1 | 2 << 2 | 2 << 4 | 2 << 6}}),
         "hardware.fabric", "warn", "NVSwitch trays"),
+    "fabric configuration incorrect": (lambda probe, records: probe["devices"][0]["getters"].update(
+        nvmlDeviceGetGpuFabricInfoV={"ok": {"state": 3, "status": 0, "healthMask": 6 << 8 | 1 << 14}}),
+        "hardware.fabric", "fail", "firmware"),
+    "fabric manager disconnected": (lambda probe, records: probe["devices"][0]["getters"].update(
+        nvmlDeviceGetGpuFabricInfoV={"ok": {"state": 3, "status": 0, "healthMask": 1 << 8 | 2 << 14}}),
+        "hardware.fabric", "fail", "global fabric manager"),
+    "fabric unhealthy (v3 summary)": (lambda probe, records: probe["devices"][0]["getters"].update(
+        nvmlDeviceGetGpuFabricInfoV={"ok": {"state": 3, "status": 0, "healthMask": 0, "healthSummary": 2}}),
+        "hardware.fabric", "fail", "NVSwitch trays"),
+    "fabric at limited capacity (v3 summary)": (lambda probe, records: probe["devices"][0]["getters"].update(
+        nvmlDeviceGetGpuFabricInfoV={"ok": {"state": 3, "status": 0, "healthMask": 0, "healthSummary": 3}}),
+        "hardware.fabric", "warn", "NVSwitch trays"),
     "pending row remap": (lambda probe, records: probe["devices"][0]["getters"].update(
         nvmlDeviceGetRemappedRows={"ok": [0, 1, 1, 0]}), "hardware.row_remap", "warn", "Schedule a GPU reset"),
 }
@@ -336,3 +348,14 @@ def test_a_proc_of_another_pid_namespace_is_not_read(tmp_path: Path, capsys: pyt
     code, doc = doctor(capsys, backend, "--config", str(config), "--only", "driver.cuda_runtime")
     found = finding(doc, "driver.cuda_runtime")
     assert code == 0 and found["verdict"] == "not_applicable" and "hostPID" in found["summary"]
+
+
+def test_the_fabric_finding_names_the_configuration_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    capture = edited_capture(tmp_path / "capture", lambda probe, records: probe["devices"][0]["getters"].update(
+        nvmlDeviceGetGpuFabricInfoV={"ok": {"state": 3, "status": 0, "healthMask": 5 << 8 | 2 << 12,
+                                            "healthSummary": 2}}))
+    _, doc = doctor(capsys, f"replay:{capture}", "--only", "hardware.fabric")
+    found = finding(doc, "hardware.fabric")
+    assert found["summary"] == "the NVLink fabric reports the GPU's configuration incorrect: insufficient_nvlinks"
+    assert found["evidence"]["incorrect_configuration"] == ["insufficient_nvlinks"]
+    assert (found["evidence"]["health_summary"], found["evidence"]["partition_assigned"]) == ("unhealthy", 0.0)

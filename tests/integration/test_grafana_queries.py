@@ -52,7 +52,7 @@ MAY_BE_EMPTY: dict[tuple[str, str, str], str] = {
     ("gpumon-fleet.json", "Doctor checks not ok", "B"): "replayed GPUs are not this host's: no PCI bus check",
     ("gpumon-gpu-detail.json", "Last XID", "A"): "the capture recorded no XID errors",
     **{("gpumon-gpu-detail.json", "NVSwitch fabric", ref): "the capture's H200 is not on an NVSwitch fabric"
-       for ref in "ABC"},
+       for ref in "ABCDEF"},
     ("gpumon-interconnect.json", "PCIe links below their maximum", "A"): "the capture's link runs at gen 5 x16",
     ("gpumon-interconnect.json", "PCIe links below their maximum", "B"): "the capture's link runs at gen 5 x16",
     ("gpumon-health.json", "NVML errors by call", "A"): "no NVML call fails while replaying the capture",

@@ -452,6 +452,29 @@ def test_plain_view_reads_and_writes_the_same_memory_as_pynvmls_structures() -> 
       ("gpumon_fabric_health_problem", (("problem", "degraded_bandwidth"),)): 1.0,
       ("gpumon_fabric_health_problem", (("problem", "route_recovery"),)): 0.0,
       ("gpumon_fabric_health_problem", (("problem", "route_unhealthy"),)): 0.0}),
+    # Configuration correct (1 at bit 8), partition assigned (1 at bit 12), fabric manager connected (1 at
+    # bit 14), v3's summary healthy.
+    ({"state": 3, "status": 0, "healthMask": 2 | 1 << 8 | 1 << 12 | 1 << 14, "healthSummary": 1},
+     {("gpumon_fabric_state", ()): 3.0, ("gpumon_fabric_status", ()): 0.0,
+      ("gpumon_fabric_health_problem", (("problem", "degraded_bandwidth"),)): 0.0,
+      ("gpumon_fabric_health_problem", (("problem", "incorrect_configuration"),)): 0.0,
+      ("gpumon_fabric_health_problem", (("problem", "gfm_disconnected"),)): 0.0,
+      ("gpumon_fabric_partition_assigned", ()): 1.0, ("gpumon_fabric_health_summary", ()): 1.0}),
+    # Insufficient NVLinks (5 at bit 8), no partition (2 at bit 12), fabric manager disconnected (2 at bit
+    # 14), summary unhealthy.
+    ({"state": 3, "status": 0, "healthMask": 5 << 8 | 2 << 12 | 2 << 14, "healthSummary": 2},
+     {("gpumon_fabric_state", ()): 3.0, ("gpumon_fabric_status", ()): 0.0,
+      ("gpumon_fabric_health_problem", (("problem", "incorrect_configuration"),)): 1.0,
+      ("gpumon_fabric_incorrect_configuration", (("reason", "insufficient_nvlinks"),)): 1.0,
+      ("gpumon_fabric_health_problem", (("problem", "gfm_disconnected"),)): 1.0,
+      ("gpumon_fabric_partition_assigned", ()): 0.0, ("gpumon_fabric_health_summary", ()): 2.0}),
+    # A driver before v3: it refuses the v3 struct, v2 has no summary (the one recorded is not seen).
+    ({"state": 3, "status": 0, "healthMask": 8 << 8, "healthSummary": 3, "versions": [2]},
+     {("gpumon_fabric_state", ()): 3.0, ("gpumon_fabric_status", ()): 0.0,
+      ("gpumon_fabric_health_problem", (("problem", "incorrect_configuration"),)): 1.0,
+      ("gpumon_fabric_incorrect_configuration", (("reason", "gpu_state_invalid"),)): 1.0}),
+    ({"state": 3, "status": 0, "healthMask": 0, "healthSummary": 3},  # limited capacity
+     {("gpumon_fabric_state", ()): 3.0, ("gpumon_fabric_status", ()): 0.0, ("gpumon_fabric_health_summary", ()): 3.0}),
 ])
 def test_nvswitch_fabric_state_and_health(nvml_fake: NvmlFake, tmp_path: Path, answer: dict[str, int],
                                           want: Values) -> None:
@@ -464,11 +487,32 @@ def test_nvswitch_fabric_state_and_health(nvml_fake: NvmlFake, tmp_path: Path, a
 
     def edit(probe: dict[str, Any], records: list[dict[str, Any]]) -> None:
         probe["devices"][0]["getters"]["nvmlDeviceGetGpuFabricInfoV"] = {"ok": answer}
-    source, _ = on_edited(nvml_fake, tmp_path, edit)
+    calls = FabricCalls(nvml_fake.start(capture=edited_capture(tmp_path / "capture", edit)))
+    source = NvmlSource(calls)
+    source.open()
     got = read(source, Tier.SLOW)
     assert {k: v for k, v in got.items() if k[0].startswith("gpumon_fabric_")} == want
     assert source.error_counts() == {}
+    read(source, Tier.SLOW)
+    # v3 first; a driver that refuses it is asked for v2 from then on, not v3 again each round.
+    v2, v3 = pynvml.nvmlGpuFabricInfo_v2, pynvml.nvmlGpuFabricInfo_v3
+    assert calls.versions == ([v3, v2, v2] if answer.get("versions") == [2] else [v3, v3])
     source.close()
+
+
+class FabricCalls:
+    """The NVML object, counting the struct versions nvmlDeviceGetGpuFabricInfoV is asked with."""
+
+    def __init__(self, nvml: Any) -> None:
+        self.nvml = nvml
+        self.versions: list[int] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.nvml, name)
+
+    def nvmlDeviceGetGpuFabricInfoV(self, handle: Any, info: Any) -> Any:
+        self.versions.append(info._obj.version)
+        return self.nvml.nvmlDeviceGetGpuFabricInfoV(handle, info)
 
 
 def test_a_fabric_struct_of_an_unknown_version_is_refused_as_nvml_does(nvml_fake: NvmlFake) -> None:
@@ -481,7 +525,14 @@ def test_a_fabric_struct_of_an_unknown_version_is_refused_as_nvml_does(nvml_fake
     with pytest.raises(pynvml.NVMLError) as err:
         nvml.nvmlDeviceGetGpuFabricInfoV(handle, ctypes.byref(info))
     assert err.value.value == pynvml.NVML_ERROR_ARGUMENT_VERSION_MISMATCH
+    unversioned = pynvml.c_nvmlGpuFabricInfo_t()  # nvmlDeviceGetGpuFabricInfo's struct, with no version
+    with pytest.raises(pynvml.NVMLError) as err:
+        nvml.nvmlDeviceGetGpuFabricInfoV(handle, ctypes.byref(unversioned))
+    assert err.value.value == pynvml.NVML_ERROR_ARGUMENT_VERSION_MISMATCH
     v3 = pynvml.c_nvmlGpuFabricInfo_v3_t()  # the newer struct is accepted: state "no fabric"
     nvml.nvmlDeviceGetGpuFabricInfoV(handle, ctypes.byref(v3))
-    assert v3.state == pynvml.NVML_GPU_FABRIC_STATE_NOT_SUPPORTED
+    assert v3.state & 0xFF == pynvml.NVML_GPU_FABRIC_STATE_NOT_SUPPORTED
+    assert v3.healthSummary == pynvml.NVML_GPU_FABRIC_HEALTH_SUMMARY_NOT_SUPPORTED
+    # The state is one byte in nvml.h: the fakes fill the padding pynvml reads with it, as NVML may.
+    assert v3.state != pynvml.NVML_GPU_FABRIC_STATE_NOT_SUPPORTED
     nvml.nvmlShutdown()

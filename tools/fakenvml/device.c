@@ -1106,13 +1106,28 @@ nvmlReturn_t DECLDIR nvmlDeviceGetFieldValues(nvmlDevice_t device, int valuesCou
 }
 
 /* Registration with the NVSwitch fabric. The probe may record the answer's fields ({"state": 3,
- * "status": 0, "cliqueId": 1, "healthMask": ...}); a capture without it answers as the captured H200
- * does (nvidia-smi -q: "Fabric State: N/A"): success, state NVML_GPU_FABRIC_STATE_NOT_SUPPORTED. The
- * caller's struct is v2 or v3 (v3 adds healthSummary); another version is refused, as NVML does. */
+ * "status": 0, "cliqueId": 1, "healthMask": ..., "healthSummary": 1}) and the struct versions the
+ * recorded driver accepted ({"versions": [2]}: one before v3); a capture without it answers as the
+ * captured H200 does (nvidia-smi -q: "Fabric State: N/A"): success, state
+ * NVML_GPU_FABRIC_STATE_NOT_SUPPORTED. The caller's struct is v2 or v3 (v3 adds healthSummary, 0 "not
+ * supported" when the probe has none); another version is refused, as NVML does. */
+static bool fabric_version_recorded(const cJSON *item, unsigned int version)
+{
+    const cJSON *versions = cJSON_GetObjectItemCaseSensitive(item, "versions");
+    const cJSON *v;
+    if (!cJSON_IsArray(versions))
+        return true; /* not recorded: both */
+    cJSON_ArrayForEach(v, versions)
+        if (cJSON_IsNumber(v) && v->valuedouble == (double)(version >> 24))
+            return true;
+    return false;
+}
+
 nvmlReturn_t DECLDIR nvmlDeviceGetGpuFabricInfoV(nvmlDevice_t device, nvmlGpuFabricInfoV_t *info)
 {
-    static const char *const MEMBERS[] = {"state", "status", "cliqueId", "healthMask"};
-    double v[4] = {NVML_GPU_FABRIC_STATE_NOT_SUPPORTED, NVML_SUCCESS, 0, 0};
+    static const char *const MEMBERS[] = {"state", "status", "cliqueId", "healthMask", "healthSummary"};
+    double v[5] = {NVML_GPU_FABRIC_STATE_NOT_SUPPORTED, NVML_SUCCESS, 0, 0,
+                   NVML_GPU_FABRIC_HEALTH_SUMMARY_NOT_SUPPORTED};
     struct call c;
     nvmlReturn_t ret = call_begin(&c, __func__, device);
     if (ret == NVML_SUCCESS && info == NULL)
@@ -1122,17 +1137,23 @@ nvmlReturn_t DECLDIR nvmlDeviceGetGpuFabricInfoV(nvmlDevice_t device, nvmlGpuFab
     if (ret == NVML_SUCCESS && probe_entry(c.dev, __func__) != NULL) {
         const cJSON *item = NULL;
         ret = answer(&c, NULL, __func__, &item, NULL);
-        for (int i = 0; ret == NVML_SUCCESS && i < 4; i++)
+        if (ret == NVML_SUCCESS && !fabric_version_recorded(item, info->version))
+            ret = NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
+        for (int i = 0; ret == NVML_SUCCESS && i < 5; i++)
             member_number(item, MEMBERS[i], &v[i]); /* a member not recorded keeps its default */
     }
     if (ret == NVML_SUCCESS) {
         memset(info->clusterUuid, 0, sizeof info->clusterUuid);
-        info->state = (nvmlGpuFabricState_t)to_uint(v[0]);
         info->status = (nvmlReturn_t)to_uint(v[1]);
         info->cliqueId = to_uint(v[2]);
+        /* state is one byte: the padding after it is not NVML's to clear, and a reader that takes it as
+         * a 4-byte int (pynvml) must mask it; filled here so that one that does not fails its tests. */
+        unsigned char *after_state = (unsigned char *)&info->state + sizeof info->state;
+        memset(after_state, 0xA5, (size_t)((unsigned char *)&info->healthMask - after_state));
+        info->state = (nvmlGpuFabricState_t)to_uint(v[0]);
         info->healthMask = to_uint(v[3]);
         if (info->version == nvmlGpuFabricInfo_v3)
-            info->healthSummary = NVML_GPU_FABRIC_HEALTH_SUMMARY_NOT_SUPPORTED;
+            info->healthSummary = (unsigned char)to_uint(v[4]);
     }
     return call_end(&c, ret);
 }
