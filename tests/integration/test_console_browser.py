@@ -24,6 +24,7 @@ from tests.support.tls import make_pki
 
 pytestmark = pytest.mark.integration
 webdriver = pytest.importorskip("selenium.webdriver")
+Keys = pytest.importorskip("selenium.webdriver.common.keys").Keys
 
 
 @pytest.fixture(scope="module")
@@ -187,12 +188,17 @@ notify:
                                  if "ConsoleTestHot" in r.text], message="the pending alert never appeared")
             assert len(rows) == 2 and "GPU 0 is warm" in browser.find_element("id", "alerts").text
             row0 = next(r for r in rows if r.find_elements("css selector", "td")[2].text == "0")
-            row0.find_element("css selector", "button.silence-from").click()
+            # By keyboard: Tab to the alert's button (the rows keep it through refreshes), Enter fills the form
+            # and moves the focus to the comment.
+            button = row0.find_element("css selector", "button.silence-from")
+            browser.execute_script("arguments[0].focus();", button)
+            time.sleep(1.5)  # a refresh or two: the focus stays on the button
+            browser.switch_to.active_element.send_keys(Keys.ENTER)
+            assert browser.switch_to.active_element.get_attribute("id") == "silence-comment"
             matchers = browser.find_element("id", "silence-matchers").get_attribute("value")
             assert 'alertname="ConsoleTestHot"' in matchers and 'gpu="0"' in matchers
             browser.find_element("id", "silence-comment").send_keys("console test: GPU 0 is being serviced")
-            browser.find_element("id", "silence-author").send_keys("on-call")
-            browser.find_element("css selector", "#silence-form button[type=submit]").click()
+            browser.find_element("id", "silence-author").send_keys("on-call", Keys.ENTER)  # submits the form
             wait(lambda: "created" in browser.find_element("id", "silence-result").text,
                  message=browser.find_element("id", "silence-result").text)
             wait(lambda: "console test" in browser.find_element("id", "silences").text)

@@ -294,6 +294,21 @@
     return row;
   }
 
+  // Replace a table's rows only when what it shows changed, and give the focus back to the same button:
+  // a keyboard user on "Silence…" or "Expire" must not lose their place at every poll.
+  const shownRows = new Map();
+  function replaceRows(tbody, signature, rows) {
+    if (shownRows.get(tbody) === signature) return;
+    shownRows.set(tbody, signature);
+    const focused = tbody.contains(document.activeElement) ? document.activeElement : null;
+    tbody.replaceChildren(...rows);
+    if (focused) {
+      const again = [...tbody.querySelectorAll("button")].find((b) =>
+        b.className === focused.className && JSON.stringify(b.dataset) === JSON.stringify(focused.dataset));
+      if (again) again.focus();
+    }
+  }
+
   async function refreshAlerts() {
     const { alerts } = await api("/api/v1/alerts");
     const rows = alerts.map((a) => {
@@ -313,8 +328,9 @@
       cell(row, "").append(button("Silence…", "silence-from", { matchers: JSON.stringify(matchers) }));
       return row;
     });
-    document.querySelector("#alerts tbody").replaceChildren(...(rows.length ? rows
-      : [emptyRow("No alert is pending or firing.")]));
+    replaceRows(document.querySelector("#alerts tbody"),
+      JSON.stringify(alerts.map((a) => [a.labels, a.state, a.annotations, a.activeAt])),
+      rows.length ? rows : [emptyRow("No alert is pending or firing.")]);
     for (const card of root.querySelectorAll("article.card")) {
       const mine = alerts.filter((a) => a.labels.gpu === card.dataset.gpu);
       const critical = mine.some((a) => a.state === "firing" && ["critical", "page"].includes(a.labels.severity));
@@ -338,7 +354,8 @@
       cell(row, "").append(button("Expire", "expire", { id: s.id }));
       return row;
     });
-    document.querySelector("#silences tbody").replaceChildren(...(rows.length ? rows : [emptyRow("No silence.")]));
+    replaceRows(document.querySelector("#silences tbody"), JSON.stringify(silences),
+      rows.length ? rows : [emptyRow("No silence.")]);
   }
 
   const form = document.getElementById("silence-form");
