@@ -4,20 +4,17 @@ with its owner."""
 
 from __future__ import annotations
 
-import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fixtures.procs import generate
 from tests.support.attribution import BACKEND, JOB, POD, attributed_host
-from tests.support.net import free_port
 from tests.support.processes import Gpumon
+from tests.support.webhook import WebhookReceiver
 
 pytestmark = pytest.mark.integration
 
@@ -34,18 +31,6 @@ RULES = """groups:
 """
 
 
-class Hook(BaseHTTPRequestHandler):
-    received: ClassVar[list[dict[str, Any]]] = []
-
-    def do_POST(self) -> None:
-        Hook.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 def info(body: bytes, name: str) -> list[dict[str, str]]:
     return [s.labels for f in text_string_to_metric_families(body.decode()) for s in f.samples if s.name == name]
 
@@ -57,30 +42,24 @@ def owned(received: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
 
 
 def test_metrics_and_alerts_name_who_is_on_each_gpu(tmp_path: Path) -> None:
-    port = free_port()
-    server = HTTPServer(("127.0.0.1", port), Hook)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     (tmp_path / "r.yml").write_text(RULES)
     config = tmp_path / "gpumon.yaml"
-    try:
-        with attributed_host(tmp_path) as attribution:
-            config.write_text(f"""
+    with WebhookReceiver() as hook, attributed_host(tmp_path) as attribution:
+        config.write_text(f"""
 rules: {{files: ["r.yml"], evaluation_interval: 500ms}}
 metrics: {{process_pids: true}}
 notify:
-  receivers: [{{name: team, webhook: {{url: "http://127.0.0.1:{port}/hook"}}}}]
+  receivers: [{{name: team, webhook: {{url: "{hook.url}"}}}}]
   route: {{receiver: team, group_by: [alertname, gpu], group_wait: 200ms, group_interval: 1s}}
 {attribution}""")
-            with Gpumon(tmp_path, "--config", str(config), "--fast-interval", "500ms", backend=BACKEND) as g:
-                deadline = time.monotonic() + 20
-                # The kubelet answers on its own task: the first alerts may come before it, ownerless.
-                while len(owned(Hook.received)) < 2:
-                    assert time.monotonic() < deadline, g.log
-                    time.sleep(0.2)
-                _, body = g.get("/metrics")
-                log = g.log
-    finally:
-        server.shutdown()
+        with Gpumon(tmp_path, "--config", str(config), "--fast-interval", "500ms", backend=BACKEND) as g:
+            deadline = time.monotonic() + 20
+            # The kubelet answers on its own task: the first alerts may come before it, ownerless.
+            while len(owned(hook.received)) < 2:
+                assert time.monotonic() < deadline, g.log
+                time.sleep(0.2)
+            _, body = g.get("/metrics")
+            log = g.log
     owners = info(body, "gpumon_gpu_owner_info")
     assert [(o["gpu"], o["owner_namespace"], o["owner_pod"], o["owner_container"]) for o in owners] == [
         ("0", "ml", "trainer-0", "train")]
@@ -93,7 +72,7 @@ notify:
         "python3", "ml", "trainer-0", "train")
     assert processes[("1", "4105")]["job_id"] == "77"  # GPU 1 plays half a trace ahead: busy, with workers
     assert processes[("0", str(generate.DISPLAY))]["name"] == "Xorg"
-    by_gpu = owned(Hook.received)
+    by_gpu = owned(hook.received)
     assert (by_gpu["0"]["owner_namespace"], by_gpu["0"]["owner_pod"], by_gpu["0"]["owner_container"]) == (
         "ml", "trainer-0", "train")
     assert (by_gpu["1"]["job_id"], by_gpu["1"]["user"]) == (JOB, "alice")

@@ -8,19 +8,17 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import bcrypt
 import pytest
 
-from tests.support.net import free_port
 from tests.support.processes import Gpumon, need
 from tests.support.tls import make_pki
+from tests.support.webhook import WebhookReceiver
 
 pytestmark = pytest.mark.integration
 webdriver = pytest.importorskip("selenium.webdriver")
@@ -147,22 +145,8 @@ def test_a_mig_gpu_shows_its_instances_through_a_reconfiguration(browser: Any, t
         assert not errors(browser)
 
 
-class Hook(BaseHTTPRequestHandler):
-    received: ClassVar[list[dict[str, Any]]] = []
-
-    def do_POST(self) -> None:
-        Hook.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 def test_an_alert_appears_and_a_silence_from_the_form_mutes_the_receiver(browser: Any, tmp_path: Path) -> None:
-    port = free_port()
-    hook = HTTPServer(("127.0.0.1", port), Hook)
-    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    hook = WebhookReceiver()
     (tmp_path / "hot.yml").write_text("""groups:
   - name: console
     rules:
@@ -172,7 +156,7 @@ def test_an_alert_appears_and_a_silence_from_the_form_mutes_the_receiver(browser
         labels: {severity: critical}
         annotations: {summary: "GPU {{ $labels.gpu }} is warm"}
 """)
-    (tmp_path / "url").write_text(f"http://127.0.0.1:{port}/hook\n")
+    (tmp_path / "url").write_text(hook.url + "\n")
     (tmp_path / "gpumon.yaml").write_text("""
 rules: {files: ["hot.yml"], evaluation_interval: 500ms}
 notify:
@@ -181,41 +165,38 @@ notify:
       webhook: {url_file: url}
   route: {receiver: ops, group_by: [alertname, gpu], group_wait: 500ms, group_interval: 2s, repeat_interval: 4h}
 """)
-    try:
-        with Gpumon(tmp_path, "--config", str(tmp_path / "gpumon.yaml"), backend="replay:demo,loop,gpus=2") as g:
-            browser.get(g.url + "/")
-            rows = wait(lambda: [r for r in browser.find_elements("css selector", "#alerts tbody tr.pending")
-                                 if "ConsoleTestHot" in r.text], message="the pending alert never appeared")
-            assert len(rows) == 2 and "GPU 0 is warm" in browser.find_element("id", "alerts").text
-            row0 = next(r for r in rows if r.find_elements("css selector", "td")[2].text == "0")
-            # By keyboard: Tab to the alert's button (the rows keep it through refreshes), Enter fills the form
-            # and moves the focus to the comment.
-            button = row0.find_element("css selector", "button.silence-from")
-            browser.execute_script("arguments[0].focus();", button)
-            time.sleep(1.5)  # a refresh or two: the focus stays on the button
-            browser.switch_to.active_element.send_keys(Keys.ENTER)
-            assert browser.switch_to.active_element.get_attribute("id") == "silence-comment"
-            matchers = browser.find_element("id", "silence-matchers").get_attribute("value")
-            assert 'alertname="ConsoleTestHot"' in matchers and 'gpu="0"' in matchers
-            browser.find_element("id", "silence-comment").send_keys("console test: GPU 0 is being serviced")
-            browser.find_element("id", "silence-author").send_keys("on-call", Keys.ENTER)  # submits the form
-            wait(lambda: "created" in browser.find_element("id", "silence-result").text,
-                 message=browser.find_element("id", "silence-result").text)
-            wait(lambda: "console test" in browser.find_element("id", "silences").text)
-            # GPU 1's alert fires and reaches the receiver; GPU 0's, silenced, never does.
-            wait(lambda: any(a["labels"].get("gpu") == "1" for p in Hook.received for a in p["alerts"]),
-                 timeout=30, message="GPU 1's alert never reached the receiver")
-            wait(lambda: "firing-critical" in (browser.find_element(
-                "css selector", "article[data-gpu='1']").get_attribute("class") or ""))
-            time.sleep(2.0)
-            assert not any(a["labels"].get("gpu") == "0" for p in Hook.received for a in p["alerts"])
-            # Expiring the silence from the page lets GPU 0's alert through.
-            browser.find_element("css selector", "#silences button.expire").click()
-            wait(lambda: any(a["labels"].get("gpu") == "0" for p in Hook.received for a in p["alerts"]),
-                 timeout=30, message="GPU 0's alert did not arrive after the silence expired")
-            assert not errors(browser)
-    finally:
-        hook.shutdown()
+    with hook, Gpumon(tmp_path, "--config", str(tmp_path / "gpumon.yaml"), backend="replay:demo,loop,gpus=2") as g:
+        browser.get(g.url + "/")
+        rows = wait(lambda: [r for r in browser.find_elements("css selector", "#alerts tbody tr.pending")
+                             if "ConsoleTestHot" in r.text], message="the pending alert never appeared")
+        assert len(rows) == 2 and "GPU 0 is warm" in browser.find_element("id", "alerts").text
+        row0 = next(r for r in rows if r.find_elements("css selector", "td")[2].text == "0")
+        # By keyboard: the focus on the alert's button (kept there through refreshes), Enter fills the form
+        # and moves the focus to the comment.
+        button = row0.find_element("css selector", "button.silence-from")
+        browser.execute_script("arguments[0].focus();", button)
+        time.sleep(1.5)  # a refresh or two: the focus stays on the button
+        browser.switch_to.active_element.send_keys(Keys.ENTER)
+        assert browser.switch_to.active_element.get_attribute("id") == "silence-comment"
+        matchers = browser.find_element("id", "silence-matchers").get_attribute("value")
+        assert 'alertname="ConsoleTestHot"' in matchers and 'gpu="0"' in matchers
+        browser.find_element("id", "silence-comment").send_keys("console test: GPU 0 is being serviced")
+        browser.find_element("id", "silence-author").send_keys("on-call", Keys.ENTER)  # submits the form
+        wait(lambda: "created" in browser.find_element("id", "silence-result").text,
+             message=browser.find_element("id", "silence-result").text)
+        wait(lambda: "console test" in browser.find_element("id", "silences").text)
+        # GPU 1's alert fires and reaches the receiver; GPU 0's, silenced, never does.
+        wait(lambda: any(a["labels"].get("gpu") == "1" for a in hook.alerts()),
+             timeout=30, message="GPU 1's alert never reached the receiver")
+        wait(lambda: "firing-critical" in (browser.find_element(
+            "css selector", "article[data-gpu='1']").get_attribute("class") or ""))
+        time.sleep(2.0)
+        assert not any(a["labels"].get("gpu") == "0" for a in hook.alerts())
+        # Expiring the silence from the page lets GPU 0's alert through.
+        browser.find_element("css selector", "#silences button.expire").click()
+        wait(lambda: any(a["labels"].get("gpu") == "0" for a in hook.alerts()),
+             timeout=30, message="GPU 0's alert did not arrive after the silence expired")
+        assert not errors(browser)
 
 
 def test_behind_basic_auth_and_tls(browser: Any, tmp_path: Path) -> None:
