@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, cast
 
+from gpumon import catalog
 from gpumon.config import QueryConfig
 from gpumon.rules.promql import (
     EvalError,
@@ -169,6 +170,23 @@ class QueryApi:
         start, end = self._window(params)
         values = {dict(labels).get(name, "") for labels in self._matching(selectors, start, end)}
         return self._success(sorted(v for v in values if v), start)
+
+    @staticmethod
+    def metadata(params: Mapping[str, str]) -> dict[str, Any]:
+        """Type, help and unit of gpumon's metrics, from the catalog, as a Prometheus scraping gpumon (in
+        OpenMetrics, which it prefers) lists them."""
+        metric, limit = params.get("metric"), params.get("limit", "")
+        try:
+            most = int(limit) if limit else -1
+        except ValueError:
+            raise bad_data(f'invalid parameter "limit": {limit!r} is not a number') from None
+        data: dict[str, list[dict[str, str]]] = {}
+        for m in catalog.METRICS:
+            # OpenMetrics names a family without its counter's _total or its info's _info suffix.
+            family = m.family if m.type is not catalog.MetricType.INFO else m.name.removesuffix("_info")
+            if (metric is None or family == metric) and (most < 0 or len(data) < most):
+                data[family] = [{"type": m.type.value, "help": m.help, "unit": m.unit}]
+        return {"status": "success", "data": data}
 
     def _window(self, params: Mapping[str, str]) -> tuple[float, float]:
         """[start, end] of a metadata query; left out, the whole history (which warns of nothing)."""

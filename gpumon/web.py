@@ -1,6 +1,6 @@
 """HTTP endpoints: /metrics (cached exposition), / (the console) and /static/, /-/healthy, /-/ready, the
 Prometheus-shaped /api/v1/alerts and /api/v1/rules, Prometheus's query API over the store's history
-(/api/v1/query, query_range, series, labels, label/<name>/values), and /api/v1/silences.
+(/api/v1/query, query_range, series, labels, label/<name>/values, metadata), and /api/v1/silences.
 
 Nobody who can reach the port can hang or mute the daemon (docs/security.md): connections are
 capped below the process's file limit, and when the cap is reached the oldest idle connection makes
@@ -138,6 +138,7 @@ class WebServer:
             app.router.add_get(path, handler)
             app.router.add_post(path, handler)
         app.router.add_get("/api/v1/label/{name}/values", self.api_label_values)
+        app.router.add_get("/api/v1/metadata", self.api_metadata)
         return app
 
     async def start(self, listen: Listen, security: WebSecurity) -> None:
@@ -297,6 +298,9 @@ class WebServer:
     async def api_label_values(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
         return await self._query_api(request, lambda q, params, match: _now(q.label_values(name, params, match)))
+
+    async def api_metadata(self, request: web.Request) -> web.Response:
+        return await self._query_api(request, lambda q, params, match: _now(q.metadata(params)))
 
     async def _query_api(self, request: web.Request, call: QueryCall) -> web.Response:
         """Parameters from the URL and, for a POST, the form body, as Prometheus takes them."""

@@ -231,3 +231,14 @@ def test_at_start_and_end_are_the_ranges_edges() -> None:
         assert [v for _, v in got["data"]["result"][0]["values"]] == [value] * 3
     instant = run(api().query({"query": 'gpumon_energy_joules_total{gpu="0"} @ start()', "time": str(NOW - 4)}))
     assert instant["data"]["result"][0]["value"][1] == "2500"
+
+
+def test_metadata_from_the_catalog_as_an_openmetrics_scrape_names_it() -> None:
+    everything = QueryApi.metadata({})["data"]
+    assert everything["gpumon_energy_joules"] == [{"type": "counter", "help": "Energy consumed since the driver "
+                                                   "was loaded.", "unit": "joules"}]
+    assert everything["gpumon_gpu"][0]["type"] == "info" and "gpumon_gpu_info" not in everything
+    assert list(QueryApi.metadata({"metric": "gpumon_power_draw_watts"})["data"]) == ["gpumon_power_draw_watts"]
+    assert len(QueryApi.metadata({"limit": "2"})["data"]) == 2
+    with pytest.raises(QueryError, match='invalid parameter "limit"'):
+        QueryApi.metadata({"limit": "many"})

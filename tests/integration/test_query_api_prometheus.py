@@ -104,3 +104,8 @@ scrape_configs:
             assert ours == theirs
             ours, theirs = (get(base, "labels", **match)[1] for base in (gpumon.url, prom.url))
             assert ours["data"] == [n for n in theirs["data"] if n not in TARGET]
+            # Metadata: gpumon's catalog says what a Prometheus reads from the exposition's HELP and TYPE.
+            for metric in ("gpumon_gpu_temperature_celsius", "gpumon_energy_joules", "gpumon_gpu"):
+                ours, theirs = (get(base, "metadata", metric=metric)[1] for base in (gpumon.url, prom.url))
+                assert ours == theirs, metric
+            assert len(get(gpumon.url, "metadata", limit="3")[1]["data"]) == 3
