@@ -8,7 +8,8 @@ import math
 from collections.abc import Set as AbstractSet
 
 from gpumon.rules.promql.ast import Matching
-from gpumon.rules.promql.gomath import go_fmod, go_pow
+from gpumon.rules.promql.golibm import go_atan2, go_pow
+from gpumon.rules.promql.gomath import go_fmod
 from gpumon.rules.promql.parse import ARITHMETIC, COMPARISON
 from gpumon.rules.promql.values import NAME, EvalError, Labels, Sample, Vector
 
@@ -34,7 +35,7 @@ def elem(op: str, a: float, b: float) -> tuple[float, bool]:
     if op == "^":
         return go_pow(a, b), True
     if op == "atan2":
-        return math.atan2(a, b), True
+        return go_atan2(a, b), True
     if op == "==":
         return a, a == b
     if op == "!=":

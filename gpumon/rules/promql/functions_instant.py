@@ -1,5 +1,5 @@
 """Functions of an instant vector, as Prometheus 2.42's promql/functions.go computes them: arithmetic
-(abs, ceil, ln, sin, ...) with Go's answers at the edges, clamping and rounding, dates, sorting,
+(abs, ceil, ln, sin, ...) with Go's answers (its math library ported in golibm), clamping and rounding, dates, sorting,
 label_replace/label_join, and the classic (bucket) histogram_quantile."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from gpumon.regex import expand
+from gpumon.rules.promql import golibm
 from gpumon.rules.promql.gomath import parse_float, to_int64
 from gpumon.rules.promql.values import NAME, Labels, Sample, Vector
 
@@ -46,31 +47,6 @@ def _ceil(x: float) -> float:
     return x if not math.isfinite(x) or x == 0 else math.copysign(float(math.ceil(x)), x)
 
 
-def _log_pole(x: float) -> float:
-    return -math.inf if x == 0 else math.nan
-
-
-def _log2(x: float) -> float:
-    """Go's Log2: the exponent from Frexp, the logarithm of the fraction."""
-    if x <= 0 or not math.isfinite(x):
-        return _domain(math.log, pole=_log_pole)(x)
-    frac, exp = math.frexp(x)
-    if frac == 0.5:
-        return float(exp - 1)
-    return math.log(frac) * (1 / math.log(2)) + float(exp)
-
-
-def _log10(x: float) -> float:
-    """Go's Log10: Log(x) * (1/Ln10)."""
-    return _domain(math.log, pole=_log_pole)(x) * (1 / math.log(10))
-
-
-def _atanh(x: float) -> float:
-    if x == 1 or x == -1:
-        return math.copysign(math.inf, x)
-    return _domain(math.atanh)(x)
-
-
 def _sgn(x: float) -> float:
     return -1.0 if x < 0 else 1.0 if x > 0 else x
 
@@ -79,23 +55,23 @@ MATH: dict[str, Callable[[float], float]] = {
     "abs": abs,
     "ceil": _ceil,
     "floor": _floor,
-    "exp": _domain(math.exp),
-    "sqrt": _domain(math.sqrt),
-    "ln": _domain(math.log, pole=_log_pole),
-    "log2": _log2,
-    "log10": _log10,
-    "sin": _domain(math.sin),
-    "cos": _domain(math.cos),
-    "tan": _domain(math.tan),
-    "asin": _domain(math.asin),
-    "acos": _domain(math.acos),
-    "atan": math.atan,
-    "sinh": _domain(math.sinh, overflow=lambda x: math.copysign(math.inf, x)),
-    "cosh": _domain(math.cosh),
-    "tanh": math.tanh,
-    "asinh": math.asinh,
-    "acosh": _domain(math.acosh),
-    "atanh": _atanh,
+    "exp": golibm.go_exp,
+    "sqrt": _domain(math.sqrt),  # IEEE's square root, correctly rounded in Go as in C
+    "ln": golibm.go_log,
+    "log2": golibm.go_log2,
+    "log10": golibm.go_log10,
+    "sin": golibm.go_sin,
+    "cos": golibm.go_cos,
+    "tan": golibm.go_tan,
+    "asin": golibm.go_asin,
+    "acos": golibm.go_acos,
+    "atan": golibm.go_atan,
+    "sinh": golibm.go_sinh,
+    "cosh": golibm.go_cosh,
+    "tanh": golibm.go_tanh,
+    "asinh": golibm.go_asinh,
+    "acosh": golibm.go_acosh,
+    "atanh": golibm.go_atanh,
     "rad": lambda v: v * math.pi / 180,
     "deg": lambda v: v * 180 / math.pi,
     "sgn": _sgn,

@@ -1,5 +1,6 @@
 """Go's float semantics where Python's differ: math.Min/Max (NaN wins, an infinity before it),
-math.Pow (IEEE answers where Python raises), integer division, strconv's formatting and parsing."""
+math.Mod, integer division, strconv's formatting and parsing. Go's own math library (exp, log, the
+trigonometric and hyperbolic functions, atan2, pow) is ported in gpumon.rules.promql.golibm."""
 
 from __future__ import annotations
 
@@ -29,33 +30,6 @@ def go_min(x: float, y: float) -> float:
     if x == 0 and x == y:
         return x if math.copysign(1.0, x) < 0 else y
     return x if x < y else y
-
-
-def _is_odd_int(y: float) -> bool:
-    return math.isfinite(y) and y == math.floor(y) and abs(y) < 2**53 and int(y) % 2 == 1
-
-
-def go_pow(x: float, y: float) -> float:
-    """math.Pow's special cases, where Python's math.pow raises or differs."""
-    if y == 0 or x == 1:
-        return 1.0
-    if math.isnan(x) or math.isnan(y):
-        return math.nan
-    try:
-        return math.pow(x, y)
-    except ZeroDivisionError:
-        pass
-    except ValueError:
-        if x == 0:  # 0 ** negative
-            if _is_odd_int(y):
-                return math.copysign(math.inf, x)
-            return math.inf
-        return math.nan  # a negative number to a non-integer power
-    except OverflowError:
-        pass
-    if x < 0 and _is_odd_int(y):
-        return -math.inf
-    return math.inf
 
 
 def go_fmod(x: float, y: float) -> float:
