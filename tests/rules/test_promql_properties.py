@@ -94,7 +94,9 @@ def test_quantile_lies_between_min_and_max_and_aggregates_agree(values: list[flo
     [quantile] = _eval(values, f"quantile({q!r}, x)")
     [low] = _eval(values, "min(x)")
     [high] = _eval(values, "max(x)")
-    assert low.value <= quantile.value <= high.value
+    # Prometheus interpolates lower*(1-w) + upper*w, which can round one ulp past both: promtool 2.42
+    # gives 524288.0697380422 for quantile(1.192092896e-07, x) over two samples of 524288.0697380421
+    assert low.value - math.ulp(low.value) <= quantile.value <= high.value + math.ulp(high.value)
     assert [s.value for s in _eval(values, "count(x)")] == [float(len(values))]
     assert [s.value for s in _eval(values, "group(x)")] == [1.0]
     [stddev] = _eval(values, "stddev(x)")
