@@ -123,7 +123,9 @@ class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 class QueryConfig(_Section, frozen=True):
     """Bounds of the query API (/api/v1/query...), which runs on the loop beside polling."""
 
-    max_samples: Annotated[int, After(_at_least(1000))] = 5_000_000  # points one query may load
+    # Points one query may hold at once (per step of a range query; subquery points count): a Python float
+    # in a list costs ~40 bytes, so 500,000 bound a query's memory to some 20-40 MB.
+    max_samples: Annotated[int, After(_at_least(1000))] = 500_000
     timeout: Duration = 2.0  # evaluation time of one query
     concurrency: Annotated[int, After(_at_least(1))] = 2  # queries evaluated at once
 

@@ -4,17 +4,22 @@ format, so the console needs no endpoints of its own and a Grafana can use one g
 data source for a quick look.
 
 The history is what the store keeps (`store.retention`); a query reaching further back says so in the
-answer's `warnings`. A query runs on the event loop (the store is not safe to read from another
-thread), so each is bounded: at most `max_samples` points loaded and `timeout` of evaluation, two at a
-time, and a range query yields to the loop between its steps, so polling and scrapes go on beside it.
+answer's `warnings`. Queries are evaluated off the event loop, on their own threads (`concurrency` at
+a time), reading the store under its lock, so polling and scrapes go on beside a heavy one; each is
+bounded by `max_samples` points at once and `timeout`, both checked at every selector and every
+subquery step, and stops as soon as its client goes away.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import math
+import re
+import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, cast
@@ -22,6 +27,7 @@ from typing import Any, cast
 from gpumon import catalog
 from gpumon.config import QueryConfig
 from gpumon.rules.promql import (
+    LOOKBACK_MS,
     EvalError,
     Evaluator,
     Labels,
@@ -37,7 +43,7 @@ from gpumon.rules.promql import (
 from gpumon.store import Store
 
 MAX_RESOLUTION = 11_000  # points per series of a range query, as Prometheus limits them
-YIELD_EVERY_S = 0.005  # a range query gives the event loop a turn this often
+MAX_TIME_S = (2**63 - 1) / 1e6  # Prometheus's timestamps are int64 milliseconds; more would overflow
 
 
 class QueryError(Exception):
@@ -53,33 +59,48 @@ def bad_data(message: str) -> QueryError:
     return QueryError(400, "bad_data", message)
 
 
-class _BoundedStorage:
-    """The store as PromQL storage that counts the points a query loads and watches its deadline: both
-    checked at each selector, which every step and subquery step goes through."""
+class Budget:
+    """What one query may still spend, checked by its storage at each selector and by the evaluator at
+    each subquery step: points held at once (counted per step of a range query, as Prometheus counts the
+    samples a query has in memory), the deadline, and whether its client is still there."""
 
-    def __init__(self, store: Store, limits: QueryConfig, deadline: float) -> None:
-        self.store = store
+    def __init__(self, limits: QueryConfig, deadline: float, cancelled: threading.Event) -> None:
         self.limits = limits
         self.deadline = deadline
-        self.loaded = 0
+        self.cancelled = cancelled
+        self.points = 0
 
-    def select(self, matchers: Sequence[Matcher], start: int, end: int) -> list[Series]:
-        return self._bounded(self.store.select(matchers, start, end))
-
-    def select_last(self, matchers: Sequence[Matcher], start: int, end: int) -> list[Series]:
-        return self._bounded(self.store.select(matchers, start, end, last_only=True))
-
-    def _bounded(self, found: Iterable[tuple[Labels, Sequence[float], Sequence[float], bool]]) -> list[Series]:
+    def spend(self, points: int) -> None:
+        self.points += points
+        if self.points > self.limits.max_samples:
+            raise QueryError(422, "execution", "query processing would load too many samples into memory in "
+                             f"query execution (more than {self.limits.max_samples}, web.query.max_samples)")
         if time.monotonic() > self.deadline:
             raise QueryError(503, "timeout", "query timed out in expression evaluation")
-        out = []
-        for labels, times, values, nan_free in found:
-            self.loaded += len(times)
-            if self.loaded > self.limits.max_samples:
-                raise QueryError(422, "execution", "query processing would load too many samples into memory in "
-                                 f"query execution (more than {self.limits.max_samples}, web.query.max_samples)")
-            out.append(Series(labels, times, values, nan_free))
-        return out
+        if self.cancelled.is_set():
+            raise QueryError(503, "canceled", "the client went away")
+
+
+class _BoundedStorage:
+    """The store as PromQL storage, read under its lock (the event loop writes it meanwhile), each
+    selector's points charged to the query's budget."""
+
+    def __init__(self, store: Store, budget: Budget) -> None:
+        self.store = store
+        self.budget = budget
+
+    def select(self, matchers: Sequence[Matcher], start: int, end: int) -> list[Series]:
+        return self._bounded(matchers, start, end, False)
+
+    def select_last(self, matchers: Sequence[Matcher], start: int, end: int) -> list[Series]:
+        return self._bounded(matchers, start, end, True)
+
+    def _bounded(self, matchers: Sequence[Matcher], start: int, end: int, last_only: bool) -> list[Series]:
+        self.budget.spend(0)
+        with self.store.lock:  # the slices are copies: once out, nothing the loop writes reaches them
+            found = list(self.store.select(matchers, start, end, last_only))
+        self.budget.spend(sum(len(times) for _, times, _, _ in found))
+        return [Series(labels, times, values, nan_free) for labels, times, values, nan_free in found]
 
 
 class QueryApi:
@@ -91,24 +112,51 @@ class QueryApi:
         self.configure(limits or QueryConfig())
 
     def configure(self, limits: QueryConfig) -> None:
-        """New limits (a reload): queries running keep their slot; new ones wait for the new number."""
+        """New limits (a reload): queries running keep their thread; new ones wait for the new number."""
         if getattr(self, "limits", None) != limits:
             self.limits = limits
             self._running = asyncio.Semaphore(limits.concurrency)
+            self._threads = ThreadPoolExecutor(limits.concurrency, thread_name_prefix="gpumon-query")
 
     # --- /api/v1/query and /api/v1/query_range ----------------------------------------------------
 
-    async def query(self, params: Mapping[str, str]) -> dict[str, Any]:
+    async def query(self, params: Mapping[str, str]) -> str:
+        """The answer's JSON text (encoded on the query's thread too: a big answer is work as well)."""
+        return await self._on_thread(params, self._instant)
+
+    async def query_range(self, params: Mapping[str, str]) -> str:
+        return await self._on_thread(params, self._range)
+
+    async def _on_thread(self, params: Mapping[str, str], work: Callable[[Mapping[str, str], Budget], Any]) -> str:
+        timeout = _timeout(params, self.limits.timeout)
+        deadline = time.monotonic() + timeout
+        running, threads = self._running, self._threads
+        if running.locked():
+            try:
+                await asyncio.wait_for(running.acquire(), timeout)
+            except TimeoutError:
+                raise QueryError(503, "timeout", "query timed out waiting for other queries to finish") from None
+        else:
+            await running.acquire()
+        cancelled = threading.Event()
+        done = asyncio.get_running_loop().run_in_executor(
+            threads, lambda: json.dumps(work(params, Budget(self.limits, deadline, cancelled))))
+        done.add_done_callback(lambda _: running.release())  # the slot is free when the thread is
+        try:
+            return await asyncio.shield(done)
+        except asyncio.CancelledError:  # the client went away: the thread stops at its next check
+            cancelled.set()
+            raise
+
+    def _instant(self, params: Mapping[str, str], budget: Budget) -> dict[str, Any]:
         expr = _expression(params)
         t = _time(params, "time", self.clock())
-        deadline = time.monotonic() + _timeout(params, self.limits.timeout)
-        async with self._bounded_turn(deadline):
-            value = self._evaluate(expr, t, _BoundedStorage(self.store, self.limits, deadline))
-        return self._success(_instant_result(expr.type, value, t), t)
+        value = self._evaluate(expr, t, budget)
+        return self._success(_instant_result(expr.type, value, t), t - reach_s(expr))
 
-    async def query_range(self, params: Mapping[str, str]) -> dict[str, Any]:
+    def _range(self, params: Mapping[str, str], budget: Budget) -> dict[str, Any]:
         expr = _expression(params)
-        start, end = _time(params, "start", None), _time(params, "end", None)
+        start, end = _time(params, "start", None, wrapped=False), _time(params, "end", None, wrapped=False)
         step = _step(params)
         if end < start:
             raise bad_data('invalid parameter "end": end timestamp must not be before start time')
@@ -118,37 +166,28 @@ class QueryApi:
         if expr.type in (ast.STRING, ast.MATRIX):
             kind = "range vector" if expr.type == ast.MATRIX else expr.type
             raise bad_data(f'invalid expression type "{kind}" for range query, must be Scalar or instant Vector')
-        deadline = time.monotonic() + _timeout(params, self.limits.timeout)
-        storage = _BoundedStorage(self.store, self.limits, deadline)  # its count of points spans every step
         points: dict[Labels, list[list[Any]]] = {}
-        async with self._bounded_turn(deadline):
-            turn = time.monotonic()
-            # In integer milliseconds, as Prometheus steps: start, start + step, ... up to end.
-            start_ms, end_ms, step_ms = round(start * 1000), round(end * 1000), max(1, round(step * 1000))
-            for t_ms in range(start_ms, end_ms + 1, step_ms):
-                t = t_ms / 1000
-                value = self._evaluate(expr, t, storage, (start_ms, end_ms))
-                for labels, v in ([((), value)] if isinstance(value, float) else
-                                  [(s.labels, s.value) for s in cast(list[Sample], value)]):
-                    points.setdefault(labels, []).append([_seconds(t), format_value(v)])
-                if time.monotonic() - turn > YIELD_EVERY_S:
-                    await asyncio.sleep(0)
-                    turn = time.monotonic()
+        # In integer milliseconds, as Prometheus steps: start, start + step, ... up to end.
+        start_ms, end_ms, step_ms = round(start * 1000), round(end * 1000), max(1, round(step * 1000))
+        for t_ms in range(start_ms, end_ms + 1, step_ms):
+            budget.points = 0  # what one step holds at once
+            budget.spend(0)  # the deadline and the client, even for steps that read nothing
+            t = t_ms / 1000
+            value = self._evaluate(expr, t, budget, (start_ms, end_ms))
+            for labels, v in ([((), value)] if isinstance(value, float) else
+                              [(s.labels, s.value) for s in cast(list[Sample], value)]):
+                points.setdefault(labels, []).append([_seconds(t), format_value(v)])
         result = [{"metric": dict(labels), "values": values} for labels, values in sorted(points.items())]
-        return self._success({"resultType": "matrix", "result": result}, start)
+        return self._success({"resultType": "matrix", "result": result}, start - reach_s(expr))
 
-    @staticmethod
-    def _evaluate(expr: ast.Node, t: float, storage: _BoundedStorage, edges: tuple[int, int] | None = None
-                  ) -> Value:
+    def _evaluate(self, expr: ast.Node, t: float, budget: Budget, edges: tuple[int, int] | None = None) -> Value:
         try:
-            return Evaluator(storage).instant(expr, round(t * 1000), edges)
+            return Evaluator(_BoundedStorage(self.store, budget), budget=budget.spend).instant(
+                expr, round(t * 1000), edges)
         except EvalError as exc:
             raise QueryError(422, "execution", str(exc)) from None
         except RecursionError:
             raise QueryError(422, "execution", "the expression is too deep to evaluate") from None
-
-    def _bounded_turn(self, deadline: float) -> _Turn:
-        return _Turn(self._running, deadline)
 
     # --- /api/v1/labels, /api/v1/label/<name>/values, /api/v1/series ------------------------------
 
@@ -166,7 +205,7 @@ class QueryApi:
 
     def label_values(self, name: str, params: Mapping[str, str], selectors: list[str]) -> dict[str, Any]:
         if not _is_label_name(name):
-            raise bad_data(f"invalid label name: {name!r}")
+            raise bad_data(f'invalid label name: "{name}"')
         start, end = self._window(params)
         values = {dict(labels).get(name, "") for labels in self._matching(selectors, start, end)}
         return self._success(sorted(v for v in values if v), start)
@@ -179,7 +218,7 @@ class QueryApi:
         try:
             most = int(limit) if limit else -1
         except ValueError:
-            raise bad_data(f'invalid parameter "limit": {limit!r} is not a number') from None
+            raise bad_data("limit must be a number") from None
         data: dict[str, list[dict[str, str]]] = {}
         for m in catalog.METRICS:
             # OpenMetrics names a family without its counter's _total or its info's _info suffix.
@@ -216,21 +255,18 @@ class QueryApi:
         return answer
 
 
-class _Turn:
-    """One of the `concurrency` evaluation slots, waited for no longer than the query's deadline."""
-
-    def __init__(self, slots: asyncio.Semaphore, deadline: float) -> None:
-        self.slots = slots
-        self.deadline = deadline
-
-    async def __aenter__(self) -> None:
-        try:
-            await asyncio.wait_for(self.slots.acquire(), max(0.0, self.deadline - time.monotonic()))
-        except TimeoutError:
-            raise QueryError(503, "timeout", "query timed out waiting for other queries to finish") from None
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.slots.release()
+def reach_s(expr: ast.Node) -> float:
+    """How far before its evaluation time an expression reads (ranges, subqueries, offsets and the
+    5-minute lookback of instant selectors), in seconds: what the history warning compares."""
+    reach = 0
+    for node in ast.walk(expr):
+        if isinstance(node, ast.VectorSelector):
+            reach = max(reach, node.offset_ms + LOOKBACK_MS)
+        elif isinstance(node, ast.MatrixSelector):
+            reach = max(reach, node.selector.offset_ms + node.range_ms)
+        elif isinstance(node, ast.Subquery):  # its inner expression's reach adds to its range
+            reach = max(reach, node.offset_ms + node.range_ms + round(reach_s(node.expr) * 1000))
+    return reach / 1000
 
 
 def error_body(exc: QueryError) -> dict[str, Any]:
@@ -256,12 +292,15 @@ def _instant_result(kind: str, value: Value, t: float) -> dict[str, Any]:
 
 
 def format_value(v: float) -> str:
-    """As Prometheus writes a sample value (Go's strconv.FormatFloat(v, 'f', -1, 64)): the shortest
-    digits that read back the same, never an exponent; NaN, +Inf, -Inf."""
+    """As Prometheus 2.42's API writes a sample value (web/api/v1 marshalFloat): the shortest digits that
+    read back the same, with an exponent ('e', as Go writes it: 1e+21, 1.5e-07) below 1e-6 or from 1e21
+    on, without one between; NaN, +Inf, -Inf."""
     if v != v:
         return "NaN"
     if math.isinf(v):
         return "+Inf" if v > 0 else "-Inf"
+    if v != 0 and (abs(v) < 1e-6 or abs(v) >= 1e21):
+        return repr(v)  # Python's repr is Go's 'e' -1 here: shortest digits, a sign and two exponent digits
     return format(Decimal(repr(v)).normalize(), "f")
 
 
@@ -283,22 +322,32 @@ def _expression(params: Mapping[str, str]) -> ast.Node:
         raise bad_data(f'invalid parameter "query": {exc}') from None
 
 
-def _time(params: Mapping[str, str], name: str, default: float | None) -> float:
+_RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)")
+
+
+def _time(params: Mapping[str, str], name: str, default: float | None, wrapped: bool = True) -> float:
+    """Unix seconds or RFC 3339 with a zone, as Prometheus parses a time; `wrapped`: its parseTimeParam's
+    words ('Invalid time value for ...'), which the range query's start and end do without."""
     text = params.get(name)
     if text is None or text == "":
         if default is None:
             raise bad_data(f'invalid parameter "{name}": cannot parse "" to a valid timestamp')
         return default
+    t: float | None = None
     try:
         t = float(text)
-        if math.isfinite(t):
-            return t
     except ValueError:
-        try:
-            return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-        except ValueError:
-            pass
-    raise bad_data(f'invalid parameter "{name}": cannot parse "{text}" to a valid timestamp')
+        if _RFC3339.fullmatch(text):
+            try:
+                t = datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+            except ValueError:
+                t = None
+    # Beyond int64 milliseconds Prometheus's time overflows (1e307 reads as 1970): refused here.
+    if t is None or not math.isfinite(t) or abs(t) > MAX_TIME_S:
+        why = f'cannot parse "{text}" to a valid timestamp'
+        raise bad_data(f'invalid parameter "{name}": ' + (f"Invalid time value for '{name}': {why}" if wrapped
+                                                           else why))
+    return t
 
 
 def _seconds_or_duration(text: str) -> float:
@@ -328,7 +377,9 @@ def _timeout(params: Mapping[str, str], limit: float) -> float:
         asked = _seconds_or_duration(text)
     except ValueError:
         raise bad_data(f'invalid parameter "timeout": cannot parse "{text}" to a valid duration') from None
-    return min(limit, asked) if asked > 0 else limit
+    if asked <= 0:  # as Prometheus: a query given no time times out before it starts
+        raise QueryError(503, "timeout", "query timed out in query queue")
+    return min(limit, asked)
 
 
 def _selector(text: str) -> list[Matcher]:

@@ -11,6 +11,7 @@ see the series end exactly when a Prometheus scraping gpumon would.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from array import array
 from bisect import bisect_left, bisect_right
@@ -138,8 +139,15 @@ class Store:
         self._full_labels: dict[SeriesKey, Labels] = {}  # sorted, with __name__: what PromQL sees
         self._rings: dict[tuple[str, str], list[Ring]] = {}  # the rings each unit's latest put wrote
         self._puts = 0
+        # Held by every write, and by a reader on another thread (the query API's) around each select:
+        # the event loop's own readers (rules, exposition) need not take it.
+        self.lock = threading.Lock()
 
     def put(self, sample: Sample) -> None:
+        with self.lock:
+            self._put(sample)
+
+    def _put(self, sample: Sample) -> None:
         unit = (sample.unit, sample.tier)
         self._latest[unit] = sample
         t = round(sample.timestamp * 1000)  # rings hold milliseconds, as PromQL evaluates them
@@ -172,6 +180,10 @@ class Store:
         shows a static fact again: without it a series read once at start-up (a temperature threshold)
         would fall out of PromQL's 5-minute lookback, and a rule joining it would stop firing."""
         t = round(timestamp * 1000)
+        with self.lock:
+            self._restamp(tier, t)
+
+    def _restamp(self, tier: str, t: int) -> None:
         for (_, unit_tier), rings in self._rings.items():
             if unit_tier != tier:
                 continue
@@ -189,6 +201,10 @@ class Store:
         """Forget the latest samples of a unit (a lost GPU): its series leave the exposition and
         end, for range queries, with a staleness marker."""
         now = round(time.time() * 1000)
+        with self.lock:
+            self._discard(unit, now)
+
+    def _discard(self, unit: str, now: int) -> None:
         for key in [k for k in self._latest if k[0] == unit]:
             del self._latest[key]
             for ring in self._rings.pop(key, ()):
@@ -233,9 +249,10 @@ class Store:
     def prune(self, older_than: float) -> int:
         """Drop series whose newest point is older than `older_than` (Unix seconds); returns how many."""
         cutoff = older_than * 1000
-        dead = [k for k, r in self._series.items() if (last := r.last()) is None or last[0] < cutoff]
-        for k in dead:
-            del self._series[k]
-            del self._full_labels[k]
-            self._by_name[k[0]].remove(k)
+        with self.lock:
+            dead = [k for k, r in self._series.items() if (last := r.last()) is None or last[0] < cutoff]
+            for k in dead:
+                del self._series[k]
+                del self._full_labels[k]
+                self._by_name[k[0]].remove(k)
         return len(dead)

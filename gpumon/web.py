@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+import structlog
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
@@ -36,6 +37,7 @@ from gpumon.rules.service import RuleService
 from gpumon.sampler import Sampler
 from gpumon.webconfig import WebSecurity
 
+log = structlog.get_logger("gpumon.web")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_BODY_BYTES = 64 * 1024
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -147,8 +149,10 @@ class WebServer:
         The security settings take effect only once bound: after a ListenError, `self.security` is
         still the previous one, for a caller that falls back to the previous address.
         """
+        # handler_cancellation: a query whose client hangs up stops (gpumon/query_api.py) instead of
+        # running to its timeout for nobody.
         runner = web.AppRunner(self.app(), access_log=None, handle_signals=False,
-                               keepalive_timeout=self.settings.idle_timeout)
+                               keepalive_timeout=self.settings.idle_timeout, handler_cancellation=True)
         await runner.setup()
         assert runner.server is not None
         guard = ConnectionGuard(runner.server, self.settings.max_connections, self.settings.read_header_timeout)
@@ -307,6 +311,10 @@ class WebServer:
         if self.query is None:
             return web.json_response({"status": "error", "errorType": "unavailable", "error": "no query API"},
                                      status=503)
+        if _cross_site(request):
+            # A page elsewhere cannot read the answer (no CORS), but could make gpumon work: refused.
+            return web.json_response(error_body(QueryError(403, "bad_data", "cross-site queries are refused")),
+                                     status=403)
         params = dict(request.query)
         match = request.query.getall("match[]", [])
         if request.method == "POST":
@@ -317,9 +325,16 @@ class WebServer:
             params.update({k: v for k, v in form.items() if isinstance(v, str)})
             match += [v for v in form.getall("match[]", []) if isinstance(v, str)]
         try:
-            return web.json_response(await call(self.query, params, match))
+            answer = await call(self.query, params, match)
         except QueryError as exc:
             return web.json_response(error_body(exc), status=exc.status)
+        except Exception as exc:  # a bug of gpumon's evaluator: that query's error, never a 500 page
+            log.error("query failed", error=f"{type(exc).__name__}: {exc}", query=params.get("query", "")[:200])
+            return web.json_response(error_body(QueryError(422, "execution", f"internal error: {type(exc).__name__}")),
+                                     status=422)
+        if isinstance(answer, str):  # JSON text made on the query's thread
+            return web.Response(text=answer, content_type="application/json")
+        return web.json_response(answer)
 
     async def list_silences(self, request: web.Request) -> web.Response:
         now = time.time()
@@ -396,11 +411,19 @@ class WebServer:
                  float(self.guard.timed_out))]
 
 
-QueryCall = Callable[[QueryApi, dict[str, str], list[str]], Awaitable[dict[str, Any]]]
+QueryCall = Callable[[QueryApi, dict[str, str], list[str]], Awaitable[dict[str, Any] | str]]
 
 
 async def _now(answer: dict[str, Any]) -> dict[str, Any]:
     return answer
+
+
+def _cross_site(request: web.Request) -> bool:
+    """Sent by a browser on another site's behalf (curl, Prometheus tools and Grafana's server-side
+    proxy send neither header)."""
+    origin = request.headers.get("Origin")
+    return (origin is not None and not _same_origin(origin, request)) or \
+        request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none")
 
 
 def _api_error(status: int, message: str) -> web.Response:

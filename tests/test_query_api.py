@@ -6,6 +6,7 @@ compares the answers with a real Prometheus's on the same data."""
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import time
 from typing import Any
@@ -43,16 +44,20 @@ def api(store: Store | None = None, **limits: Any) -> QueryApi:
 
 
 def run(coro: Any) -> Any:
-    return asyncio.run(coro)
+    """The answer, decoded: query and query_range give the JSON text their thread made."""
+    got = asyncio.run(coro)
+    return json.loads(got) if isinstance(got, str) else got
 
 
 @pytest.mark.parametrize(("value", "text"), [
-    (1.0, "1"), (0.5, "0.5"), (-0.0, "-0"), (1e21, "1000000000000000000000"), (1e-7, "0.0000001"),
+    (1.0, "1"), (0.5, "0.5"), (-0.0, "-0"), (1e21, "1e+21"), (1e-7, "1e-07"), (1.5e-7, "1.5e-07"),
+    (-2e-6, "-0.000002"), (1e20, "100000000000000000000"), (1.2345e300, "1.2345e+300"), (5e-324, "5e-324"),
     (123456.789, "123456.789"), (0.1 + 0.2, "0.30000000000000004"), (math.nan, "NaN"), (math.inf, "+Inf"),
     (-math.inf, "-Inf"), (2.0**53, "9007199254740992"),
 ])
 def test_values_are_written_as_prometheus_writes_them(value: float, text: str) -> None:
-    """Go's strconv.FormatFloat(v, 'f', -1, 64): shortest round-trip digits, never an exponent."""
+    """Prometheus 2.42's marshalFloat (answers checked against a running one): shortest round-trip digits,
+    with an exponent only below 1e-6 or from 1e21 on."""
     assert format_value(value) == text
 
 
@@ -88,9 +93,14 @@ def test_a_range_query_steps_from_start_to_end() -> None:
 @pytest.mark.parametrize(("params", "status", "kind", "words"), [
     ({}, 400, "bad_data", "no expression found"),
     ({"query": "sum("}, 400, "bad_data", 'invalid parameter "query"'),
-    ({"query": "up", "time": "yesterday"}, 400, "bad_data", 'cannot parse "yesterday" to a valid timestamp'),
+    ({"query": "up", "time": "yesterday"}, 400, "bad_data",
+     'invalid parameter "time": Invalid time value for \'time\': cannot parse "yesterday" to a valid timestamp'),
     ({"query": "up", "time": "nan"}, 400, "bad_data", "valid timestamp"),
+    ({"query": "up", "time": "1e307"}, 400, "bad_data", "valid timestamp"),  # beyond int64 milliseconds
+    ({"query": "up", "time": "2026-12-05T03:00:00"}, 400, "bad_data", "valid timestamp"),  # no zone
+    ({"query": "up", "time": "2026-12-05"}, 400, "bad_data", "valid timestamp"),
     ({"query": "up", "timeout": "soon"}, 400, "bad_data", 'invalid parameter "timeout"'),
+    ({"query": "up", "timeout": "0"}, 503, "timeout", "query timed out in query queue"),
 ])
 def test_instant_query_errors(params: dict[str, str], status: int, kind: str, words: str) -> None:
     with pytest.raises(QueryError) as err:
@@ -115,23 +125,18 @@ def test_range_query_errors(params: dict[str, str], words: str) -> None:
 
 def test_a_query_loading_too_many_points_is_stopped() -> None:
     with pytest.raises(QueryError) as err:
-        run(api(max_samples=1000).query_range({"query": "count_over_time(gpumon_gpu_temperature_celsius[30s])",
+        run(api(max_samples=1000).query_range({"query": "count_over_time(gpumon_gpu_temperature_celsius[30s:10ms])",
                                                "start": str(NOW - 29), "end": str(NOW), "step": "0.5"}))
     assert (err.value.status, err.value.error_type) == (422, "execution")
     assert "web.query.max_samples" in str(err.value)
 
 
-def test_a_slow_query_times_out_and_polling_goes_on_meanwhile(monkeypatch: pytest.MonkeyPatch) -> None:
-    from gpumon import query_api
-
-    real_select = Store.select
-
-    def slow_select(self: Store, *args: Any, **kw: Any) -> Any:
-        time.sleep(0.002)  # a heavy selector
-        return real_select(self, *args, **kw)
-    monkeypatch.setattr(Store, "select", slow_select)
-    monkeypatch.setattr(query_api, "YIELD_EVERY_S", 0.001)
-    q = api(timeout=0.2)
+@pytest.mark.parametrize("expr", [
+    "max_over_time(vector(1)[2h:1ms])",  # a subquery that never reaches a selector
+    "max_over_time(max_over_time(gpumon_gpu_info[1m])[2h:1ms])",
+])
+def test_a_heavy_query_times_out_on_its_thread_while_the_loop_goes_on(expr: str) -> None:
+    q = api(timeout=0.3)
     ticks = 0
 
     async def poller() -> None:
@@ -140,21 +145,48 @@ def test_a_slow_query_times_out_and_polling_goes_on_meanwhile(monkeypatch: pytes
             await asyncio.sleep(0.01)
             ticks += 1
 
-    async def both() -> QueryError:
+    async def both() -> tuple[QueryError, float]:
         task = asyncio.create_task(poller())
+        started = time.monotonic()
         try:
-            await q.query_range({"query": "gpumon_gpu_temperature_celsius", "start": str(NOW - 10_000),
-                                 "end": str(NOW), "step": "1"})
+            await q.query({"query": expr, "time": str(NOW)})
         except QueryError as exc:
-            return exc
+            return exc, time.monotonic() - started
         finally:
             task.cancel()
         raise AssertionError("no timeout")
-    started = time.monotonic()
-    err = run(both())
-    assert (err.status, err.error_type) == (503, "timeout")
-    assert time.monotonic() - started < 2.0
-    assert ticks >= 5  # the loop ran other tasks while the query did
+    err, took = asyncio.run(both())
+    assert (err.status, err.error_type) == (503, "timeout") and took < 1.5
+    assert ticks >= 10  # the event loop kept running while the query did
+
+
+def test_a_subquery_counts_its_points() -> None:
+    with pytest.raises(QueryError) as err:
+        run(api(max_samples=1000).query({"query": "count_over_time(vector(1)[1h:1s])", "time": str(NOW)}))
+    assert err.value.error_type == "execution" and "web.query.max_samples" in str(err.value)
+
+
+def test_label_values_cannot_grow_without_bound() -> None:
+    inner = 'gpumon_gpu_info{gpu="0"}'
+    for _ in range(5):  # each level repeats the value 32 times: 32^5 characters without a bound
+        inner = f'label_replace({inner}, "name", "{"$1" * 32}", "name", "(.*)")'
+    with pytest.raises(QueryError) as err:
+        run(api().query({"query": inner, "time": str(NOW)}))
+    assert err.value.error_type == "execution" and "gpumon allows 65536" in str(err.value)
+
+
+def test_a_query_whose_client_went_away_stops_and_frees_its_slot() -> None:
+    q = api(concurrency=1, timeout=30)
+
+    async def scenario() -> float:
+        first = asyncio.create_task(q.query({"query": "max_over_time(vector(1)[1d:1ms])", "time": str(NOW)}))
+        await asyncio.sleep(0.2)
+        first.cancel()  # aiohttp cancels the handler when the client hangs up
+        started = time.monotonic()
+        answer = json.loads(await q.query({"query": "1", "time": str(NOW), "timeout": "5s"}))
+        assert answer["data"]["result"][1] == "1"
+        return time.monotonic() - started
+    assert asyncio.run(scenario()) < 2.0  # the slot came back long before the first query's 30 s
 
 
 def test_queries_beyond_the_concurrency_wait_no_longer_than_their_timeout() -> None:
@@ -169,6 +201,8 @@ def test_queries_beyond_the_concurrency_wait_no_longer_than_their_timeout() -> N
         raise AssertionError("ran without a slot")
     err = run(held())
     assert err.error_type == "timeout" and "waiting for other queries" in str(err)
+    # With a slot free, even a very short timeout runs the query rather than "waiting".
+    assert run(api(timeout=0.001).query({"query": "1"}))["status"] == "success"
 
 
 def test_series_labels_and_label_values() -> None:
@@ -195,6 +229,10 @@ def test_a_range_before_the_history_warns() -> None:
     got = run(api().query_range({"query": "1", "start": str(NOW - 3600), "end": str(NOW), "step": "60"}))
     assert got["warnings"] and "store.retention" in got["warnings"][0]
     assert "warnings" not in run(api().query({"query": "1", "time": str(NOW)}))
+    # Reaching back through a range, a subquery or an offset warns too; the 5-minute lookback does not.
+    for expr in ("rate(gpumon_energy_joules_total[1h])", "max_over_time(gpumon_gpu_info[5m:1m] offset 10m)"):
+        assert run(api().query({"query": expr, "time": str(NOW)}))["warnings"], expr
+    assert "warnings" not in run(api().query({"query": "gpumon_gpu_info", "time": str(NOW)}))
 
 
 async def test_over_http_get_and_the_post_form_grafana_sends() -> None:
@@ -221,6 +259,27 @@ async def test_over_http_get_and_the_post_form_grafana_sends() -> None:
         assert silence.status == 403  # the write guard still stands in front of the writes
         values = await client.get("/api/v1/label/uuid/values")
         assert (await values.json())["data"] == ["GPU-0", "GPU-1"]
+        # A page elsewhere cannot make gpumon evaluate (an <img> or a form aimed at it).
+        for headers in ({"Sec-Fetch-Site": "cross-site"}, {"Origin": "https://evil.example"}, {"Origin": "null"}):
+            refused = await client.get("/api/v1/query", params={"query": "1"}, headers=headers)
+            assert refused.status == 403, headers
+        same = await client.get("/api/v1/query", params={"query": "1"}, headers={"Sec-Fetch-Site": "same-origin"})
+        assert same.status == 200
+
+
+async def test_a_bug_in_the_evaluator_is_that_querys_error_not_a_500(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gpumon.rules.promql import Evaluator
+    from gpumon.web import WebServer
+    from tests.test_web import backend_of, make_sampler
+
+    def broken(*args: Any, **kw: Any) -> Any:
+        raise ZeroDivisionError("a bug")
+    monkeypatch.setattr(Evaluator, "instant", broken)
+    sampler, exporter = make_sampler()
+    server = WebServer(sampler, exporter, backend_of(sampler), query=QueryApi(filled_store(), 600.0))
+    async with TestClient(TestServer(server.app())) as client:
+        got = await client.get("/api/v1/query", params={"query": "1"})
+        assert got.status == 422 and (await got.json())["error"] == "internal error: ZeroDivisionError"
 
 
 def test_at_start_and_end_are_the_ranges_edges() -> None:
@@ -240,5 +299,5 @@ def test_metadata_from_the_catalog_as_an_openmetrics_scrape_names_it() -> None:
     assert everything["gpumon_gpu"][0]["type"] == "info" and "gpumon_gpu_info" not in everything
     assert list(QueryApi.metadata({"metric": "gpumon_power_draw_watts"})["data"]) == ["gpumon_power_draw_watts"]
     assert len(QueryApi.metadata({"limit": "2"})["data"]) == 2
-    with pytest.raises(QueryError, match='invalid parameter "limit"'):
+    with pytest.raises(QueryError, match="limit must be a number"):
         QueryApi.metadata({"limit": "many"})

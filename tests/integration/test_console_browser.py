@@ -185,6 +185,15 @@ notify:
         wait(lambda: "created" in browser.find_element("id", "silence-result").text,
              message=browser.find_element("id", "silence-result").text)
         wait(lambda: "console test" in browser.find_element("id", "silences").text)
+        # The focus on GPU 1's button survives the redraw its alert's firing makes.
+        def gpu_of_focus() -> list[str]:
+            return json.loads(browser.switch_to.active_element.get_attribute("data-matchers") or "[]")
+        browser.execute_script("[...document.querySelectorAll('#alerts button.silence-from')]"
+                               ".find((b) => JSON.parse(b.dataset.matchers).includes('gpu=\"1\"')).focus();")
+        assert 'gpu="1"' in gpu_of_focus()
+        wait(lambda: browser.execute_script("return document.querySelectorAll('#alerts tbody tr.firing')"
+                                            ".length === 2;"), timeout=30, message="the alerts never fired")
+        assert 'gpu="1"' in gpu_of_focus(), "the redraw lost the keyboard focus"
         # GPU 1's alert fires and reaches the receiver; GPU 0's, silenced, never does.
         wait(lambda: any(a["labels"].get("gpu") == "1" for a in hook.alerts()),
              timeout=30, message="GPU 1's alert never reached the receiver")

@@ -40,10 +40,11 @@
     return series ? metric + JSON.stringify(series.filter) : null;
   };
 
-  // Raw points since the last refresh (the whole history the first time), merged into `history`.
+  // Raw points since the last refresh (the whole history the first time), merged into `history`. The
+  // span comes from the browser's clock, which may be off the server's: at least 2 s, at most the history.
   async function refreshHistory() {
     const now = Date.now() / 1000;
-    const span = lastT ? Math.min(historyS, Math.ceil(now - lastT) + 2) : historyS;
+    const span = lastT ? Math.max(2, Math.min(historyS, Math.ceil(now - lastT) + 2)) : historyS;
     const result = await query(`{__name__=~"${[...metrics, ...migMetrics].join("|")}"}[${span}s]`);
     const seenInstances = new Map(); // gpu -> GPU instances in this answer (MIG reconfigures)
     for (const series of result) {
@@ -73,18 +74,24 @@
         h.v.push(Number(v));
         lastT = Math.max(lastT, t);
       }
-      const keepFrom = now - historyS;
+    }
+    // Every series, answered this time or not (a GPU gone), keeps the history's window up to the newest
+    // point the server gave (its clock, not the browser's); a series left empty goes.
+    const keepFrom = lastT - historyS;
+    const trim = (h) => {
       while (h.t.length && h.t[0] < keepFrom) {
         h.t.shift();
         h.v.shift();
       }
+      return h.t.length > 0;
+    };
+    for (const byKey of history.values()) {
+      for (const [key, h] of byKey) if (!trim(h)) byKey.delete(key);
     }
-    // An instance gone for the whole window (a MIG reconfiguration) leaves the card.
     for (const [gpu, instances] of migHistory) {
       for (const [gi, instance] of instances) {
-        const last = Math.max(...migMetrics.map((m) => (instance[m] && instance[m].t.length
-          ? instance[m].t[instance[m].t.length - 1] : 0)));
-        if (!seenInstances.get(gpu)?.has(gi) && last < now - historyS) instances.delete(gi);
+        const kept = migMetrics.filter((m) => instance[m] && trim(instance[m]));
+        if (!kept.length && !seenInstances.get(gpu)?.has(gi)) instances.delete(gi);
       }
     }
   }
@@ -110,18 +117,18 @@
     return String(v);
   }
 
-  // The chart's x axis is its first series' times; the others are held at their latest point at or
-  // before each of those times (static facts such as the limit are repeated at each fast poll anyway).
+  // The chart's x axis is every time any of its series has a point (a GPU without GPM has util.gpu and
+  // no SM activity); each series is held at its latest point at or before each time, for one second
+  // (static facts such as the limit are stamped a little after the round's values).
   function aligned(chart, byKey) {
-    const first = byKey.get(chart.series[0].metric + JSON.stringify(chart.series[0].filter));
-    const xs = first ? first.t.slice() : [];
-    const columns = chart.series.map((s) => {
-      const h = byKey.get(s.metric + JSON.stringify(s.filter));
+    const series = chart.series.map((s) => byKey.get(s.metric + JSON.stringify(s.filter)));
+    const xs = [...new Set(series.flatMap((h) => (h ? h.t : [])))].sort((a, b) => a - b);
+    const columns = series.map((h) => {
       if (!h) return xs.map(() => null);
       let j = 0;
       return xs.map((x) => {
         while (j + 1 < h.t.length && h.t[j + 1] <= x) j++;
-        return h.t.length && h.t[j] <= x + 0.5 ? h.v[j] : null;
+        return h.t.length && h.t[j] <= x && x - h.t[j] <= 1 + config.interval_s ? h.v[j] : null;
       });
     });
     return [xs, ...columns];
@@ -155,7 +162,7 @@
       figure.dataset.last = JSON.stringify(last);
       chart.series.forEach((s, i) => {
         const dd = card.querySelector(`dd[data-metric="${s.metric}"]`);
-        if (dd && last[i] !== null) dd.textContent = format(chart.unit, last[i]);
+        if (dd) dd.textContent = format(chart.unit, last[i]);
       });
     }
   }
@@ -399,17 +406,16 @@
 
   // --- the loop ------------------------------------------------------------------------------------
 
+  // Each part on its own: charts that cannot load must not stop the alerts from refreshing.
   async function refresh() {
-    try {
+    const parts = [async () => {
       await refreshHistory();
       for (const card of root.querySelectorAll("article.card")) draw(card);
-      await refreshAlerts();
-      if (tick % 5 === 0) await Promise.all([refreshOwnersAndChecks(), refreshSilences()]);
-      root.dataset.refreshed = String(++tick);
-      status.textContent = "";
-    } catch (error) {
-      status.textContent = `Could not refresh: ${error.message}`;
-    }
+    }, refreshAlerts];
+    if (tick % 5 === 0) parts.push(refreshOwnersAndChecks, refreshSilences);
+    const failed = (await Promise.allSettled(parts.map((part) => part()))).filter((r) => r.status === "rejected");
+    status.textContent = failed.length ? `Could not refresh: ${failed[0].reason.message}` : "";
+    root.dataset.refreshed = String(++tick);
     setTimeout(refresh, intervalMs);
   }
 

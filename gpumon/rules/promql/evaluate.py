@@ -5,6 +5,7 @@ evaluates an instant query (a rule evaluation, or a promtool unit test's promql_
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from gpumon.rules.promql import ast
@@ -77,8 +78,12 @@ class Evaluator:
     test-file evaluation_interval."""
 
     def __init__(self, storage: Storage, lookback_ms: int = LOOKBACK_MS,
-                 subquery_step_ms: int = DEFAULT_SUBQUERY_STEP_MS) -> None:
+                 subquery_step_ms: int = DEFAULT_SUBQUERY_STEP_MS, budget: Callable[[int], None] | None = None
+                 ) -> None:
         self.storage = storage
+        # Called with the points each subquery step makes (the query API's limits: a subquery of a
+        # constant, `vector(1)[1d:1ms]`, never reaches a selector); it raises to stop the evaluation.
+        self.budget = budget
         self.lookback = lookback_ms
         self.subquery_step_ms = subquery_step_ms or DEFAULT_SUBQUERY_STEP_MS
         self._edges = (0, 0)  # what @ start() and @ end() mean: the query's first and last instant
@@ -138,7 +143,10 @@ class Evaluator:
             first += step
         found: dict[Labels, tuple[list[float], list[float]]] = {}
         for ts in range(first, end + 1, step):
-            for s in _vec(self._eval(sq.expr, ts)):
+            inner = _vec(self._eval(sq.expr, ts))
+            if self.budget is not None:
+                self.budget(len(inner))
+            for s in inner:
                 times, values = found.setdefault(s.labels, ([], []))
                 times.append(ts)
                 values.append(s.value)

@@ -11,7 +11,7 @@ from typing import Any
 from gpumon.regex import expand
 from gpumon.rules.promql import golibm
 from gpumon.rules.promql.gomath import parse_float, to_int64
-from gpumon.rules.promql.values import NAME, Labels, Sample, Vector
+from gpumon.rules.promql.values import NAME, EvalError, Labels, Sample, Vector
 
 Arg = float | str
 
@@ -182,6 +182,18 @@ def date_function(name: str, vec: Vector, t: int) -> Vector:
 # --- labels ----------------------------------------------------------------------------------------
 
 
+# gpumon's bound on a label value label_replace or label_join makes (Prometheus has none): each level of
+# `label_replace(x, "a", "$1$1...", "a", "(.*)")` multiplies a value, and five levels make gigabytes.
+MAX_LABEL_VALUE = 65_536
+
+
+def _bounded(value: str, function: str) -> str:
+    if len(value) > MAX_LABEL_VALUE:
+        raise EvalError(f"{function} would make a label value of {len(value)} characters; gpumon allows "
+                        f"{MAX_LABEL_VALUE}")
+    return value
+
+
 def label_replace(vec: Vector, args: Sequence[Arg], regex: Any) -> Vector:
     dst, repl, src = str(args[0]), str(args[1]), str(args[2])
     out: Vector = []
@@ -189,7 +201,7 @@ def label_replace(vec: Vector, args: Sequence[Arg], regex: Any) -> Vector:
         labels = dict(s.labels)
         m = regex.search(labels.get(src, ""))
         if m is not None:
-            value = expand(repl, m, regex)
+            value = _bounded(expand(repl, m, regex), "label_replace")
             if value:
                 labels[dst] = value
             else:
@@ -205,7 +217,7 @@ def label_join(vec: Vector, args: Sequence[Arg], t: int) -> Vector:
     out: Vector = []
     for s in vec:
         labels = dict(s.labels)
-        joined = sep.join(labels.get(src, "") for src in sources)
+        joined = _bounded(sep.join(labels.get(src, "") for src in sources), "label_join")
         if joined:
             labels[dst] = joined
         else:
