@@ -1,5 +1,5 @@
 """Prometheus's HTTP query API over the store's in-memory history: `/api/v1/query`, `/query_range`,
-`/labels`, `/label/<name>/values` and `/series`, with Prometheus's parameters, JSON shapes and error
+`/labels`, `/label/<name>/values`, `/series` and `/metadata`, with Prometheus's parameters, JSON shapes and error
 format, so the console needs no endpoints of its own and a Grafana can use one gpumon as a Prometheus
 data source for a quick look.
 
