@@ -4,10 +4,11 @@ format, so the console needs no endpoints of its own and a Grafana can use one g
 data source for a quick look.
 
 The history is what the store keeps (`store.retention`); a query reaching further back says so in the
-answer's `warnings`. Queries are evaluated off the event loop, on their own threads (`concurrency` at
-a time), reading the store under its lock, so polling and scrapes go on beside a heavy one; each is
-bounded by `max_samples` points at once and `timeout`, both checked at every selector and every
-subquery step, and stops as soon as its client goes away.
+answer's `warnings`. A query first runs on the event loop for at most ON_LOOP_S (the console's take a
+fraction of a millisecond); one that needs longer starts again on its own thread (`concurrency` at a
+time) reading the store under its lock, so polling and scrapes go on beside it. Each is bounded by
+`max_samples` points at once and `timeout`, both checked at every selector and every subquery step, and
+stops as soon as its client goes away.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from gpumon.rules.promql import (
 from gpumon.store import Store
 
 MAX_RESOLUTION = 11_000  # points per series of a range query, as Prometheus limits them
+ON_LOOP_S = 0.002  # a query first runs on the event loop for at most this long (at its next check)
 MAX_TIME_S = (2**63 - 1) / 1e6  # Prometheus's timestamps are int64 milliseconds; more would overflow
 
 
@@ -64,10 +66,12 @@ class Budget:
     each subquery step: points held at once (counted per step of a range query, as Prometheus counts the
     samples a query has in memory), the deadline, and whether its client is still there."""
 
-    def __init__(self, limits: QueryConfig, deadline: float, cancelled: threading.Event) -> None:
+    def __init__(self, limits: QueryConfig, deadline: float, cancelled: threading.Event,
+                 slice_end: float = math.inf) -> None:
         self.limits = limits
         self.deadline = deadline
         self.cancelled = cancelled
+        self.slice_end = slice_end  # an attempt on the event loop gives up here
         self.points = 0
 
     def spend(self, points: int) -> None:
@@ -75,10 +79,17 @@ class Budget:
         if self.points > self.limits.max_samples:
             raise QueryError(422, "execution", "query processing would load too many samples into memory in "
                              f"query execution (more than {self.limits.max_samples}, web.query.max_samples)")
-        if time.monotonic() > self.deadline:
+        now = time.monotonic()
+        if now > self.deadline:
             raise QueryError(503, "timeout", "query timed out in expression evaluation")
         if self.cancelled.is_set():
             raise QueryError(503, "canceled", "the client went away")
+        if now > self.slice_end:
+            raise _LoopSliceUsed
+
+
+class _LoopSliceUsed(Exception):
+    """A query tried on the event loop needs more than its slice: it starts again on a thread."""
 
 
 class _BoundedStorage:
@@ -139,14 +150,26 @@ class QueryApi:
         else:
             await running.acquire()
         cancelled = threading.Event()
-        done = asyncio.get_running_loop().run_in_executor(
-            threads, lambda: json.dumps(work(params, Budget(self.limits, deadline, cancelled))))
-        done.add_done_callback(lambda _: running.release())  # the slot is free when the thread is
+        on_thread = False
         try:
-            return await asyncio.shield(done)
-        except asyncio.CancelledError:  # the client went away: the thread stops at its next check
-            cancelled.set()
-            raise
+            # Most queries (the console's) take well under a millisecond: on the loop, a thread would only
+            # add a wait for the GIL to every scrape. One that needs more starts again on a thread.
+            try:
+                return json.dumps(work(params, Budget(self.limits, deadline, cancelled, time.monotonic() + ON_LOOP_S)))
+            except _LoopSliceUsed:
+                pass
+            done = asyncio.get_running_loop().run_in_executor(
+                threads, lambda: json.dumps(work(params, Budget(self.limits, deadline, cancelled))))
+            done.add_done_callback(lambda _: running.release())  # the slot is free when the thread is
+            on_thread = True
+            try:
+                return await asyncio.shield(done)
+            except asyncio.CancelledError:  # the client went away: the thread stops at its next check
+                cancelled.set()
+                raise
+        finally:
+            if not on_thread:
+                running.release()
 
     def _instant(self, params: Mapping[str, str], budget: Budget) -> dict[str, Any]:
         expr = _expression(params)

@@ -301,3 +301,13 @@ def test_metadata_from_the_catalog_as_an_openmetrics_scrape_names_it() -> None:
     assert len(QueryApi.metadata({"limit": "2"})["data"]) == 2
     with pytest.raises(QueryError, match="limit must be a number"):
         QueryApi.metadata({"limit": "many"})
+
+
+def test_a_cheap_query_stays_on_the_loop_and_a_heavy_one_moves_to_a_thread() -> None:
+    """A thread would make every scrape wait for the GIL while the console's sub-millisecond queries run."""
+    q = api()
+    assert run(q.query({"query": "gpumon_gpu_info", "time": str(NOW)}))["status"] == "success"
+    assert not q._threads._threads  # type: ignore[attr-defined]  # no thread was ever started
+    heavy = run(q.query({"query": "count_over_time(vector(1)[1h:10ms])", "time": str(NOW)}))
+    assert heavy["data"]["result"][0]["value"][1] == "360001"
+    assert q._threads._threads  # type: ignore[attr-defined]
