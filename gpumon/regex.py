@@ -66,6 +66,11 @@ class Regex:
         except UnicodeEncodeError:  # a lone surrogate: no RE2 text can match it
             return None
 
+    @property
+    def literals(self) -> frozenset[str] | None:
+        """The texts an anchored alternation of literals (`a|b|c`) matches, else None."""
+        return self._literals
+
     def matches(self, text: str) -> bool:
         if self._literals is not None:
             return text in self._literals

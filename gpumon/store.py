@@ -216,7 +216,13 @@ class Store:
         those is NaN: the rules' view. `last_only` returns just the newest such point (what an instant
         selector reads)."""
         name = next((m for m in matchers if m.name == "__name__" and m.op == "="), None)
-        keys: Iterable[SeriesKey] = self._by_name.get(name.value, ()) if name is not None else list(self._series)
+        keys: Iterable[SeriesKey]
+        if name is not None:
+            keys = self._by_name.get(name.value, ())
+        elif (names := _literal_names(matchers)) is not None:  # {__name__=~"a|b|c"}: the console's query
+            keys = [key for n in sorted(names) for key in self._by_name.get(n, ())]
+        else:
+            keys = list(self._series)
         others = [m for m in matchers if m is not name]  # the name matcher holds for every key by_name gave
         for key in keys:
             labels = self._full_labels[key]
@@ -256,3 +262,13 @@ class Store:
                 del self._full_labels[k]
                 self._by_name[k[0]].remove(k)
         return len(dead)
+
+
+def _literal_names(matchers: Sequence[Matcher]) -> frozenset[str] | None:
+    """The metric names a `__name__=~"a|b|c"` matcher allows, when it is one of literal alternatives."""
+    for m in matchers:
+        if m.name == "__name__" and m.op == "=~":
+            literals = getattr(getattr(m, "regex", None), "literals", None)
+            if literals is not None:
+                return frozenset(literals)
+    return None

@@ -285,3 +285,20 @@ def test_static_facts_stay_within_promql_lookback_as_a_scrape_would_see_them() -
     store.discard("gpu0")  # the GPU is lost: its series end with a staleness marker, and are not revived
     store.restamp("static", 1400.0)
     assert len(ring) == 362 and ring.last() is not None and math.isnan(ring.last()[1])  # type: ignore[index]
+
+
+def test_a_name_among_literal_alternatives_selects_by_name() -> None:
+    """`{__name__=~"a|b"}` (the console's query) looks the names up instead of matching every series,
+    and selects exactly what matching would."""
+    from gpumon.rules.promql import compile_expr
+
+    store = Store(10)
+    s = Sample("gpu0", "fast", 1.0, gpu=0)
+    for name in ("a", "b", "ab", "c"):
+        s.add(name, (("gpu", "0"),), 1.0)
+    store.put(s)
+    for pattern, want in (('{__name__=~"a|b"}', {"a", "b"}), ('{__name__=~"a.*"}', {"a", "ab"}),
+                          ('{__name__=~"a|b", gpu="1"}', set())):
+        expr = compile_expr(pattern)
+        got = {dict(labels)["__name__"] for labels, *_ in store.select(expr.matchers, 0, 2000)}  # type: ignore[union-attr]
+        assert got == want, pattern
