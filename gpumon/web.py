@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import ipaddress
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -294,17 +295,17 @@ class WebServer:
         return await self._query_api(request, lambda q, params, match: q.query_range(params))
 
     async def api_series(self, request: web.Request) -> web.Response:
-        return await self._query_api(request, lambda q, params, match: _now(q.series(params, match)))
+        return await self._query_api(request, lambda q, params, match: q.series(params, match))
 
     async def api_labels(self, request: web.Request) -> web.Response:
-        return await self._query_api(request, lambda q, params, match: _now(q.labels(params, match)))
+        return await self._query_api(request, lambda q, params, match: q.labels(params, match))
 
     async def api_label_values(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
-        return await self._query_api(request, lambda q, params, match: _now(q.label_values(name, params, match)))
+        return await self._query_api(request, lambda q, params, match: q.label_values(name, params, match))
 
     async def api_metadata(self, request: web.Request) -> web.Response:
-        return await self._query_api(request, lambda q, params, match: _now(q.metadata(params)))
+        return await self._query_api(request, lambda q, params, match: q.metadata(params))
 
     async def _query_api(self, request: web.Request, call: QueryCall) -> web.Response:
         """Parameters from the URL and, for a POST, the form body, as Prometheus takes them."""
@@ -325,7 +326,8 @@ class WebServer:
             params.update({k: v for k, v in form.items() if isinstance(v, str)})
             match += [v for v in form.getall("match[]", []) if isinstance(v, str)]
         try:
-            answer = await call(self.query, params, match)
+            called = call(self.query, params, match)  # the metadata endpoints answer at once, queries later
+            answer = await called if inspect.isawaitable(called) else called
         except QueryError as exc:
             return web.json_response(error_body(exc), status=exc.status)
         except Exception as exc:  # a bug of gpumon's evaluator: that query's error, never a 500 page
@@ -411,11 +413,7 @@ class WebServer:
                  float(self.guard.timed_out))]
 
 
-QueryCall = Callable[[QueryApi, dict[str, str], list[str]], Awaitable[dict[str, Any] | str]]
-
-
-async def _now(answer: dict[str, Any]) -> dict[str, Any]:
-    return answer
+QueryCall = Callable[[QueryApi, dict[str, str], list[str]], dict[str, Any] | Awaitable[str]]
 
 
 def _cross_site(request: web.Request) -> bool:

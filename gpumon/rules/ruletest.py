@@ -10,7 +10,6 @@ Failures are reported the way promtool reports them.
 from __future__ import annotations
 
 import bisect
-import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from gpumon.rules.promql import (
     format_duration,
     parse_prom_duration,
 )
+from gpumon.rules.promql.gomath import value_text
 from gpumon.rules.rulefile import RuleGroup, expand_globs, load_rule_files
 from gpumon.yamlfile import ConfigError, load_yaml
 
@@ -233,7 +233,7 @@ def _same(a: list[tuple[Labels, float]], b: list[tuple[Labels, float]]) -> bool:
 
 
 def _show(samples: list[tuple[Labels, float]]) -> str:
-    return "[" + ", ".join(_metric(labels) + f" {_num(v)}" for labels, v in samples) + "]"
+    return "[" + ", ".join(_metric(labels) + f" {value_text(v)}" for labels, v in samples) + "]"
 
 
 def _metric(labels: Labels) -> str:
@@ -242,9 +242,3 @@ def _metric(labels: Labels) -> str:
     return f"{name}{{{rest}}}"
 
 
-def _num(v: float) -> str:
-    if math.isnan(v):
-        return "NaN"
-    if math.isinf(v):
-        return "+Inf" if v > 0 else "-Inf"
-    return repr(v)

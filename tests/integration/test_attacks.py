@@ -19,7 +19,6 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ import pytest
 
 from tests.support.net import free_port
 from tests.support.processes import Gpumon, http_get, wait_for
+from tests.support.webhook import WebhookReceiver
 
 pytestmark = pytest.mark.integration
 
@@ -282,27 +282,10 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(path)], check=False)
 
 
-class _Hook(BaseHTTPRequestHandler):
-    received: list[dict[str, Any]] = []  # noqa: RUF012 -- shared with the test, one test at a time
-
-    def do_POST(self) -> None:
-        _Hook.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
-def hook() -> Iterator[str]:
-    _Hook.received = []
-    server = HTTPServer(("127.0.0.1", 0), _Hook)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}/"
-    finally:
-        server.shutdown()
+def hook() -> Iterator[WebhookReceiver]:
+    with WebhookReceiver() as receiver:
+        yield receiver
 
 
 def _until(done: Any, log: Any, timeout: float = 20.0) -> None:
@@ -313,13 +296,13 @@ def _until(done: Any, log: Any, timeout: float = 20.0) -> None:
 
 
 def test_a_full_state_disk_degrades_and_recovers_without_losing_alerts(tmp_path: Path, small_disk: Path,
-                                                                        hook: str) -> None:
+                                                                        hook: WebhookReceiver) -> None:
     """Used to stop rule evaluation and delivery for good, silently, with /-/ready at 200."""
     (tmp_path / "r.yml").write_text("groups:\n  - name: g\n    rules:\n"
                                     "      - alert: Tick\n        expr: vector(time() % 4) < 2\n")
     config = tmp_path / "gpumon.yaml"
     config.write_text(f"rules: {{files: [r.yml], evaluation_interval: 200ms}}\nnotify:\n  receivers: "
-                      f"[{{name: ops, webhook: {{url: '{hook}'}}}}]\n"
+                      f"[{{name: ops, webhook: {{url: '{hook.url}'}}}}]\n"
                       "  route: {receiver: ops, group_wait: 0s, group_interval: 200ms, repeat_interval: 4h}\n")
     with Gpumon(tmp_path, "--config", str(config), "--state-dir", str(small_disk)) as g:
         filler = small_disk / "filler"
@@ -330,8 +313,8 @@ def test_a_full_state_disk_degrades_and_recovers_without_losing_alerts(tmp_path:
                     f.flush()
             except OSError:
                 pass
-        before = len(_Hook.received)
-        _until(lambda: len(_Hook.received) >= before + 3, lambda: g.log)  # Tick fires and resolves on
+        before = len(hook.received)
+        _until(lambda: len(hook.received) >= before + 3, lambda: g.log)  # Tick fires and resolves on
         _until(lambda: g.get("/-/ready")[0] == 503, lambda: g.log)
         _, body = g.get("/-/ready")
         assert b"state:" in body and b"full" in body
@@ -339,12 +322,12 @@ def test_a_full_state_disk_degrades_and_recovers_without_losing_alerts(tmp_path:
         assert b'gpumon_component_healthy{component="state:' in metrics and b"} 0.0" in metrics
         filler.unlink()
         _until(lambda: g.get("/-/ready")[0] == 200, lambda: g.log)
-        count = len(_Hook.received)
-        _until(lambda: len(_Hook.received) > count, lambda: g.log)  # and delivery goes on
+        count = len(hook.received)
+        _until(lambda: len(hook.received) > count, lambda: g.log)  # and delivery goes on
     assert "Traceback" not in g.log
 
 
-def test_a_restart_neither_re_pages_nor_forgets_a_resolution(tmp_path: Path, hook: str) -> None:
+def test_a_restart_neither_re_pages_nor_forgets_a_resolution(tmp_path: Path, hook: WebhookReceiver) -> None:
     """`Up` fires for good; `Tick` fires in the first half of every 8 s. gpumon is killed (-9) after
     both were notified and restarted when Tick's condition has ended: nothing is sent again for Up,
     and Tick's resolution is."""
@@ -353,12 +336,12 @@ def test_a_restart_neither_re_pages_nor_forgets_a_resolution(tmp_path: Path, hoo
                                     "      - alert: Tick\n        expr: vector(time() % 8) < 4\n")
     config = tmp_path / "gpumon.yaml"
     config.write_text(f"rules: {{files: [r.yml], evaluation_interval: 200ms}}\nnotify:\n  receivers: "
-                      f"[{{name: ops, webhook: {{url: '{hook}'}}}}]\n"
+                      f"[{{name: ops, webhook: {{url: '{hook.url}'}}}}]\n"
                       "  route: {receiver: ops, group_by: [alertname], group_wait: 0s, group_interval: 200ms,"
                       " repeat_interval: 4h}\n")
 
     def sent(name: str, status: str) -> int:
-        return sum(1 for p in _Hook.received if p["groupLabels"]["alertname"] == name and p["status"] == status)
+        return sum(1 for p in hook.received if p["groupLabels"]["alertname"] == name and p["status"] == status)
 
     while time.time() % 8 > 1:  # start at the beginning of a Tick
         time.sleep(0.05)

@@ -8,7 +8,7 @@ import math
 from collections.abc import Callable
 
 from gpumon.rules.promql.functions_range import quantile
-from gpumon.rules.promql.gomath import INT64_MAX, INT64_MIN, format_float
+from gpumon.rules.promql.gomath import INT64_MAX, INT64_MIN, format_float, value_text
 from gpumon.rules.promql.values import NAME, EvalError, Labels, Sample, Vector
 
 Less = Callable[[list[Sample], int, int], bool]
@@ -60,16 +60,10 @@ def _pop(h: list[Sample], less: Less) -> None:
 
 def _k(op: str, param: float) -> int:
     if not (INT64_MIN <= param <= INT64_MAX):
-        raise EvalError(f"Scalar value {_go_v(param)} overflows int64")
+        raise EvalError(f"Scalar value {value_text(param)} overflows int64")
     return int(param)
 
 
-def _go_v(v: float) -> str:
-    if math.isnan(v):
-        return "NaN"
-    if math.isinf(v):
-        return "+Inf" if v > 0 else "-Inf"
-    return repr(v)
 
 
 def _select(op: str, groups: dict[Labels, list[Sample]], k: int, t: int) -> Vector:

@@ -4,12 +4,11 @@ Prometheus 2.42's VectorBinop, VectorscalarBinop and scalarBinop compute them.""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Set as AbstractSet
 
 from gpumon.rules.promql.ast import Matching
 from gpumon.rules.promql.golibm import go_atan2, go_pow
-from gpumon.rules.promql.gomath import go_fmod
+from gpumon.rules.promql.gomath import float_div, go_fmod
 from gpumon.rules.promql.parse import ARITHMETIC, COMPARISON
 from gpumon.rules.promql.values import NAME, EvalError, Labels, Sample, Vector
 
@@ -25,11 +24,7 @@ def elem(op: str, a: float, b: float) -> tuple[float, bool]:
     if op == "*":
         return a * b, True
     if op == "/":
-        if b == 0:
-            if a == 0 or math.isnan(a):
-                return math.nan, True
-            return math.copysign(math.inf, a) * math.copysign(1.0, b), True
-        return a / b, True
+        return float_div(a, b), True
     if op == "%":
         return go_fmod(a, b), True
     if op == "^":

@@ -10,7 +10,7 @@ from typing import Any
 
 from gpumon.regex import expand
 from gpumon.rules.promql import golibm
-from gpumon.rules.promql.gomath import parse_float, to_int64
+from gpumon.rules.promql.gomath import float_div, parse_float, to_int64
 from gpumon.rules.promql.values import NAME, EvalError, Labels, Sample, Vector
 
 Arg = float | str
@@ -78,20 +78,12 @@ MATH: dict[str, Callable[[float], float]] = {
 }
 
 
-def _ieee_div(a: float, b: float) -> float:
-    if b == 0:
-        if a == 0 or math.isnan(a):
-            return math.nan
-        return math.copysign(math.inf, a) * math.copysign(1.0, b)
-    return a / b
-
-
 def _round(x: float, inverse: float) -> float:
-    return _ieee_div(_floor(x * inverse + 0.5), inverse)
+    return float_div(_floor(x * inverse + 0.5), inverse)
 
 
 def round_vector(vec: Vector, args: Sequence[Arg], t: int) -> Vector:
-    inverse = _ieee_div(1.0, float(args[0]) if args else 1.0)  # ties round up, as Prometheus's round
+    inverse = float_div(1.0, float(args[0]) if args else 1.0)  # ties round up, as Prometheus's round
     return [Sample(drop_name(s.labels), _round(s.value, inverse), t) for s in vec]
 
 

@@ -8,6 +8,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from gpumon.rules.promql.gomath import float_div
 from gpumon.rules.promql.values import EvalError
 
 Floats = Sequence[float]
@@ -223,17 +224,10 @@ def _linear_regression(times: Floats, values: Floats, intercept_ms: float) -> tu
     sum_x2 += c_x2
     cov_xy = sum_xy - sum_x * sum_y / n
     var_x = sum_x2 - sum_x * sum_x / n
-    slope = cov_xy / var_x if var_x else _ieee_div(cov_xy, var_x)
+    slope = cov_xy / var_x if var_x else float_div(cov_xy, var_x)
     intercept = sum_y / n - slope * sum_x / n
     return slope, intercept
 
-
-def _ieee_div(a: float, b: float) -> float:
-    if b == 0:
-        if a == 0 or math.isnan(a):
-            return math.nan
-        return math.copysign(math.inf, a) * math.copysign(1.0, b)
-    return a / b
 
 
 def _deriv(times: Floats, values: Floats) -> float | None:

@@ -45,6 +45,24 @@ def go_div(a: int, b: int) -> int:
     return q if (a >= 0) == (b >= 0) else -q
 
 
+def float_div(a: float, b: float) -> float:
+    """a / b as IEEE 754 (and Go) divide: ±Inf for a non-zero over zero, NaN for 0/0, where Python raises."""
+    if b == 0:
+        if a == 0 or math.isnan(a):
+            return math.nan
+        return math.copysign(math.inf, a) * math.copysign(1.0, b)
+    return a / b
+
+
+def value_text(v: float) -> str:
+    """A float in an error or a test failure: Python's repr, with Go's NaN, +Inf and -Inf."""
+    if math.isnan(v):
+        return "NaN"
+    if math.isinf(v):
+        return "+Inf" if v > 0 else "-Inf"
+    return repr(v)
+
+
 def to_int64(v: float) -> int:
     """Go's int64(v) on amd64: truncation; NaN and out-of-range values become the minimum int64."""
     if v != v or v >= 2.0**63 or v < -(2.0**63):
